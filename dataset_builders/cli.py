@@ -1,0 +1,143 @@
+"""The command line of ``scripts/build_dataset.py``: raw file -> Hub dataset folder (-> the Hub)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import shlex
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from .errors import DatasetBuildError
+from .pipeline import BuiltDataset, build_dataset
+from .publish import push_folder_to_hub, write_hub_folder
+from .readers import LAYOUTS
+from .registry import DATASETS, DEFAULT_RATIOS, get_dataset_spec
+from .splitting import SPLIT_NAMES
+
+__all__ = ["build_parser", "main", "summary_table"]
+
+logger = logging.getLogger("dataset_builders")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of ``build_dataset.py``."""
+    parser = argparse.ArgumentParser(
+        prog="build_dataset.py",
+        description="Build a TTT4Rec benchmark dataset (PROTOCOL.md 1-5) from a raw file and write it as a Hub "
+        "dataset folder (Parquet per configuration and split, dataset card, id maps), optionally pushing it.",
+    )
+    parser.add_argument("--dataset", required=True, help=f"data set name; one of: {', '.join(DATASETS)}")
+    parser.add_argument("--raw", required=True, type=Path, help="raw file (plain or .gz); with --download, a folder")
+    parser.add_argument("--output", required=True, type=Path, help="folder to write the dataset repository to")
+    parser.add_argument("--push-to-hub", metavar="REPO_ID", help="also upload the folder to this Hub dataset repo")
+    parser.add_argument("--private", action="store_true", help="create the Hub repository as private")
+    parser.add_argument("--token", help="Hub token (default: the logged-in one / HF_TOKEN)")
+    parser.add_argument("--user-min", type=int, help="k-core user minimum U (default: the data set's)")
+    parser.add_argument("--item-min", type=int, help="k-core item minimum (default: 5)")
+    parser.add_argument("--max-length", type=int, help="maximum context length L (default: the data set's)")
+    parser.add_argument(
+        "--ratios",
+        action="append",
+        metavar="TRAIN,VAL,TEST",
+        help="a split ratio such as 0.3,0.2,0.5; repeat for several configurations "
+        "(default: 0.3,0.2,0.5 and 0.6,0.2,0.2)",
+    )
+    parser.add_argument("--skip-bad-lines", action="store_true", help="skip unreadable lines and count them")
+    parser.add_argument("--download", action="store_true", help="download the official raw file into --raw first")
+    parser.add_argument("--layout", choices=LAYOUTS, help="read the raw file as this layout")
+    parser.add_argument("--user-col", default="user_id", help="csv/parquet: user column (default user_id)")
+    parser.add_argument("--item-col", default="item_id", help="csv/parquet: item column (default item_id)")
+    parser.add_argument(
+        "--time-col", default="timestamp", help="csv/parquet: time column (default timestamp; 'none': file order)"
+    )
+    parser.add_argument("--separator", default=",", help="csv: field separator (default ,)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    parser.add_argument("-q", "--quiet", action="store_true", help="log warnings only")
+    return parser
+
+
+def summary_table(built: BuiltDataset, output: Path, seconds: dict[str, float]) -> str:
+    """The summary printed at the end of a build: statistics, samples and rows per split, timings."""
+    seq = built.sequences
+    lines = [
+        f"data set     {built.name} ({Path(built.source).name}, layout {built.layout})",
+        f"settings     user min {built.user_min}, item min {built.item_min}, max length {built.max_length}",
+        "",
+        f"{'':<24}{'users':>12}{'items':>12}{'interactions':>15}",
+        f"{'raw':<24}{seq.raw.users:>12,}{seq.raw.items:>12,}{seq.raw.interactions:>15,}",
+        f"{'after k-core':<24}{seq.filtered.users:>12,}{seq.filtered.items:>12,}{seq.filtered.interactions:>15,}",
+        f"{'skipped bad lines':<24}{built.skipped_lines:>12,}",
+        f"{'k-core rounds':<24}{seq.kcore_rounds:>12,}",
+        "",
+        f"{'samples (rows)':<24}" + "".join(f"{split:>22}" for split in SPLIT_NAMES),
+    ]
+    for name, cfg in built.configs.items():
+        cells = "".join(f"{f'{cfg.samples[s]:,} ({cfg.rows[s]:,})':>22}" for s in SPLIT_NAMES)
+        lines.append(f"{name:<24}{cells}")
+    for line, reason in built.skipped_examples:
+        lines.insert(7, f"  e.g. line {line}: {reason}")
+    timing = ", ".join(f"{step} {secs:.1f} s" for step, secs in seconds.items())
+    lines += ["", f"time         {timing}", f"output       {output}"]
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; returns the exit status (0 ok, 1 bad input, 2 bad arguments)."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.WARNING if args.quiet else logging.INFO, format="%(asctime)s %(levelname)s %(message)s"
+    )
+    try:
+        get_dataset_spec(args.dataset)
+    except DatasetBuildError as err:
+        parser.error(str(err))
+    ratios = args.ratios or [",".join(f"{r:g}" for r in ratio) for ratio in DEFAULT_RATIOS]
+    time_col = None if args.time_col.lower() == "none" else args.time_col
+    command = "python scripts/build_dataset.py " + shlex.join(sys.argv[1:] if argv is None else list(argv))
+    seconds: dict[str, float] = {}
+    start_all = time.perf_counter()
+    try:
+        raw_path = args.raw
+        if args.download:
+            from .download import download_raw
+
+            start = time.perf_counter()
+            raw_path = download_raw(args.dataset, args.raw, progress=not args.no_progress)
+            seconds["download"] = time.perf_counter() - start
+        logger.info("building %s from %s", args.dataset, raw_path)
+        built = build_dataset(
+            args.dataset,
+            raw_path,
+            user_min=args.user_min,
+            item_min=args.item_min,
+            max_length=args.max_length,
+            ratios=ratios,
+            skip_bad_lines=args.skip_bad_lines,
+            layout=args.layout,
+            user_col=args.user_col,
+            item_col=args.item_col,
+            time_col=time_col,
+            separator=args.separator,
+            progress=not args.no_progress,
+        )
+        seconds.update(built.seconds)
+        start = time.perf_counter()
+        write_hub_folder(built, args.output, command=command, progress=not args.no_progress)
+        seconds["write"] = time.perf_counter() - start
+        logger.info("wrote %s", args.output)
+        if args.push_to_hub:
+            start = time.perf_counter()
+            url = push_folder_to_hub(args.output, args.push_to_hub, token=args.token, private=args.private or None)
+            seconds["push"] = time.perf_counter() - start
+            logger.info("pushed to %s", url)
+    except (DatasetBuildError, ValueError, OSError) as err:
+        logger.error("%s", err)
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    seconds["total"] = time.perf_counter() - start_all
+    print(summary_table(built, args.output, seconds))
+    return 0

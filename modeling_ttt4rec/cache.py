@@ -1,0 +1,196 @@
+"""`TTT4RecCache`: the per-row state that makes incremental inference exactly equal to re-reading the history."""
+
+import json
+import os
+from dataclasses import dataclass
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from .ttt import InnerState
+
+CONV_NAMES = ("pre_conv", "conv_q", "conv_k")
+
+
+@dataclass
+class TTT4RecCache:
+    """Everything a TTT4Rec model must remember about each sequence (row) it has read.
+
+    Follows the calling convention of transformers' recurrent models: `out = model(ids, use_cache=True)` returns
+    `out.cache_params`, and `model(new_ids, cache_params=cache, use_cache=True)` continues from it and returns it
+    updated (the object is updated in place).
+
+    Attributes:
+        inner_states: per layer, the inner weights at each row's last mini-batch boundary and the gradient sums of
+            the items read since (`InnerState`, tensors `[batch, heads, ...]`).
+        conv_states: per layer, the last `conv_kernel - 1` inputs of each causal convolution (`mamba` backbone
+            only; `{}` otherwise), `[batch, hidden, conv_kernel - 1]`.
+        seen: `[batch]`, how many items each row has read.
+        last_hidden_state: `[batch, hidden]`, the final hidden state at each row's newest item (what the next-item
+            scores are computed from), zeros for rows that have read nothing.
+        config_dict: the model configuration the cache belongs to (`model.config.to_dict()` without bookkeeping
+            keys); loading a cache into a model with another configuration is an error.
+    """
+
+    inner_states: list[InnerState]
+    conv_states: list[dict[str, torch.Tensor]]
+    seen: torch.Tensor
+    last_hidden_state: torch.Tensor
+    config_dict: dict
+
+    @property
+    def batch_size(self) -> int:
+        return self.seen.shape[0]
+
+    @property
+    def device(self) -> torch.device:
+        return self.seen.device
+
+    def get_seq_length(self) -> torch.Tensor:
+        """Number of items read, per row `[batch]`."""
+        return self.seen
+
+    # ------------------------------------------------------------------------------------------------------------
+    # Row operations
+    # ------------------------------------------------------------------------------------------------------------
+
+    def _map(self, fn) -> "TTT4RecCache":
+        """A new cache with `fn` applied to every tensor (all tensors have the batch as first dimension)."""
+        inner = [
+            InnerState(
+                weights={k: fn(v) for k, v in s.weights.items()},
+                pending={k: fn(v) for k, v in s.pending.items()},
+            )
+            for s in self.inner_states
+        ]
+        conv = [{k: fn(v) for k, v in c.items()} for c in self.conv_states]
+        return TTT4RecCache(inner, conv, fn(self.seen), fn(self.last_hidden_state), dict(self.config_dict))
+
+    def select(self, indices: torch.Tensor | list[int]) -> "TTT4RecCache":
+        """Rows `indices`, in that order: selects, reorders, repeats or drops rows (e.g. `cache.select([2, 0])`)."""
+        indices = torch.as_tensor(indices, dtype=torch.long, device=self.device)
+        if indices.dim() != 1:
+            raise ValueError(f"`indices` must be a 1-D list of row numbers, got shape {tuple(indices.shape)}.")
+        if indices.numel() and (indices.min() < -self.batch_size or indices.max() >= self.batch_size):
+            raise IndexError(f"Row indices must be in [0, {self.batch_size}); got {indices.tolist()}.")
+        return self._map(lambda t: t.index_select(0, indices % self.batch_size))
+
+    def reorder_cache(self, beam_idx: torch.Tensor) -> "TTT4RecCache":
+        """Alias of `select`, named as transformers' caches name it."""
+        return self.select(beam_idx)
+
+    def drop(self, rows: list[int]) -> "TTT4RecCache":
+        """All rows but `rows`."""
+        drop = set(int(r) for r in rows)
+        return self.select([i for i in range(self.batch_size) if i not in drop])
+
+    @classmethod
+    def concatenate(cls, caches: list["TTT4RecCache"]) -> "TTT4RecCache":
+        """One cache holding the rows of `caches` one after the other; they must belong to the same model."""
+        if not caches:
+            raise ValueError("`concatenate` needs at least one cache.")
+        first = caches[0]
+        for other in caches[1:]:
+            if other.config_dict != first.config_dict:
+                raise ValueError("Cannot concatenate caches of models with different configurations.")
+
+        def cat(get):
+            return torch.cat([get(c) for c in caches], dim=0)
+
+        inner = [
+            InnerState(
+                weights={k: cat(lambda c, i=i, k=k: c.inner_states[i].weights[k]) for k in s.weights},
+                pending={k: cat(lambda c, i=i, k=k: c.inner_states[i].pending[k]) for k in s.pending},
+            )
+            for i, s in enumerate(first.inner_states)
+        ]
+        conv = [{k: cat(lambda c, i=i, k=k: c.conv_states[i][k]) for k in s} for i, s in enumerate(first.conv_states)]
+        return cls(inner, conv, cat(lambda c: c.seen), cat(lambda c: c.last_hidden_state), dict(first.config_dict))
+
+    def to(self, device=None, dtype: torch.dtype | None = None) -> "TTT4RecCache":
+        """Move to `device` and/or cast the floating-point state to `dtype` (`seen` stays int64)."""
+
+        def move(t):
+            if t.is_floating_point() and dtype is not None:
+                return t.to(device=device, dtype=dtype)
+            return t.to(device=device)
+
+        return self._map(move)
+
+    # ------------------------------------------------------------------------------------------------------------
+    # Disk
+    # ------------------------------------------------------------------------------------------------------------
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        """Flat `{name: tensor}` view, e.g. `layers.0.weights.W1`, `layers.0.conv.conv_q`, `seen`."""
+        flat = {"seen": self.seen, "last_hidden_state": self.last_hidden_state}
+        for i, s in enumerate(self.inner_states):
+            flat.update({f"layers.{i}.weights.{k}": v for k, v in s.weights.items()})
+            flat.update({f"layers.{i}.pending.{k}": v for k, v in s.pending.items()})
+        for i, c in enumerate(self.conv_states):
+            flat.update({f"layers.{i}.conv.{k}": v for k, v in c.items()})
+        return flat
+
+    def save(self, path: str | os.PathLike) -> None:
+        """Write the cache to a safetensors file (with the model configuration in its metadata)."""
+        tensors = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
+        save_file(tensors, str(path), metadata={"ttt4rec_config": json.dumps(self.config_dict, sort_keys=True)})
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, config=None, device=None) -> "TTT4RecCache":
+        """Read a cache written by `save`. With `config` (the model's), check that the cache belongs to it."""
+        from safetensors import safe_open
+
+        with safe_open(str(path), framework="pt") as f:
+            metadata = f.metadata() or {}
+        if "ttt4rec_config" not in metadata:
+            raise ValueError(f"{path} is not a TTT4Rec cache file (no `ttt4rec_config` in its metadata).")
+        config_dict = json.loads(metadata["ttt4rec_config"])
+        if config is not None:
+            check_config(config_dict, config)
+        flat = load_file(str(path), device=str(device) if device is not None else "cpu")
+        num_layers = 1 + max(int(k.split(".")[1]) for k in flat if k.startswith("layers."))
+        inner, conv = [], []
+        for i in range(num_layers):
+
+            def part(kind, i=i):
+                prefix = f"layers.{i}.{kind}."
+                return {k[len(prefix) :]: v for k, v in flat.items() if k.startswith(prefix)}
+
+            inner.append(InnerState(weights=part("weights"), pending=part("pending")))
+            conv.append(part("conv"))
+        return cls(inner, conv, flat["seen"], flat["last_hidden_state"], config_dict)
+
+
+# The configuration fields that decide the shape and meaning of a cache.
+_STATE_FIELDS = (
+    "num_items",
+    "hidden_size",
+    "num_hidden_layers",
+    "num_attention_heads",
+    "backbone",
+    "ttt_layer_type",
+    "ttt_mlp_expansion",
+    "mini_batch_size",
+    "conv_kernel",
+)
+
+
+def cache_config_dict(config) -> dict:
+    """The part of a model configuration a cache depends on."""
+    return {name: getattr(config, name) for name in _STATE_FIELDS}
+
+
+def check_config(cache_config: dict, config) -> None:
+    """Raise a `ValueError` naming the differences if a cache does not belong to a model with `config`."""
+    expected = cache_config_dict(config)
+    diffs = [
+        f"{k}: cache has {cache_config.get(k)!r}, model has {v!r}"
+        for k, v in expected.items()
+        if cache_config.get(k) != v
+    ]
+    if diffs:
+        raise ValueError(
+            "This cache was made by a model with another configuration (" + "; ".join(diffs) + "). "
+            "Use a cache created by this model, e.g. `model(input_ids, use_cache=True).cache_params`."
+        )

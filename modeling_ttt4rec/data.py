@@ -1,0 +1,477 @@
+"""Reading the published split data sets and turning them into the protocol's samples (PROTOCOL.md 4-5).
+
+A data set (a local folder or a Hub dataset repository, as `dataset_builders` publish them) has one configuration
+per split ratio (`split-3-2-5`, `split-6-2-2`) with `train` / `validation` / `test` splits and one row per user per
+split: `user_id`, `item_ids` (the user's items from the first interaction through the last target of this split)
+and `target_start` (this split's targets are `item_ids[target_start:]`). Sample `j` of a row has target
+`item_ids[j]` and history `item_ids[max(0, j - L):j]`.
+
+Everything the model reads is described as **units**: a contiguous slice `values[start : start + length]` of the
+split's flattened item ids, with targets after its positions `first_target .. length - 1` (the target after position
+`p` is `values[start + p + 1]`). One kind of unit serves all three uses:
+
+* training (`training_units`): the first `min(n - 1, L)` items of each train row with a target after every position
+  from `target_start - 1` on (one forward pass trains all these samples, whose histories are whole prefixes of at
+  most `L` items), plus, only for targets `j > L`, one window `item_ids[j - L:j]` with a single target. The set of
+  (history, target) pairs is exactly the protocol's, also when `n > L + 1`;
+* window evaluation (`window_units`): one unit per sample, its history truncated to `L` (the paper's evaluation);
+* stream evaluation (`stream_units`): one unit per user, the whole history, every target of the split scored on the
+  way (read in chunks with the cache, see `evaluation.py`).
+"""
+
+import json
+import logging
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import torch
+
+logger = logging.getLogger(__name__)
+
+SPLITS = ("train", "validation", "test")
+REQUIRED_COLUMNS = ("user_id", "item_ids", "target_start")
+DEFAULT_CONFIG_NAME = "split-3-2-5"
+METADATA_FILENAMES = ("metadata.json", "dataset_metadata.json")
+
+
+class DataError(ValueError):
+    """A data set that cannot be used as given (the message says what is wrong and how to fix it)."""
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Locating and loading
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def resolve_dataset_dir(dataset: str | os.PathLike, revision: str | None = None, token: str | None = None) -> Path:
+    """The local folder of a data set given as a folder or as a Hub dataset repository id.
+
+    A repository id is resolved with `huggingface_hub.snapshot_download(repo_type="dataset")`, which also finds it
+    in the Hugging Face cache when `HF_HUB_OFFLINE=1` (a plain `datasets.load_dataset(repo_id)` does not look there
+    offline).
+    """
+    path = Path(dataset).expanduser()
+    if path.exists():
+        if not path.is_dir():
+            raise DataError(f"The data set {str(dataset)!r} is a file; pass the folder that holds its README.md.")
+        return path
+    text = str(dataset)
+    if text.startswith((".", "/", "~")) or text.count("/") > 1 or os.sep in text.replace("/", ""):
+        raise DataError(f"The data set folder {text!r} does not exist.")
+    from huggingface_hub import constants, snapshot_download
+    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError, RepositoryNotFoundError
+
+    offline = constants.HF_HUB_OFFLINE
+    try:
+        return Path(
+            snapshot_download(
+                text, repo_type="dataset", revision=revision, token=token, local_files_only=bool(offline)
+            )
+        )
+    except RepositoryNotFoundError as err:
+        raise DataError(f"No dataset repository {text!r} on the Hub (or no access to it with this token).") from err
+    except LocalEntryNotFoundError as err:
+        where = "offline mode (HF_HUB_OFFLINE=1) is on" if offline else "the Hub could not be reached"
+        raise DataError(
+            f"The dataset repository {text!r} is not in the Hugging Face cache ({constants.HF_HUB_CACHE}) and "
+            f"{where}. Download it once with network access, or pass a local folder."
+        ) from err
+    except HfHubHTTPError as err:
+        raise DataError(f"Could not download the dataset repository {text!r}: {err}") from err
+    except Exception as err:  # httpx2 connection errors are not OSErrors (ECOSYSTEM.md Q3)
+        raise DataError(f"Could not reach the Hub to download the dataset repository {text!r}: {err!r}") from err
+
+
+@dataclass
+class DatasetMetadata:
+    """What the trainer needs to know about a data set besides its rows."""
+
+    num_items: int
+    max_length: int
+    name: str
+    config_name: str
+    source: str
+    local_dir: Path
+    item_id_map: Path | None = None
+    extra: dict = field(default_factory=dict)
+
+
+def read_metadata_file(local_dir: Path, config_name: str) -> dict:
+    """The builder's metadata JSON (at the data set root or in the configuration's folder), or `{}`."""
+    for folder in (local_dir / config_name, local_dir):
+        for name in METADATA_FILENAMES:
+            path = folder / name
+            if path.is_file():
+                try:
+                    return json.loads(path.read_text())
+                except json.JSONDecodeError as err:
+                    raise DataError(f"{path} is not valid JSON: {err}") from err
+    return {}
+
+
+def find_item_id_map(local_dir: Path, config_name: str) -> Path | None:
+    """The file mapping dense item ids back to the original ids, if the data set has one."""
+    for folder in (local_dir / config_name, local_dir):
+        if not folder.is_dir():
+            continue
+        for path in sorted(folder.iterdir()):
+            name = path.name.lower()
+            if path.is_file() and "item" in name and "map" in name:
+                return path
+    return None
+
+
+@dataclass
+class SplitSequences:
+    """One split with its rows flattened: row `r` is `values[offsets[r]:offsets[r + 1]]`."""
+
+    values: np.ndarray
+    offsets: np.ndarray
+    target_start: np.ndarray
+    user_ids: list
+
+    @property
+    def lengths(self) -> np.ndarray:
+        return np.diff(self.offsets)
+
+    @property
+    def num_rows(self) -> int:
+        return len(self.target_start)
+
+    @property
+    def num_samples(self) -> int:
+        """Number of (history, target) samples of this split."""
+        return int((self.lengths - self.target_start).sum())
+
+    @classmethod
+    def from_rows(
+        cls, item_ids: list[list[int]], target_start: list[int], user_ids: list | None = None
+    ) -> "SplitSequences":
+        """Build from Python lists (tests, small data)."""
+        lengths = np.array([len(s) for s in item_ids], dtype=np.int64)
+        offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+        values = np.array([i for s in item_ids for i in s], dtype=np.int64)
+        user_ids = list(range(len(item_ids))) if user_ids is None else list(user_ids)
+        return cls(values, offsets, np.asarray(target_start, dtype=np.int64), user_ids)
+
+    @classmethod
+    def from_dataset(cls, dataset, split: str = "?") -> "SplitSequences":
+        """Flatten a `datasets.Dataset` with the published columns (checked, with clear errors)."""
+        missing = [c for c in REQUIRED_COLUMNS if c not in dataset.column_names]
+        if missing:
+            raise DataError(
+                f"The {split!r} split lacks the column(s) {missing}; it has {dataset.column_names}. A TTT4Rec data "
+                f"set needs {list(REQUIRED_COLUMNS)} (see dataset_builders)."
+            )
+        table = dataset.data.table if hasattr(dataset.data, "table") else dataset.data
+        column = table.column("item_ids")
+        if not (pa.types.is_list(column.type) or pa.types.is_large_list(column.type)):
+            raise DataError(f"Column 'item_ids' of the {split!r} split must be a list of item ids, got {column.type}.")
+        if not pa.types.is_integer(column.type.value_type):
+            raise DataError(
+                f"Column 'item_ids' of the {split!r} split must hold integer ids, got {column.type.value_type}."
+            )
+        array = column.combine_chunks() if column.num_chunks != 1 else column.chunk(0)
+        if array.null_count:
+            raise DataError(f"Column 'item_ids' of the {split!r} split has missing (null) rows.")
+        raw_offsets = array.offsets.to_numpy().astype(np.int64)
+        values = array.values.to_numpy(zero_copy_only=False)[raw_offsets[0] : raw_offsets[-1]].astype(np.int64)
+        offsets = raw_offsets - raw_offsets[0]
+        target_start = np.asarray(table.column("target_start").to_numpy(zero_copy_only=False))
+        if not np.issubdtype(target_start.dtype, np.integer):
+            raise DataError(
+                f"Column 'target_start' of the {split!r} split must be integers, got {target_start.dtype}."
+            )
+        user_ids = table.column("user_id").to_pylist()
+        return cls(values, offsets, target_start.astype(np.int64), user_ids)
+
+    def validate(self, num_items: int, split: str = "?") -> None:
+        """Raise `DataError` if ids or target starts are out of range."""
+        lengths = self.lengths
+        if self.values.size:
+            low, high = int(self.values.min()), int(self.values.max())
+            if low < 1 or high >= num_items:
+                raise DataError(
+                    f"The {split!r} split has item id {low if low < 1 else high}, outside [1, {num_items - 1}] "
+                    f"(num_items = {num_items} counts the padding id 0). Pass the right --num_items or rebuild the "
+                    "data set."
+                )
+        bad = np.flatnonzero((self.target_start < 1) | (self.target_start > lengths))
+        if bad.size:
+            r = int(bad[0])
+            raise DataError(
+                f"Row {r} (user {self.user_ids[r]!r}) of the {split!r} split has target_start "
+                f"{int(self.target_start[r])} for {int(lengths[r])} items; it must be in [1, len(item_ids)]."
+            )
+
+
+def load_sequences(
+    dataset: str | os.PathLike,
+    config_name: str | None = DEFAULT_CONFIG_NAME,
+    num_items: int | None = None,
+    max_length: int | None = None,
+    revision: str | None = None,
+    token: str | None = None,
+    splits: tuple[str, ...] = SPLITS,
+) -> tuple[dict[str, SplitSequences], DatasetMetadata]:
+    """Load a split data set and its metadata.
+
+    Args:
+        dataset: a local folder or a Hub dataset repository id.
+        config_name: the split configuration (`split-3-2-5` by default); `None` takes the data set's default.
+        num_items: number of item ids including the padding id; default: the data set's metadata, else the
+            largest id + 1.
+        max_length: the maximum history length `L`; default: the data set's metadata (required there otherwise).
+        splits: the splits to load.
+
+    Returns:
+        `{split: SplitSequences}` and the `DatasetMetadata`.
+    """
+    import datasets
+
+    local_dir = resolve_dataset_dir(dataset, revision=revision, token=token)
+    if not (local_dir / "README.md").is_file() and not any(local_dir.glob("**/*.parquet")):
+        raise DataError(
+            f"{local_dir} is not a data set folder: it has no README.md with `configs` and no parquet files."
+        )
+    try:
+        available = datasets.get_dataset_config_names(str(local_dir))
+    except Exception as err:
+        raise DataError(f"Could not read the configurations of the data set at {local_dir}: {err}") from err
+    if config_name is None:
+        config_name = DEFAULT_CONFIG_NAME if DEFAULT_CONFIG_NAME in available else available[0]
+    if config_name not in available:
+        raise DataError(f"Unknown configuration {config_name!r} for data set {str(dataset)!r}; it has {available}.")
+    # Read the parquet files into memory with a throw-away cache: `datasets` keys its cache on the folder's name and
+    # file times and can hand back stale rows (or a stale schema) for a data set rebuilt into a same-named folder.
+    with tempfile.TemporaryDirectory(prefix="ttt4rec-datasets-") as cache_dir:
+        dataset_dict = datasets.load_dataset(str(local_dir), config_name, cache_dir=cache_dir, keep_in_memory=True)
+        missing = [s for s in splits if s not in dataset_dict]
+        if missing:
+            raise DataError(
+                f"Configuration {config_name!r} of {str(dataset)!r} lacks the split(s) {missing}; it has "
+                f"{list(dataset_dict)}."
+            )
+        sequences = {s: SplitSequences.from_dataset(dataset_dict[s], s) for s in splits}
+
+    meta = read_metadata_file(local_dir, config_name)
+    if num_items is None:
+        num_items = meta.get("num_items")
+    if num_items is None:
+        num_items = 1 + max(int(seq.values.max()) for seq in sequences.values() if seq.values.size)
+        logger.warning("No num_items in the data set's metadata: using the largest item id + 1 = %d.", num_items)
+    if max_length is None:
+        max_length = meta.get("max_length", meta.get("max_seq_length"))
+    if max_length is None:
+        raise DataError(
+            f"The data set {str(dataset)!r} has no `max_length` in its metadata; pass the maximum history length "
+            "(--max_length, e.g. 50 for Amazon, 100 for Gowalla)."
+        )
+    if int(max_length) < 1:
+        raise DataError(f"`max_length` must be >= 1, got {max_length}.")
+    for name, seq in sequences.items():
+        seq.validate(int(num_items), name)
+    metadata = DatasetMetadata(
+        num_items=int(num_items),
+        max_length=int(max_length),
+        name=str(meta.get("name", meta.get("dataset", Path(str(dataset)).name))),
+        config_name=config_name,
+        source=str(dataset),
+        local_dir=local_dir,
+        item_id_map=find_item_id_map(local_dir, config_name),
+        extra=meta,
+    )
+    return sequences, metadata
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Units: what the model reads
+# ----------------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Units:
+    """Slices of a split's flattened item ids with their targets (see the module docstring).
+
+    `sample_offset[u]` is the index of unit `u`'s first sample in the split's sample order (users in row order,
+    targets in time order), so that results gathered from any number of processes can be put back in one order.
+    """
+
+    values: np.ndarray
+    start: np.ndarray
+    length: np.ndarray
+    first_target: np.ndarray
+    sample_offset: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.start)
+
+    @property
+    def num_targets(self) -> np.ndarray:
+        return self.length - self.first_target
+
+    @property
+    def total_targets(self) -> int:
+        return int(self.num_targets.sum())
+
+
+def _sample_positions(split: SplitSequences) -> tuple[np.ndarray, np.ndarray]:
+    """For every sample in split order: its row and its index `j` in that row."""
+    counts = split.lengths - split.target_start
+    rows = np.repeat(np.arange(split.num_rows), counts)
+    first = np.concatenate([[0], np.cumsum(counts)])[:-1]
+    j = np.arange(counts.sum()) - np.repeat(first, counts) + np.repeat(split.target_start, counts)
+    return rows, j
+
+
+def window_units(split: SplitSequences, max_length: int) -> Units:
+    """One unit per sample: history `item_ids[max(0, j - L):j]`, one target (the paper's evaluation)."""
+    rows, j = _sample_positions(split)
+    hist = np.minimum(j, max_length)
+    start = split.offsets[rows] + j - hist
+    return Units(split.values, start, hist, hist - 1, np.arange(len(j), dtype=np.int64))
+
+
+def stream_units(split: SplitSequences) -> Units:
+    """One unit per user with at least one target: the whole history, a target after every position from
+    `target_start - 1` on."""
+    counts = split.lengths - split.target_start
+    keep = np.flatnonzero(counts > 0)
+    sample_offset = np.concatenate([[0], np.cumsum(counts)])[:-1][keep]
+    start = split.offsets[keep]
+    length = split.lengths[keep] - 1
+    first_target = split.target_start[keep] - 1
+    return Units(split.values, start, length, first_target, sample_offset)
+
+
+def training_units(split: SplitSequences, max_length: int) -> Units:
+    """Units that hold exactly the protocol's training samples (see the module docstring)."""
+    lengths, ts = split.lengths, split.target_start
+    # prefix units: first min(n - 1, L) items, targets j = ts .. min(n - 1, L)
+    m = np.minimum(lengths - 1, max_length)
+    has_prefix = m >= ts
+    p_rows = np.flatnonzero(has_prefix)
+    p_start, p_len, p_first = split.offsets[p_rows], m[p_rows], ts[p_rows] - 1
+    # window units for targets j > L: history item_ids[j - L:j]
+    first_j = np.maximum(ts, max_length + 1)
+    w_counts = np.maximum(lengths - first_j, 0)
+    w_rows = np.repeat(np.arange(split.num_rows), w_counts)
+    w_first = np.concatenate([[0], np.cumsum(w_counts)])[:-1]
+    w_j = np.arange(w_counts.sum()) - np.repeat(w_first, w_counts) + np.repeat(first_j, w_counts)
+    w_start = split.offsets[w_rows] + w_j - max_length
+    w_len = np.full(len(w_j), max_length, dtype=np.int64)
+    start = np.concatenate([p_start, w_start]).astype(np.int64)
+    length = np.concatenate([p_len, w_len]).astype(np.int64)
+    first_target = np.concatenate([p_first, w_len - 1]).astype(np.int64)
+    num = length - first_target
+    sample_offset = np.concatenate([[0], np.cumsum(num)])[:-1]
+    return Units(split.values, start, length, first_target, sample_offset)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Batches
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def _cut(order: np.ndarray, units: Units, max_targets: int, max_tokens: int, min_rows: int) -> list[np.ndarray]:
+    """Cut `order` (units sorted by length, longest first) into consecutive batches within the budgets."""
+    batches, current, targets, longest = [], [], 0, 0
+    num_targets, length = units.num_targets, units.length
+    for u in order.tolist():
+        t, n = int(num_targets[u]), int(length[u])
+        new_longest = max(longest, n)
+        if (
+            current
+            and len(current) >= min_rows
+            and (targets + t > max_targets or new_longest * (len(current) + 1) > max_tokens)
+        ):
+            batches.append(np.array(current, dtype=np.int64))
+            current, targets, new_longest = [], 0, n
+        current.append(u)
+        targets += t
+        longest = new_longest
+    if current:
+        if len(current) < min_rows and batches:
+            batches[-1] = np.concatenate([batches[-1], np.array(current, dtype=np.int64)])
+        else:
+            batches.append(np.array(current, dtype=np.int64))
+    return batches
+
+
+def make_batches(
+    units: Units,
+    max_targets: int,
+    max_tokens: int | None = None,
+    shuffle: bool = False,
+    seed: int = 0,
+    min_rows: int = 1,
+    bucket_batches: int = 64,
+) -> list[np.ndarray]:
+    """Group units into batches of at most `max_targets` targets and `max_tokens` padded tokens.
+
+    Units are sorted by length so batches carry little padding. With `shuffle`, the units are first permuted (with
+    `seed`), sorted by length within buckets of about `bucket_batches` batches, and the batch order is shuffled:
+    random batches with little padding, the same on every process for the same seed. `min_rows` makes every batch
+    hold at least that many units (one per process in data-parallel training).
+    """
+    if max_targets < 1:
+        raise ValueError(f"`max_targets` must be >= 1, got {max_targets}.")
+    max_tokens = max_tokens or np.iinfo(np.int64).max
+    if len(units) == 0:
+        return []
+    if not shuffle:
+        order = np.argsort(-units.length, kind="stable")
+        return _cut(order, units, max_targets, max_tokens, min_rows)
+    rng = np.random.default_rng(seed)
+    perm = rng.permutation(len(units))
+    mean_targets = max(units.total_targets / len(units), 1.0)
+    bucket = max(int(bucket_batches * max_targets / mean_targets), 1)
+    batches: list[np.ndarray] = []
+    for s in range(0, len(perm), bucket):
+        chunk = perm[s : s + bucket]
+        chunk = chunk[np.argsort(-units.length[chunk], kind="stable")]
+        batches.extend(_cut(chunk, units, max_targets, max_tokens, min_rows))
+    if len(batches) > 1 and len(batches[-1]) < min_rows:
+        batches[-2] = np.concatenate([batches[-2], batches.pop()])
+    return [batches[i] for i in rng.permutation(len(batches))]
+
+
+def collate(units: Units, index: np.ndarray, device: torch.device | str = "cpu") -> dict[str, torch.Tensor]:
+    """Tensors for units `index`: right-padded `input_ids` / `attention_mask` `[B, T]`, `target_mask` `[B, T]`
+    (positions with a target after them), `targets` (the target item ids in row-major order of `target_mask`) and
+    `sample_ids` (their sample indices in the split)."""
+    start, length, first = units.start[index], units.length[index], units.first_target[index]
+    width = int(length.max())
+    pos = np.arange(width)[None, :]
+    mask = pos < length[:, None]
+    flat = np.where(mask, start[:, None] + pos, 0)
+    ids = np.where(mask, units.values[flat], 0)
+    target_mask = mask & (pos >= first[:, None])
+    targets = units.values[(start[:, None] + pos + 1)[target_mask]]
+    sample_ids = (units.sample_offset[index][:, None] + pos - first[:, None])[target_mask]
+    return {
+        "input_ids": torch.from_numpy(ids).to(device),
+        "attention_mask": torch.from_numpy(mask.astype(np.int64)).to(device),
+        "target_mask": torch.from_numpy(target_mask).to(device),
+        "targets": torch.from_numpy(targets).to(device),
+        "sample_ids": torch.from_numpy(sample_ids).to(device),
+    }
+
+
+__all__ = [
+    "DataError",
+    "DatasetMetadata",
+    "SplitSequences",
+    "Units",
+    "collate",
+    "load_sequences",
+    "make_batches",
+    "resolve_dataset_dir",
+    "stream_units",
+    "training_units",
+    "window_units",
+]

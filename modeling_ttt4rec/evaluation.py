@@ -1,0 +1,242 @@
+"""Full-ranking evaluation (PROTOCOL.md 7), in two modes, on one process or many.
+
+* `window` (the paper's): every sample is encoded on its own from its history truncated to the last `L` items.
+  Samples are sorted by history length so batches carry almost no padding.
+* `stream`: each user's whole history is read once, in chunks, carrying the model's cache from chunk to chunk, and
+  every target of the split is scored on the way from the hidden state after the item before it. When no history
+  is longer than `L` this is the same computation as `window`, much cheaper; when histories are longer, `stream`
+  lets the model see all of them (what a deployed TTT4Rec does).
+
+Scores are computed for items `1 .. N` only (the padding id is excluded), with no masking of seen items; the rank
+of a target is the number of items scoring strictly higher (`metrics.ranks_from_scores`). With several processes
+each process scores a share of the batches and the per-sample ranks are gathered and put back in sample order, so
+the metrics are exactly those of one process (every sample counted once; checked).
+"""
+
+import contextlib
+import time
+
+import numpy as np
+import torch
+
+from .data import SplitSequences, Units, collate, make_batches, stream_units, window_units
+from .metrics import ranking_metrics, ranks_from_scores
+
+EVAL_MODES = ("window", "stream")
+
+
+def score_ranks(
+    hidden: torch.Tensor, item_weight: torch.Tensor, targets: torch.Tensor, chunk_size: int = 512
+) -> torch.Tensor:
+    """Ranks of `targets` (item ids >= 1) among items `1 .. N` scored by `hidden @ item_weight[1:].T`.
+
+    Scores are computed `chunk_size` rows at a time in float32 (they are the model's `score_items` scores without
+    the padding column).
+    """
+    weight = item_weight[1:].float()
+    hidden = hidden.float()
+    ranks = []
+    for s in range(0, hidden.shape[0], chunk_size):
+        scores = hidden[s : s + chunk_size] @ weight.T
+        ranks.append(ranks_from_scores(scores, targets[s : s + chunk_size] - 1))
+    if not ranks:
+        return torch.zeros(0, dtype=torch.long, device=hidden.device)
+    return torch.cat(ranks)
+
+
+def _window_batch(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Final hidden state of each window (its last item)."""
+    hidden = model.model(batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False).last_hidden_state
+    last = batch["attention_mask"].sum(dim=1) - 1
+    return hidden[torch.arange(hidden.shape[0], device=hidden.device), last]
+
+
+def _stream_batch(model, batch: dict[str, torch.Tensor], chunk_size: int) -> torch.Tensor:
+    """Hidden states at every target position of each user, reading the histories `chunk_size` items at a time
+    with the cache. Rows are sorted longest first, so the rows still reading are always a prefix of the batch."""
+    ids, mask, target_mask = batch["input_ids"], batch["attention_mask"], batch["target_mask"]
+    lengths = mask.sum(dim=1).tolist()
+    width = ids.shape[1]
+    cache = None
+    full = None
+    for s in range(0, width, chunk_size):
+        active = sum(1 for n in lengths if n > s)
+        if cache is not None and active < cache.batch_size:
+            cache = cache.select(list(range(active)))
+        out = model.model(
+            ids[:active, s : s + chunk_size],
+            attention_mask=mask[:active, s : s + chunk_size],
+            cache_params=cache,
+            use_cache=True,
+        )
+        cache = out.cache_params
+        hidden = out.last_hidden_state
+        if full is None:
+            full = hidden.new_zeros(ids.shape[0], width, hidden.shape[-1])
+        full[:active, s : s + chunk_size] = hidden
+    # row-major order of `target_mask`: the order of batch["targets"]
+    return full[target_mask]
+
+
+@torch.inference_mode()
+def compute_ranks(
+    model,
+    split: SplitSequences,
+    max_length: int,
+    mode: str = "window",
+    accelerator=None,
+    batch_targets: int = 4096,
+    batch_tokens: int = 65536,
+    stream_chunk_size: int = 64,
+    score_chunk_size: int = 512,
+    progress: bool = False,
+) -> np.ndarray:
+    """The rank of every sample of `split` (in sample order), computed by `model` (a
+    `TTT4RecForNextItemPrediction`, unwrapped). With an `accelerate.Accelerator` of several processes, each process
+    scores every `num_processes`-th batch and the ranks are gathered; every process returns all ranks."""
+    if mode not in EVAL_MODES:
+        raise ValueError(f"Unknown eval mode {mode!r}; choose one of {EVAL_MODES}.")
+    units: Units = window_units(split, max_length) if mode == "window" else stream_units(split)
+    num_samples = split.num_samples
+    if mode == "stream":
+        # a multiple of the inner mini-batch, so rows that continue always start a mini-batch (fastest path)
+        b = model.config.mini_batch_size
+        stream_chunk_size = max(b, (stream_chunk_size + b - 1) // b * b)
+    batches = make_batches(units, max_targets=batch_targets, max_tokens=batch_tokens)
+    rank_id, world = (0, 1) if accelerator is None else (accelerator.process_index, accelerator.num_processes)
+    device = model.device if accelerator is None else accelerator.device
+    autocast = accelerator.autocast() if accelerator is not None else contextlib.nullcontext()
+    item_weight = model.get_output_embeddings().weight
+    was_training = model.training
+    model.eval()
+    mine = batches[rank_id::world]
+    iterator = mine
+    if progress:
+        from tqdm.auto import tqdm
+
+        iterator = tqdm(mine, desc=f"eval ({mode})", leave=False)
+    sample_ids, ranks = [], []
+    with autocast:
+        for index in iterator:
+            batch = collate(units, index, device)
+            if mode == "window":
+                hidden = _window_batch(model, batch)
+            else:
+                hidden = _stream_batch(model, batch, stream_chunk_size)
+            ranks.append(score_ranks(hidden, item_weight, batch["targets"], score_chunk_size))
+            sample_ids.append(batch["sample_ids"])
+    model.train(was_training)
+    local_ids = torch.cat(sample_ids) if sample_ids else torch.zeros(0, dtype=torch.long, device=device)
+    local_ranks = torch.cat(ranks) if ranks else torch.zeros(0, dtype=torch.long, device=device)
+    if world > 1:
+        pairs = torch.stack([local_ids, local_ranks], dim=1)
+        pairs = accelerator.pad_across_processes(pairs, dim=0, pad_index=-1)
+        pairs = accelerator.gather(pairs)
+        pairs = pairs[pairs[:, 0] >= 0]
+        local_ids, local_ranks = pairs[:, 0], pairs[:, 1]
+    ids = local_ids.cpu().numpy()
+    out = np.full(num_samples, -1, dtype=np.int64)
+    out[ids] = local_ranks.cpu().numpy()
+    if len(ids) != num_samples or (out < 0).any():
+        raise RuntimeError(
+            f"Evaluation produced {len(ids)} ranks for {num_samples} samples: a sample was lost or counted twice."
+        )
+    return out
+
+
+def evaluate_split(
+    model,
+    split: SplitSequences,
+    max_length: int,
+    mode: str = "window",
+    accelerator=None,
+    digits: int | None = None,
+    **kwargs,
+) -> dict[str, float]:
+    """HR@10, HR@50, NDCG@10, NDCG@50 of `model` on `split` (PROTOCOL.md 7), plus `num_samples` and
+    `eval_seconds`. Keyword arguments go to `compute_ranks`."""
+    start = time.perf_counter()
+    ranks = compute_ranks(model, split, max_length, mode=mode, accelerator=accelerator, **kwargs)
+    metrics = ranking_metrics(ranks, digits=digits)
+    metrics["eval_seconds"] = time.perf_counter() - start
+    return metrics
+
+
+def load_checkpoint(path: str, device=None):
+    """Load a `TTT4RecForNextItemPrediction` from a `save_pretrained` folder or a Hub id, refusing incomplete
+    checkpoints (missing or truncated weights) with a clear error instead of silently re-initialising them."""
+    from pathlib import Path
+
+    from .modeling_ttt4rec import TTT4RecForNextItemPrediction
+
+    local = Path(path)
+    if local.exists():
+        if not (local / "config.json").is_file():
+            raise ValueError(f"{path} is not a TTT4Rec checkpoint: config.json is missing.")
+        if not any(local.glob("*.safetensors")):
+            raise ValueError(f"{path} has no weights (model.safetensors is missing): the checkpoint is incomplete.")
+    try:
+        model, info = TTT4RecForNextItemPrediction.from_pretrained(path, output_loading_info=True)
+    except (OSError, ValueError, RuntimeError) as err:
+        raise ValueError(f"Could not load the checkpoint {path}: {err}") from err
+    except Exception as err:  # e.g. safetensors' header errors for a truncated file
+        raise ValueError(f"Could not load the checkpoint {path} (damaged or truncated weights?): {err}") from err
+    missing = [k for k in info.get("missing_keys", []) if k != "item_head.weight"]
+    if missing or info.get("mismatched_keys"):
+        raise ValueError(
+            f"The checkpoint {path} is incomplete: missing weights {sorted(missing)[:10]}"
+            + (f", mismatched {info['mismatched_keys'][:10]}" if info.get("mismatched_keys") else "")
+            + "."
+        )
+    if device is not None:
+        model = model.to(device)
+    return model.eval()
+
+
+def run_evaluation(args) -> dict:
+    """`scripts/evaluate.py`: evaluate a checkpoint on one split, in one or both modes, on any number of
+    processes. Prints and returns `{mode: metrics}` (and writes `--output_json`)."""
+    import json
+
+    from accelerate import Accelerator
+
+    from .data import load_sequences
+
+    accelerator = Accelerator(mixed_precision=args.mixed_precision, cpu=args.cpu)
+    model = load_checkpoint(args.model, accelerator.device)
+    # ids are checked against the model's item vocabulary
+    sequences, meta = load_sequences(
+        args.dataset,
+        args.dataset_config,
+        num_items=model.config.num_items,
+        max_length=args.max_length,
+        splits=(args.split,),
+    )
+    modes = list(EVAL_MODES) if args.eval_mode == "both" else [args.eval_mode]
+    results = {}
+    for mode in modes:
+        metrics = evaluate_split(
+            model,
+            sequences[args.split],
+            meta.max_length,
+            mode=mode,
+            accelerator=accelerator,
+            batch_targets=args.batch_targets,
+            batch_tokens=args.batch_tokens,
+            stream_chunk_size=args.stream_chunk_size,
+            progress=accelerator.is_main_process,
+        )
+        results[mode] = metrics
+        if accelerator.is_main_process:
+            values = "  ".join(f"{k} {metrics[k]:.4f}" for k in ("HR@10", "HR@50", "NDCG@10", "NDCG@50"))
+            print(
+                f"{args.split} ({mode}): {values}  samples {metrics['num_samples']}  "
+                f"time {metrics['eval_seconds']:.2f} s"
+            )
+    if args.output_json and accelerator.is_main_process:
+        with open(args.output_json, "w") as f:
+            json.dump(results, f, indent=2)
+    return results
+
+
+__all__ = ["EVAL_MODES", "compute_ranks", "evaluate_split", "load_checkpoint", "run_evaluation", "score_ranks"]

@@ -1,0 +1,97 @@
+"""The ranking metrics of the evaluation protocol (PROTOCOL.md section 7), in one place.
+
+For every evaluated sample the model scores all items `1 .. N` (the padding id 0 is excluded, items the user has
+already seen are *not* masked), and `rank` is the number of items whose score is strictly higher than the target's.
+Then, per sample,
+
+    HR@K   = 1 if rank < K else 0
+    NDCG@K = 1 / log2(rank + 2) if rank < K else 0
+
+and each reported metric is the mean over all samples of the split (not per user first), rounded to 4 decimals
+when reported. `ranks_from_scores` computes the ranks, `ranking_metrics` turns ranks into metrics; the
+`evaluate` module in `modeling_ttt4rec/ranking_metrics/` wraps the same function.
+"""
+
+from collections.abc import Iterable, Sequence
+
+import numpy as np
+import torch
+
+DEFAULT_KS = (10, 50)
+METRIC_NAMES = ("HR@10", "HR@50", "NDCG@10", "NDCG@50")
+
+
+def ranks_from_scores(scores: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Number of items scoring strictly higher than each target.
+
+    Args:
+        scores: `[batch, num_candidates]`, the scores of the candidate items (for the protocol: items `1 .. N`, so
+            column `c` is item `c + 1`).
+        targets: `[batch]`, the column of each sample's target in `scores`.
+
+    Returns:
+        `[batch]` int64 ranks (0 = the target scored highest).
+    """
+    if scores.dim() != 2 or targets.dim() != 1 or scores.shape[0] != targets.shape[0]:
+        raise ValueError(
+            f"`scores` must be [batch, items] and `targets` [batch]; got {tuple(scores.shape)} and "
+            f"{tuple(targets.shape)}."
+        )
+    if targets.numel() and (int(targets.min()) < 0 or int(targets.max()) >= scores.shape[1]):
+        raise ValueError(f"`targets` must be columns of `scores` in [0, {scores.shape[1]}).")
+    target_scores = scores.gather(1, targets[:, None].long())
+    higher = torch.gt(scores, target_scores)
+    if scores.shape[1] < 2**24:
+        # summing the comparisons as float32 is ~4x faster on CPU than summing bools, and exact below 2**24
+        return higher.to(torch.float32).sum(dim=1).to(torch.int64)
+    return higher.sum(dim=1, dtype=torch.int64)
+
+
+def ranking_metrics(
+    ranks: Sequence[int] | np.ndarray | torch.Tensor, ks: Iterable[int] = DEFAULT_KS, digits: int | None = None
+) -> dict[str, float]:
+    """HR@K and NDCG@K for each `K` in `ks`, means over all samples.
+
+    Args:
+        ranks: one rank per sample (the number of items scoring strictly higher than the target).
+        ks: the cut-offs.
+        digits: round the results to this many decimals (the protocol reports 4); `None` keeps full precision.
+
+    Returns:
+        `{"HR@10": ..., "HR@50": ..., "NDCG@10": ..., "NDCG@50": ..., "num_samples": n}` (keys follow `ks`, HR
+        first).
+    """
+    if isinstance(ranks, torch.Tensor):
+        ranks = ranks.detach().cpu().numpy()
+    ranks = np.asarray(ranks)
+    if ranks.ndim != 1:
+        raise ValueError(f"`ranks` must be one rank per sample (1-D), got shape {ranks.shape}.")
+    if ranks.size == 0:
+        raise ValueError("No samples to compute metrics from: the split is empty.")
+    if not np.issubdtype(ranks.dtype, np.integer):
+        if not np.all(np.equal(np.mod(ranks, 1), 0)):
+            raise ValueError("`ranks` must be integers (counts of items scoring higher than the target).")
+        ranks = ranks.astype(np.int64)
+    if ranks.min() < 0:
+        raise ValueError(f"`ranks` must be >= 0, got {int(ranks.min())}.")
+    ks = tuple(int(k) for k in ks)
+    if not ks or min(ks) < 1:
+        raise ValueError(f"Cut-offs `ks` must be positive integers, got {ks}.")
+    gains = 1.0 / np.log2(ranks.astype(np.float64) + 2.0)
+    out: dict[str, float] = {}
+    for k in ks:
+        out[f"HR@{k}"] = float(np.mean(ranks < k))
+    for k in ks:
+        out[f"NDCG@{k}"] = float(np.mean(np.where(ranks < k, gains, 0.0)))
+    if digits is not None:
+        out = {name: round(value, digits) for name, value in out.items()}
+    out["num_samples"] = int(ranks.size)
+    return out
+
+
+def format_metrics(metrics: dict[str, float], digits: int = 4) -> str:
+    """`HR@10 0.0879 | HR@50 ... ` for logs."""
+    return " | ".join(f"{k} {v:.{digits}f}" for k, v in metrics.items() if k != "num_samples")
+
+
+__all__ = ["DEFAULT_KS", "METRIC_NAMES", "format_metrics", "ranking_metrics", "ranks_from_scores"]

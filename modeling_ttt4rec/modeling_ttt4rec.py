@@ -1,0 +1,668 @@
+"""PyTorch TTT4Rec: sequential recommendation with Test-Time Training layers (Yang, Wang and Ge, 2024).
+
+Architecture (as the official code that produced the paper's numbers builds it):
+
+    item ids -> embedding E -> dropout -> LayerNorm
+             -> num_hidden_layers x [ RMSNorm -> sequence-modeling block -> + residual
+                                      -> RMSNorm -> SwiGLU feed-forward -> + residual ]
+             -> RMSNorm -> scores h E^T over all items (padding excluded)
+
+The sequence-modeling block projects the input to the TTT views and runs the TTT layer (`ttt.py`):
+
+* `transformer` backbone: XQ, XK, XV = linear projections -> TTT -> LayerNorm -> output projection;
+* `mamba` backbone: a causal depthwise convolution with residual before the block; XQ and XK share one projection
+  followed by one causal depthwise convolution each; the TTT output is gated by `gelu(g(x))`.
+"""
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from safetensors import SafetensorError
+from torch import nn
+from transformers import PreTrainedModel
+from transformers import initialization as init
+from transformers.activations import ACT2FN
+from transformers.utils import ModelOutput, logging
+
+from .cache import CONV_NAMES, TTT4RecCache, cache_config_dict, check_config
+from .configuration_ttt4rec import TTT4RecConfig
+from .ttt import InnerState, TTTLayer
+
+logger = logging.get_logger(__name__)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Outputs
+# ----------------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class TTT4RecModelOutput(ModelOutput):
+    """Output of [`TTT4RecModel`].
+
+    Args:
+        last_hidden_state (`torch.FloatTensor` of shape `(batch_size, sequence_length, hidden_size)`):
+            Hidden states after the final norm, at every position (positions after a row's last item are padding).
+        cache_params ([`TTT4RecCache`], *optional*, returned with `use_cache=True`):
+            The inner-loop states after the last item of each row; pass it back with the next items.
+        hidden_states (`tuple(torch.FloatTensor)`, *optional*, returned with `output_hidden_states=True`):
+            The embeddings and the output of each residual block, each `(batch_size, sequence_length, hidden_size)`.
+    """
+
+    last_hidden_state: torch.FloatTensor | None = None
+    cache_params: TTT4RecCache | None = None
+    hidden_states: tuple[torch.FloatTensor, ...] | None = None
+
+
+@dataclass
+class TTT4RecNextItemOutput(ModelOutput):
+    """Output of [`TTT4RecForNextItemPrediction`].
+
+    Args:
+        loss (`torch.FloatTensor` of shape `()`, *optional*, returned when `labels` is given):
+            Mean cross-entropy over all items of the labelled targets.
+        logits (`torch.FloatTensor` of shape `(batch_size, num_items)`):
+            Scores of every item as the next item after each row's newest item; the padding id scores the lowest
+            representable value.
+        last_hidden_state (`torch.FloatTensor` of shape `(batch_size, sequence_length, hidden_size)`):
+            See [`TTT4RecModelOutput`].
+        cache_params ([`TTT4RecCache`], *optional*): see [`TTT4RecModelOutput`].
+        hidden_states (`tuple(torch.FloatTensor)`, *optional*): see [`TTT4RecModelOutput`].
+    """
+
+    loss: torch.FloatTensor | None = None
+    logits: torch.FloatTensor | None = None
+    last_hidden_state: torch.FloatTensor | None = None
+    cache_params: TTT4RecCache | None = None
+    hidden_states: tuple[torch.FloatTensor, ...] | None = None
+
+
+@dataclass
+class TTT4RecRecommendations(ModelOutput):
+    """Output of [`TTT4RecForNextItemPrediction.recommend`].
+
+    Args:
+        item_ids (`torch.LongTensor` of shape `(batch_size, top_k)`): the recommended item ids, best first.
+        scores (`torch.FloatTensor` of shape `(batch_size, top_k)`): their scores.
+        cache_params ([`TTT4RecCache`], *optional*): the updated cache (when the call read items with a cache).
+        original_ids (`list[list]`, *optional*): `item_ids` mapped through `item_map`, when one was given.
+    """
+
+    item_ids: torch.LongTensor | None = None
+    scores: torch.FloatTensor | None = None
+    cache_params: TTT4RecCache | None = None
+    original_ids: list | None = None
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Building blocks
+# ----------------------------------------------------------------------------------------------------------------
+
+
+class TTT4RecRMSNorm(nn.Module):
+    def __init__(self, hidden_size: int, eps: float):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(hidden_size))
+        self.eps = eps
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        input_dtype = hidden_states.dtype
+        hidden_states = hidden_states.float()
+        hidden_states = hidden_states * torch.rsqrt(hidden_states.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * hidden_states.to(input_dtype)
+
+
+class TTT4RecSwiGLU(nn.Module):
+    """Feed-forward block `down(act(gate(x)) * up(x))`."""
+
+    def __init__(self, config: TTT4RecConfig):
+        super().__init__()
+        self.gate_proj = nn.Linear(config.hidden_size, config.intermediate_size, bias=False)
+        self.up_proj = nn.Linear(config.hidden_size, config.intermediate_size, bias=False)
+        self.down_proj = nn.Linear(config.intermediate_size, config.hidden_size, bias=False)
+        self.act_fn = ACT2FN[config.hidden_act]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.down_proj(self.act_fn(self.gate_proj(x)) * self.up_proj(x))
+
+
+class TTT4RecCausalConv(nn.Conv1d):
+    """Causal depthwise 1-D convolution over the sequence that can continue from the last inputs it saw."""
+
+    def __init__(self, hidden_size: int, kernel_size: int):
+        super().__init__(hidden_size, hidden_size, kernel_size, groups=hidden_size, bias=True)
+
+    def forward(
+        self, x: torch.Tensor, window: torch.Tensor | None, lengths: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Convolve `x` `[batch, seq, hidden]`, continuing after `window` `[batch, hidden, kernel - 1]` (zeros: the
+        start of the sequence). Returns the output and, when `lengths` (valid items per row) is given, the window
+        after each row's last valid item."""
+        batch, seq, hidden = x.shape
+        if window is None:
+            window = x.new_zeros(batch, hidden, self.kernel_size[0] - 1)
+        # [batch, hidden, kernel - 1 + seq]
+        extended = torch.cat([window.to(x.dtype), x.transpose(1, 2)], dim=2)
+        out = F.conv1d(extended, self.weight, self.bias, groups=self.groups).transpose(1, 2)
+        if lengths is None:
+            return out, None
+        # the last kernel - 1 valid inputs of each row: positions lengths .. lengths + kernel - 2 of `extended`
+        index = lengths[:, None] + torch.arange(self.kernel_size[0] - 1, device=x.device)[None, :]
+        new_window = extended.gather(2, index[:, None, :].expand(batch, hidden, -1))
+        return out, new_window
+
+
+class TTT4RecSequenceBlock(nn.Module):
+    """Projections to the TTT views, the TTT layer, LayerNorm, (gate,) output projection."""
+
+    def __init__(self, config: TTT4RecConfig):
+        super().__init__()
+        self.num_heads = config.num_attention_heads
+        self.head_dim = config.head_dim
+        self.is_mamba = config.backbone == "mamba"
+        width = config.hidden_size
+        self.q_proj = nn.Linear(width, width, bias=False)
+        if self.is_mamba:
+            # Q and K share one projection, then each has its own causal convolution
+            self.conv_q = TTT4RecCausalConv(width, config.conv_kernel)
+            self.conv_k = TTT4RecCausalConv(width, config.conv_kernel)
+            self.g_proj = nn.Linear(width, width, bias=False)
+        else:
+            self.k_proj = nn.Linear(width, width, bias=False)
+        self.v_proj = nn.Linear(width, width, bias=False)
+        self.o_proj = nn.Linear(width, width, bias=False)
+        self.ttt = TTTLayer(config)
+        self.post_norm = nn.LayerNorm(width, eps=config.ttt_norm_eps)
+
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        state: InnerState | None,
+        conv_states: dict[str, torch.Tensor] | None,
+        valid: torch.Tensor | None,
+        offsets: torch.Tensor | None,
+    ) -> tuple[torch.Tensor, InnerState, dict[str, torch.Tensor]]:
+        batch, seq, width = hidden_states.shape
+        lengths = None if valid is None else valid.sum(dim=1)
+        new_conv = {}
+        if self.is_mamba:
+            shared = self.q_proj(hidden_states)
+            window_q = None if conv_states is None else conv_states["conv_q"]
+            window_k = None if conv_states is None else conv_states["conv_k"]
+            XQ, new_conv["conv_q"] = self.conv_q(shared, window_q, lengths)
+            XK, new_conv["conv_k"] = self.conv_k(shared, window_k, lengths)
+        else:
+            XQ, XK = self.q_proj(hidden_states), self.k_proj(hidden_states)
+        XV = self.v_proj(hidden_states)
+
+        # [batch, seq, heads, head_dim]
+        XQ, XK, XV = (x.view(batch, seq, self.num_heads, self.head_dim) for x in (XQ, XK, XV))
+        output, state = self.ttt(hidden_states, XQ, XK, XV, state=state, valid=valid, offsets=offsets)
+        output = self.post_norm(output.reshape(batch, seq, width))
+        if self.is_mamba:
+            output = F.gelu(self.g_proj(hidden_states), approximate="tanh") * output
+        return self.o_proj(output), state, new_conv
+
+
+class TTT4RecBlock(nn.Module):
+    """Residual block: [input conv ->] RMSNorm -> sequence block -> +residual -> RMSNorm -> SwiGLU -> +residual."""
+
+    def __init__(self, config: TTT4RecConfig, layer_idx: int):
+        super().__init__()
+        self.layer_idx = layer_idx
+        self.is_mamba = config.backbone == "mamba"
+        if self.is_mamba:
+            self.conv_norm = TTT4RecRMSNorm(config.hidden_size, eps=config.rms_norm_eps)
+            self.conv = TTT4RecCausalConv(config.hidden_size, config.conv_kernel)
+        self.seq_norm = TTT4RecRMSNorm(config.hidden_size, eps=config.rms_norm_eps)
+        self.seq_modeling_block = TTT4RecSequenceBlock(config)
+        self.ffn_norm = TTT4RecRMSNorm(config.hidden_size, eps=config.rms_norm_eps)
+        self.mlp = TTT4RecSwiGLU(config)
+
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        cache_params: TTT4RecCache | None = None,
+        valid: torch.Tensor | None = None,
+        offsets: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        state = conv_states = None
+        if cache_params is not None:
+            state = cache_params.inner_states[self.layer_idx]
+            conv_states = cache_params.conv_states[self.layer_idx]
+        new_conv = {}
+        if self.is_mamba:
+            window = None if conv_states is None else conv_states["pre_conv"]
+            lengths = None if valid is None else valid.sum(dim=1)
+            conv_out, new_conv["pre_conv"] = self.conv(self.conv_norm(hidden_states), window, lengths)
+            hidden_states = hidden_states + conv_out
+
+        residual = hidden_states
+        hidden_states, state, seq_conv = self.seq_modeling_block(
+            self.seq_norm(hidden_states), state, conv_states, valid, offsets
+        )
+        hidden_states = residual + hidden_states
+        hidden_states = hidden_states + self.mlp(self.ffn_norm(hidden_states))
+
+        if cache_params is not None:
+            new_conv.update(seq_conv)
+            cache_params.inner_states[self.layer_idx] = _detached(state)
+            cache_params.conv_states[self.layer_idx] = {k: v.detach() for k, v in new_conv.items()}
+        return hidden_states
+
+
+def _detached(state: InnerState) -> InnerState:
+    """A cache-ready copy of `state`: no autograd history, pending gradient sums always present."""
+    pending = state.pending or {k: torch.zeros_like(v) for k, v in state.weights.items()}
+    return InnerState(
+        weights={k: v.detach().contiguous() for k, v in state.weights.items()},
+        pending={k: v.detach() for k, v in pending.items()},
+    )
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Models
+# ----------------------------------------------------------------------------------------------------------------
+
+
+class TTT4RecPreTrainedModel(PreTrainedModel):
+    config: TTT4RecConfig
+    config_class = TTT4RecConfig
+    base_model_prefix = "model"
+    main_input_name = "input_ids"
+    _no_split_modules = ["TTT4RecBlock"]
+    _is_stateful = True
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
+        """As `PreTrainedModel.from_pretrained`; an unreadable weights file is an `OSError` that says what to do."""
+        try:
+            return super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
+        except SafetensorError as error:
+            raise OSError(
+                f"The weights of {pretrained_model_name_or_path} could not be read ({error}). The safetensors file "
+                "is probably truncated or corrupted, e.g. by an interrupted download or copy: download or save the "
+                "checkpoint again."
+            ) from error
+
+    @torch.no_grad()
+    def _init_weights(self, module: nn.Module) -> None:
+        super()._init_weights(module)
+        std = self.config.initializer_range
+        if isinstance(module, TTTLayer):
+            for name in module.weight_names:
+                param = getattr(module, name)
+                if name.startswith("W"):
+                    init.normal_(param, mean=0.0, std=std)
+                else:
+                    init.zeros_(param)
+            init.ones_(module.ttt_norm_weight)
+            init.zeros_(module.ttt_norm_bias)
+            init.normal_(module.learnable_ttt_lr_weight, mean=0.0, std=std)
+            init.zeros_(module.learnable_ttt_lr_bias)
+            init.zeros_(module.learnable_token_idx)
+
+
+class TTT4RecModel(TTT4RecPreTrainedModel):
+    """The TTT4Rec sequence encoder: item ids -> hidden state after each item."""
+
+    def __init__(self, config: TTT4RecConfig):
+        super().__init__(config)
+        self.item_embeddings = nn.Embedding(config.num_items, config.hidden_size, padding_idx=config.pad_token_id)
+        self.embedding_dropout = nn.Dropout(config.hidden_dropout_prob)
+        self.embedding_layer_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.layers = nn.ModuleList([TTT4RecBlock(config, i) for i in range(config.num_hidden_layers)])
+        self.norm = TTT4RecRMSNorm(config.hidden_size, eps=config.rms_norm_eps)
+        self.post_init()
+
+    def get_input_embeddings(self) -> nn.Embedding:
+        return self.item_embeddings
+
+    def set_input_embeddings(self, value: nn.Embedding) -> None:
+        self.item_embeddings = value
+
+    def init_cache(self, batch_size: int) -> TTT4RecCache:
+        """A cache for `batch_size` rows that have read nothing yet."""
+        device = self.item_embeddings.weight.device
+        dtype = self.item_embeddings.weight.dtype
+        inner, conv = [], []
+        for block in self.layers:
+            inner.append(_detached(block.seq_modeling_block.ttt.initial_state(batch_size)))
+            window = torch.zeros(
+                batch_size, self.config.hidden_size, self.config.conv_kernel - 1, device=device, dtype=dtype
+            )
+            conv.append({name: window.clone() for name in CONV_NAMES} if block.is_mamba else {})
+        return TTT4RecCache(
+            inner_states=inner,
+            conv_states=conv,
+            seen=torch.zeros(batch_size, dtype=torch.long, device=device),
+            last_hidden_state=torch.zeros(batch_size, self.config.hidden_size, device=device, dtype=dtype),
+            config_dict=cache_config_dict(self.config),
+        )
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor,
+        attention_mask: torch.Tensor | None = None,
+        cache_params: TTT4RecCache | None = None,
+        use_cache: bool | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+        **kwargs,
+    ) -> TTT4RecModelOutput | tuple:
+        r"""
+        Args:
+            input_ids (`torch.LongTensor` of shape `(batch_size, sequence_length)`):
+                Item ids in `[0, num_items)`, oldest first; rows are right-padded with the padding id.
+            attention_mask (`torch.Tensor` of shape `(batch_size, sequence_length)`, *optional*):
+                1 for items, 0 for padding (right padding only). Defaults to `input_ids != pad_token_id`.
+            cache_params ([`TTT4RecCache`], *optional*):
+                The state after the items read so far; `input_ids` then holds each row's next items.
+            use_cache (`bool`, *optional*):
+                Return the updated cache. Defaults to `config.use_cache` when not training.
+        """
+        output_hidden_states = (
+            output_hidden_states if output_hidden_states is not None else self.config.output_hidden_states
+        )
+        return_dict = return_dict if return_dict is not None else self.config.return_dict
+        use_cache = use_cache if use_cache is not None else (self.config.use_cache and not self.training)
+        if kwargs:
+            raise TypeError(f"TTT4RecModel.forward() got unexpected arguments: {sorted(kwargs)}.")
+        attention_mask = self._check_inputs(input_ids, attention_mask, cache_params, use_cache)
+        if use_cache and self.training and torch.is_grad_enabled():
+            raise ValueError(
+                "`use_cache=True` is for inference: the cache does not carry gradients between calls. Call "
+                "`model.eval()` (or run under `torch.no_grad()`), or pass `use_cache=False` to train."
+            )
+        if use_cache and cache_params is None:
+            cache_params = self.init_cache(input_ids.shape[0])
+
+        # Without a cache, right padding cannot influence valid positions (everything is causal): skip masking.
+        valid = attention_mask.bool() if cache_params is not None else None
+        offsets = None if cache_params is None else cache_params.seen % self.config.mini_batch_size
+
+        hidden_states = self.embedding_layer_norm(self.embedding_dropout(self.item_embeddings(input_ids)))
+        all_hidden_states = (hidden_states,) if output_hidden_states else None
+        for block in self.layers:
+            hidden_states = block(hidden_states, cache_params=cache_params, valid=valid, offsets=offsets)
+            if output_hidden_states:
+                all_hidden_states += (hidden_states,)
+        hidden_states = self.norm(hidden_states)
+
+        if cache_params is not None:
+            lengths = valid.sum(dim=1)
+            newest = hidden_states[torch.arange(len(lengths), device=lengths.device), (lengths - 1).clamp_min(0)]
+            has_new = (lengths > 0)[:, None]
+            cache_params.last_hidden_state = torch.where(
+                has_new, newest.detach().to(cache_params.last_hidden_state.dtype), cache_params.last_hidden_state
+            )
+            cache_params.seen = cache_params.seen + lengths
+
+        if not return_dict:
+            return tuple(
+                v for v in (hidden_states, cache_params if use_cache else None, all_hidden_states) if v is not None
+            )
+        return TTT4RecModelOutput(
+            last_hidden_state=hidden_states,
+            cache_params=cache_params if use_cache else None,
+            hidden_states=all_hidden_states,
+        )
+
+    def _check_inputs(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None,
+        cache_params: TTT4RecCache | None,
+        use_cache: bool,
+    ) -> torch.Tensor:
+        """Validate the inputs and return the attention mask; every problem is a `ValueError` that names it."""
+        if not isinstance(input_ids, torch.Tensor):
+            raise ValueError(f"`input_ids` must be a torch.LongTensor, got {type(input_ids).__name__}.")
+        if input_ids.is_floating_point() or input_ids.is_complex() or input_ids.dtype == torch.bool:
+            raise ValueError(
+                f"`input_ids` must hold integer item ids, got dtype {input_ids.dtype}; convert with `.long()`."
+            )
+        if input_ids.dim() != 2:
+            raise ValueError(
+                f"`input_ids` must have shape (batch_size, sequence_length), got {tuple(input_ids.shape)}; for a "
+                "single sequence use `input_ids[None]`."
+            )
+        if input_ids.shape[0] == 0 or input_ids.shape[1] == 0:
+            raise ValueError(f"`input_ids` is empty (shape {tuple(input_ids.shape)}): give at least one item per row.")
+        num_items = self.config.num_items
+        low, high = int(input_ids.min()), int(input_ids.max())
+        if low < 0 or high >= num_items:
+            bad = low if low < 0 else high
+            raise ValueError(
+                f"Item id {bad} is outside [0, {num_items}) (`num_items` = {num_items}, padding id "
+                f"{self.config.pad_token_id} included). Map unknown items to known ids or drop them before calling "
+                "the model."
+            )
+        if attention_mask is None:
+            attention_mask = (input_ids != self.config.pad_token_id).long()
+        elif attention_mask.shape != input_ids.shape:
+            raise ValueError(
+                f"`attention_mask` has shape {tuple(attention_mask.shape)} but `input_ids` has shape "
+                f"{tuple(input_ids.shape)}; they must match."
+            )
+        mask = attention_mask.bool()
+        if (mask[:, 1:] & ~mask[:, :-1]).any():
+            raise ValueError(
+                "`attention_mask` must be right-padded: in each row, all items come first and padding after."
+            )
+        if (input_ids[mask] == self.config.pad_token_id).any():
+            raise ValueError(
+                f"The padding id {self.config.pad_token_id} appears at a position the attention mask marks as an "
+                "item; set the mask to 0 there."
+            )
+        if cache_params is not None:
+            if cache_params.batch_size != input_ids.shape[0]:
+                raise ValueError(
+                    f"`input_ids` has {input_ids.shape[0]} rows but the cache holds {cache_params.batch_size}; "
+                    "select the cache's rows to match (`cache.select(rows)`) or start a new cache."
+                )
+            check_config(cache_params.config_dict, self.config)
+        elif not use_cache:
+            # (with a cache, a row may receive no item in a step: it keeps its state)
+            empty = (~mask.any(dim=1)).nonzero().flatten()
+            if empty.numel():
+                raise ValueError(
+                    f"Row(s) {empty.tolist()} contain no items (all padding); every row needs at least one item."
+                )
+        return attention_mask
+
+
+class TTT4RecForNextItemPrediction(TTT4RecPreTrainedModel):
+    """TTT4Rec encoder with the next-item head: scores of all items through the (tied) item embedding."""
+
+    _tied_weights_keys = {"item_head.weight": "model.item_embeddings.weight"}
+
+    def __init__(self, config: TTT4RecConfig):
+        super().__init__(config)
+        self.model = TTT4RecModel(config)
+        self.item_head = nn.Linear(config.hidden_size, config.num_items, bias=False)
+        self.post_init()
+
+    def get_input_embeddings(self) -> nn.Embedding:
+        return self.model.item_embeddings
+
+    def set_input_embeddings(self, value: nn.Embedding) -> None:
+        self.model.item_embeddings = value
+
+    def get_output_embeddings(self) -> nn.Linear:
+        return self.item_head
+
+    def set_output_embeddings(self, value: nn.Linear) -> None:
+        self.item_head = value
+
+    def init_cache(self, batch_size: int) -> TTT4RecCache:
+        """A cache for `batch_size` rows that have read nothing yet."""
+        return self.model.init_cache(batch_size)
+
+    def score_items(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        """Scores `[..., num_items]` of every item for hidden states `[..., hidden]`; the padding id gets the
+        lowest representable score so it is never predicted."""
+        logits = self.item_head(hidden_states).float()
+        if self.config.pad_token_id is not None:
+            logits[..., self.config.pad_token_id] = torch.finfo(logits.dtype).min
+        return logits
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor,
+        attention_mask: torch.Tensor | None = None,
+        labels: torch.LongTensor | None = None,
+        cache_params: TTT4RecCache | None = None,
+        use_cache: bool | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+        **kwargs,
+    ) -> TTT4RecNextItemOutput | tuple:
+        r"""
+        Args:
+            input_ids, attention_mask, cache_params, use_cache: see [`TTT4RecModel.forward`].
+            labels (`torch.LongTensor`, *optional*):
+                Either `(batch_size, sequence_length)`: the next item after each position (`-100` where there is no
+                target), which trains on every prefix at once; or `(batch_size,)`: the next item after each row's
+                newest item. The loss is the mean cross-entropy over all items of the given targets.
+        """
+        return_dict = return_dict if return_dict is not None else self.config.return_dict
+        outputs = self.model(
+            input_ids,
+            attention_mask=attention_mask,
+            cache_params=cache_params,
+            use_cache=use_cache,
+            output_hidden_states=output_hidden_states,
+            return_dict=True,
+            **kwargs,
+        )
+        hidden_states = outputs.last_hidden_state
+        if outputs.cache_params is not None:
+            newest = outputs.cache_params.last_hidden_state.to(hidden_states.dtype)
+        else:
+            mask = attention_mask if attention_mask is not None else input_ids != self.config.pad_token_id
+            last = mask.long().sum(dim=1) - 1
+            newest = hidden_states[torch.arange(hidden_states.shape[0], device=hidden_states.device), last]
+        logits = self.score_items(newest)
+
+        loss = None
+        if labels is not None:
+            loss = self._loss(hidden_states, logits, labels, input_ids.shape)
+
+        if not return_dict:
+            out = (logits, hidden_states, outputs.cache_params, outputs.hidden_states)
+            return tuple(v for v in ((loss,) + out if loss is not None else out) if v is not None)
+        return TTT4RecNextItemOutput(
+            loss=loss,
+            logits=logits,
+            last_hidden_state=hidden_states,
+            cache_params=outputs.cache_params,
+            hidden_states=outputs.hidden_states,
+        )
+
+    @torch.no_grad()
+    def recommend(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        cache_params: TTT4RecCache | None = None,
+        top_k: int = 10,
+        exclude_seen: bool = False,
+        exclude_items: torch.LongTensor | None = None,
+        candidates: torch.LongTensor | None = None,
+        item_map=None,
+    ) -> TTT4RecRecommendations:
+        r"""Top-`k` next items for each row, after its newest item.
+
+        Args:
+            input_ids (`torch.LongTensor` of shape `(batch_size, sequence_length)`, *optional*):
+                New items to read first (each row's whole history, or its next items when `cache_params` is given).
+                Without `input_ids`, recommend from the cache's state as it is.
+            attention_mask: see [`TTT4RecModel.forward`].
+            cache_params ([`TTT4RecCache`], *optional*): the state of the items read before; it is updated.
+            top_k (`int`): how many items to return per row.
+            exclude_seen (`bool`): never recommend an item of `input_ids` (with a cache, only this call's items are
+                known: pass the earlier ones in `exclude_items`).
+            exclude_items (`torch.LongTensor` of shape `(batch_size, n)`, *optional*): item ids never to recommend
+                to each row (0 entries are ignored).
+            candidates (`torch.LongTensor` of shape `(n,)` or `(batch_size, n)`, *optional*): recommend only among
+                these item ids.
+            item_map (*optional*): maps a dense item id to the original id (a sequence indexed by id or a dict);
+                fills `original_ids`.
+        """
+        if input_ids is None and cache_params is None:
+            raise ValueError("Pass `input_ids` (a history), `cache_params` (a state), or both.")
+        if input_ids is not None:
+            use_cache = cache_params is not None
+            outputs = self(input_ids, attention_mask=attention_mask, cache_params=cache_params, use_cache=use_cache)
+            logits, cache_params = outputs.logits, outputs.cache_params
+        else:
+            logits = self.score_items(cache_params.last_hidden_state)
+        if cache_params is not None and (cache_params.seen == 0).any():
+            empty = (cache_params.seen == 0).nonzero().flatten().tolist()
+            raise ValueError(f"Row(s) {empty} have read no item yet: there is nothing to recommend from.")
+
+        lowest = torch.finfo(logits.dtype).min
+        if candidates is not None:
+            candidates = torch.as_tensor(candidates, device=logits.device).long()
+            if candidates.dim() == 1:
+                candidates = candidates.expand(logits.shape[0], -1)
+            if candidates.shape[0] != logits.shape[0]:
+                raise ValueError(f"`candidates` has {candidates.shape[0]} rows but there are {logits.shape[0]}.")
+            if candidates.min() < 1 or candidates.max() >= self.config.num_items:
+                raise ValueError(f"`candidates` must be item ids in [1, {self.config.num_items}).")
+            allowed = torch.zeros_like(logits, dtype=torch.bool).scatter_(1, candidates, True)
+            logits = logits.masked_fill(~allowed, lowest)
+        excluded = []
+        if exclude_seen and input_ids is not None:
+            excluded.append(input_ids)
+        if exclude_items is not None:
+            excluded.append(torch.as_tensor(exclude_items, device=logits.device).long())
+        for items in excluded:
+            if items.shape[0] != logits.shape[0]:
+                raise ValueError(
+                    f"Items to exclude are given for {items.shape[0]} rows but there are {logits.shape[0]}."
+                )
+            logits = logits.scatter(1, items.clamp(0, self.config.num_items - 1), lowest)
+        logits[:, self.config.pad_token_id] = lowest
+
+        available = int((logits > lowest).sum(dim=1).min())
+        if top_k < 1 or top_k > available:
+            raise ValueError(f"`top_k` must be in [1, {available}] (the items left to recommend), got {top_k}.")
+        scores, item_ids = logits.topk(top_k, dim=1)
+        original_ids = None
+        if item_map is not None:
+            original_ids = [[item_map[i] for i in row] for row in item_ids.tolist()]
+        return TTT4RecRecommendations(
+            item_ids=item_ids, scores=scores, cache_params=cache_params, original_ids=original_ids
+        )
+
+    def _loss(
+        self, hidden_states: torch.Tensor, logits: torch.Tensor, labels: torch.Tensor, input_shape: torch.Size
+    ) -> torch.Tensor:
+        """Cross-entropy over all items for each target, without scoring positions that have no target."""
+        if labels.shape == input_shape:
+            targeted = labels != -100
+            scores = self.score_items(hidden_states[targeted])
+            targets = labels[targeted]
+        elif labels.shape == input_shape[:1]:
+            scores, targets = logits, labels
+        else:
+            raise ValueError(
+                f"`labels` must have shape {tuple(input_shape)} (a target per position, -100 for none) or "
+                f"{tuple(input_shape[:1])} (one target per row); got {tuple(labels.shape)}."
+            )
+        if targets.numel() == 0:
+            raise ValueError("`labels` holds no target (all -100): nothing to compute a loss from.")
+        if (targets == -100).any() and labels.dim() == 1:
+            raise ValueError("With one target per row, `labels` cannot be -100.")
+        if targets.min() < 0 or targets.max() >= self.config.num_items or (targets == self.config.pad_token_id).any():
+            raise ValueError(
+                f"`labels` must be item ids in [1, {self.config.num_items}) (the padding id "
+                f"{self.config.pad_token_id} is never a target; use -100 to mark positions without a target)."
+            )
+        return F.cross_entropy(scores, targets)
+
+
+__all__ = ["TTT4RecPreTrainedModel", "TTT4RecModel", "TTT4RecForNextItemPrediction", "TTT4RecRecommendations"]

@@ -1,0 +1,118 @@
+"""Speed of the TTT4Rec model on this machine: training-shaped batches and cached (incremental) serving steps.
+
+    python scripts/benchmark_model.py                 # everything, prints Markdown tables
+    python scripts/benchmark_model.py --only training
+    python scripts/benchmark_model.py --only serving --repeats 20
+
+Every number is the median of `--repeats` timed runs after one warm-up run, measured side by side in one process.
+"""
+
+import argparse
+import platform
+import statistics
+import time
+
+import torch
+
+from modeling_ttt4rec import TTT4RecConfig, TTT4RecForNextItemPrediction
+
+
+def median_seconds(fn, repeats: int) -> float:
+    fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def benchmark_training(model: TTT4RecForNextItemPrediction, batch: int, length: int, repeats: int) -> str:
+    generator = torch.Generator().manual_seed(0)
+    num_items = model.config.num_items
+    ids = torch.randint(1, num_items, (batch, length), generator=generator)
+    labels = torch.randint(1, num_items, (batch,), generator=generator)
+    model.train()
+
+    def forward():
+        with torch.no_grad():
+            model(ids, labels=labels, use_cache=False)
+
+    def forward_backward():
+        model.zero_grad(set_to_none=True)
+        model(ids, labels=labels, use_cache=False).loss.backward()
+
+    rows = ["| pass | median (s) | items/s |", "|---|---:|---:|"]
+    for name, fn in (("forward (no grad)", forward), ("forward + backward", forward_backward)):
+        seconds = median_seconds(fn, repeats)
+        rows.append(f"| {name} | {seconds:.3f} | {batch * length / seconds:,.0f} |")
+    model.eval()
+    return "\n".join(rows)
+
+
+def time_serving_step(
+    model: TTT4RecForNextItemPrediction, batch: int, length: int, repeats: int, top_k: int, generator
+) -> tuple[float, float]:
+    """Median seconds of one cached step (one new item per row + top-k) and of recomputing the whole history."""
+    num_items = model.config.num_items
+    history = torch.randint(1, num_items, (batch, length), generator=generator)
+    new_item = torch.randint(1, num_items, (batch, 1), generator=generator)
+    full_history = torch.cat([history, new_item], dim=1)
+    with torch.inference_mode():
+        cache = model(history, use_cache=True).cache_params
+        # a copy of the cache per repeat keeps every repeat identical (the copy is part of the timed step)
+        cached = median_seconds(
+            lambda: model.recommend(new_item, cache_params=cache.select(range(batch)), top_k=top_k), repeats
+        )
+        full = median_seconds(lambda: model.recommend(full_history, top_k=top_k), max(3, repeats // 4))
+    return cached, full
+
+
+def benchmark_serving(model: TTT4RecForNextItemPrediction, batches, lengths, repeats: int, top_k: int = 10) -> str:
+    generator = torch.Generator().manual_seed(1)
+    rows = [
+        "| batch | history | cached step (ms) | full recompute (ms) | speed-up |",
+        "|---:|---:|---:|---:|---:|",
+    ]
+    model.eval()
+    for batch in batches:
+        for length in lengths:
+            cached, full = time_serving_step(model, batch, length, repeats, top_k, generator)
+            rows.append(f"| {batch} | {length} | {1000 * cached:.2f} | {1000 * full:.1f} | {full / cached:.1f}x |")
+    return "\n".join(rows)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--only", choices=["training", "serving"])
+    parser.add_argument("--num_items", type=int, default=10673, help="items incl. padding (10,672 items + 1)")
+    parser.add_argument("--batch", type=int, default=2048)
+    parser.add_argument("--length", type=int, default=50)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--serving_repeats", type=int, default=50)
+    parser.add_argument(
+        "--serving_threads", type=int, default=1, help="torch threads for the serving table (one per worker)"
+    )
+    args = parser.parse_args()
+
+    torch.manual_seed(0)
+    model = TTT4RecForNextItemPrediction(TTT4RecConfig(num_items=args.num_items))
+    print(
+        f"Machine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, "
+        f"torch {torch.__version__}; default TTT4Rec (transformer, TTT-MLP, mini-batch 8), "
+        f"{args.num_items - 1:,} items.\n"
+    )
+    if args.only in (None, "training"):
+        print(f"Training-shaped batch: {args.batch} x {args.length}, full softmax over all items\n")
+        print(benchmark_training(model, args.batch, args.length, args.repeats), "\n")
+    if args.only in (None, "serving"):
+        torch.set_num_threads(args.serving_threads)
+        print(
+            f"Serving ({args.serving_threads} thread(s)): one new item per row plus top-10, cached step vs "
+            "recomputing the whole history\n"
+        )
+        print(benchmark_serving(model, (1, 256), (10, 50, 200, 1000), args.serving_repeats))
+
+
+if __name__ == "__main__":
+    main()

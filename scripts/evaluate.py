@@ -1,0 +1,44 @@
+#!/usr/bin/env python
+"""Evaluate a saved TTT4Rec checkpoint with the protocol's full ranking (PROTOCOL.md 7).
+
+    python scripts/evaluate.py --model outputs/run/best_model --dataset DATA_DIR --split test --eval_mode window
+    accelerate launch scripts/evaluate.py --model USER/NAME --dataset USER/DATA --eval_mode stream
+
+Prints HR@10, HR@50, NDCG@10, NDCG@50 (4 decimals) and the evaluation time; `--output_json` saves them.
+"""
+
+import argparse
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from modeling_ttt4rec.evaluation import EVAL_MODES  # noqa: E402
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", required=True, help="Checkpoint folder or Hub model id")
+    parser.add_argument("--dataset", required=True, help="Data set folder or Hub dataset id")
+    parser.add_argument("--dataset_config", default="split-3-2-5")
+    parser.add_argument("--split", default="test", choices=["validation", "test"])
+    parser.add_argument("--eval_mode", default="window", choices=[*EVAL_MODES, "both"])
+    parser.add_argument("--max_length", type=int, default=None, help="Default: the data set's metadata")
+    parser.add_argument("--batch_targets", type=int, default=4096)
+    parser.add_argument("--batch_tokens", type=int, default=65536)
+    parser.add_argument("--stream_chunk_size", type=int, default=64)
+    parser.add_argument("--mixed_precision", default=None, choices=["no", "bf16", "fp16"])
+    parser.add_argument("--cpu", action="store_true")
+    parser.add_argument("--output_json", default=None)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = build_parser().parse_args(argv)
+    from modeling_ttt4rec.evaluation import run_evaluation
+
+    return run_evaluation(args)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,25 @@
+#!/usr/bin/env python
+"""Write a synthetic check-in file in the SNAP Gowalla layout (6.4 million rows by default) for scale benchmarks.
+
+    python scripts/make_synthetic_gowalla.py /tmp/ttt4rec-bench/synthetic-gowalla.txt.gz --rows 6400000
+
+See ``dataset_builders.synthetic.write_synthetic_gowalla`` for the distributions. Write it outside the repository.
+"""
+
+import argparse
+import time
+
+from dataset_builders.synthetic import write_synthetic_gowalla
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("path", help="output file (.gz for gzip)")
+    parser.add_argument("--rows", type=int, default=6_400_000)
+    parser.add_argument("--users", type=int, default=107_000)
+    parser.add_argument("--items", type=int, default=1_280_000)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+    start = time.perf_counter()
+    path = write_synthetic_gowalla(args.path, args.rows, args.users, args.items, seed=args.seed)
+    seconds = time.perf_counter() - start
+    print(f"wrote {path} ({path.stat().st_size / 2**20:.0f} MiB, {args.rows:,} rows) in {seconds:.1f} s")

@@ -1,0 +1,48 @@
+"""Replay a user's history one interaction at a time with the cache, printing the top-k after each one.
+
+python scripts/recommend.py --checkpoint path/or/repo --history 12 7 31 7 5 --top_k 5
+python scripts/recommend.py --num_items 10673 --history 12 7 31   # a freshly initialised model
+"""
+
+import argparse
+import time
+
+import torch
+
+from modeling_ttt4rec import TTT4RecConfig, TTT4RecForNextItemPrediction
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--checkpoint", help="a save_pretrained folder or Hub repo id (default: a new model)")
+    parser.add_argument("--num_items", type=int, default=10673, help="items incl. padding, for a new model")
+    parser.add_argument("--history", type=int, nargs="+", required=True, help="the user's item ids, oldest first")
+    parser.add_argument("--top_k", type=int, default=10)
+    parser.add_argument("--exclude_seen", action="store_true", help="never recommend an item already read")
+    args = parser.parse_args()
+
+    if args.checkpoint:
+        model = TTT4RecForNextItemPrediction.from_pretrained(args.checkpoint)
+    else:
+        torch.manual_seed(0)
+        model = TTT4RecForNextItemPrediction(TTT4RecConfig(num_items=args.num_items))
+    model.eval()
+
+    cache = model.init_cache(batch_size=1)
+    seen: list[int] = []
+    for step, item in enumerate(args.history, start=1):
+        seen.append(item)
+        start = time.perf_counter()
+        out = model.recommend(
+            torch.tensor([[item]]),
+            cache_params=cache,
+            top_k=args.top_k,
+            exclude_items=torch.tensor([seen]) if args.exclude_seen else None,
+        )
+        elapsed_ms = 1000 * (time.perf_counter() - start)
+        cache = out.cache_params
+        print(f"after item {step:>4} ({item:>6}): top-{args.top_k} {out.item_ids[0].tolist()}  [{elapsed_ms:.2f} ms]")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,24 @@
+#!/usr/bin/env python
+"""Train TTT4Rec on a split data set with the paper's protocol.
+
+    python scripts/train.py --dataset DATA_DIR_OR_HUB_ID --output_dir outputs/run
+    accelerate launch scripts/train.py --dataset ... --mixed_precision bf16
+    python scripts/train.py --config_file run.yaml --backbone mamba --ttt_layer_type linear
+
+All settings: `python scripts/train.py --help`. The logic is in `modeling_ttt4rec.training`.
+"""
+
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from modeling_ttt4rec.training import parse_args, train  # noqa: E402
+
+
+def main(argv: list[str] | None = None) -> None:
+    train(parse_args(argv))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,82 @@
+"""Tiny data sets in the published split format, written by the tests themselves (no downloads)."""
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+
+SPLIT_RATIOS = {"split-3-2-5": (0.3, 0.2, 0.5), "split-6-2-2": (0.6, 0.2, 0.2)}
+
+
+def split_counts(t: int, r: tuple[float, float, float]) -> list[int]:
+    """PROTOCOL.md 5, literally."""
+    c = [math.floor(r[0] * t), math.floor(r[1] * t), math.floor(r[2] * t)]
+    c[0] = t - c[1] - c[2]
+    for i in (1, 2):
+        if c[0] <= 1:
+            break
+        if 0 < r[-i] * t < 1:
+            c[-i] += 1
+            c[0] -= 1
+    return c
+
+
+def random_sequences(num_users: int, num_items: int, min_len: int, max_len: int, seed: int = 0) -> list[list[int]]:
+    """Sequences with some structure (users drift through item ranges), so a model can learn something."""
+    rng = np.random.default_rng(seed)
+    seqs = []
+    for _ in range(num_users):
+        n = int(rng.integers(min_len, max_len + 1))
+        start = int(rng.integers(1, num_items))
+        steps = rng.integers(1, 4, size=n)
+        seqs.append([int((start + s - 1) % (num_items - 1) + 1) for s in np.cumsum(steps)])
+    return seqs
+
+
+def split_rows(seqs: list[list[int]], ratios: tuple[float, float, float]) -> dict[str, list[dict]]:
+    rows = {"train": [], "validation": [], "test": []}
+    for u, s in enumerate(seqs):
+        c = split_counts(len(s) - 1, ratios)
+        bounds = {"train": (1, c[0] + 1), "validation": (c[0] + 1, c[0] + c[1] + 1), "test": (c[0] + c[1] + 1, len(s))}
+        for name, (ts, end) in bounds.items():
+            if end > ts:
+                rows[name].append({"user_id": f"u{u}", "item_ids": s[:end], "target_start": ts})
+    return rows
+
+
+def write_split_dataset(
+    folder: str | Path,
+    seqs: list[list[int]],
+    num_items: int,
+    max_length: int,
+    configs: tuple[str, ...] = ("split-3-2-5", "split-6-2-2"),
+    with_metadata: bool = True,
+    drop_column: str | None = None,
+) -> Path:
+    """Write `folder` as dataset_builders publish a data set: parquet per config/split, README.md with `configs`,
+    metadata.json and an item id map."""
+    from datasets import Dataset
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    yaml = ["---", "configs:"]
+    for k, name in enumerate(configs):
+        rows = split_rows(seqs, SPLIT_RATIOS[name])
+        yaml.append(f"- config_name: {name}")
+        if k == 0:
+            yaml.append("  default: true")
+        yaml.append("  data_files:")
+        for split, split_rows_ in rows.items():
+            if drop_column:
+                split_rows_ = [{k2: v for k2, v in r.items() if k2 != drop_column} for r in split_rows_]
+            (folder / name).mkdir(exist_ok=True)
+            Dataset.from_list(split_rows_).to_parquet(str(folder / name / f"{split}-00000-of-00001.parquet"))
+            yaml.append(f"  - {{split: {split}, path: {name}/{split}-*.parquet}}")
+    yaml.append("---")
+    (folder / "README.md").write_text("\n".join(yaml) + "\n\n# A tiny test data set\n")
+    if with_metadata:
+        meta = {"name": "tiny", "num_items": num_items, "max_length": max_length}
+        (folder / "metadata.json").write_text(json.dumps(meta))
+    (folder / "item_id_map.json").write_text(json.dumps({str(i): f"item-{i}" for i in range(1, num_items)}))
+    return folder

@@ -1,0 +1,57 @@
+"""``--download`` code path, with the network replaced by a fake (tests never download)."""
+
+from __future__ import annotations
+
+import io
+import urllib.request
+import zipfile
+from pathlib import Path
+
+import pytest
+
+from dataset_builders import DatasetBuildError
+from dataset_builders.download import download_raw
+
+
+class _FakeResponse(io.BytesIO):
+    def __init__(self, data: bytes) -> None:
+        super().__init__(data)
+        self.headers = {"Content-Length": str(len(data))}
+
+    def __enter__(self) -> _FakeResponse:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def test_movielens_zip_is_fetched_and_unpacked(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as zf:
+        zf.writestr("ml-100k/u.data", "1\t2\t3\t4\n")
+    urls: list[str] = []
+
+    def fake_urlopen(url: str, timeout: float) -> _FakeResponse:
+        urls.append(url)
+        return _FakeResponse(buffer.getvalue())
+
+    monkeypatch.setattr(urllib.request, "urlopen", fake_urlopen)
+    path = download_raw("movielens-100k", tmp_path / "raw", progress=False)
+    assert urls == ["https://files.grouplens.org/datasets/movielens/ml-100k.zip"]
+    assert path == tmp_path / "raw" / "u.data" and path.read_text() == "1\t2\t3\t4\n"
+    assert download_raw("movielens-100k", tmp_path / "raw", progress=False) == path and len(urls) == 1  # reused
+
+
+def test_failed_download_is_a_clear_error(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    def offline(url: str, timeout: float) -> None:
+        raise OSError("network unreachable")
+
+    monkeypatch.setattr(urllib.request, "urlopen", offline)
+    with pytest.raises(DatasetBuildError, match="download of https://snap.stanford.edu/.* failed: network"):
+        download_raw("gowalla", tmp_path, progress=False)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_twitch_has_no_direct_download(tmp_path: Path) -> None:
+    with pytest.raises(DatasetBuildError, match="fetch 100k_a.csv from https://github.com/JRappaz/liverec by hand"):
+        download_raw("twitch-100k", tmp_path)

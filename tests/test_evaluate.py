@@ -1,0 +1,120 @@
+"""Full-ranking evaluation: window and stream modes against a brute-force reference, errors, the CLI."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from helpers import random_sequences, write_split_dataset
+
+from modeling_ttt4rec import TTT4RecConfig, TTT4RecForNextItemPrediction
+from modeling_ttt4rec.data import SplitSequences, load_sequences
+from modeling_ttt4rec.evaluation import compute_ranks, evaluate_split, load_checkpoint
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def tiny_model(num_items=40, **kw):
+    torch.manual_seed(0)
+    cfg = dict(num_items=num_items, hidden_size=16, intermediate_size=32, mini_batch_size=4, num_attention_heads=2)
+    cfg.update(kw)
+    return TTT4RecForNextItemPrediction(TTT4RecConfig(**cfg)).eval()
+
+
+def brute_force_ranks(model, split: SplitSequences, max_length: int | None) -> list[int]:
+    """Each sample on its own through `model.forward`, rank from its logits (PROTOCOL.md 7 literally)."""
+    ranks = []
+    for r in range(split.num_rows):
+        seq = split.values[split.offsets[r] : split.offsets[r + 1]]
+        for j in range(int(split.target_start[r]), len(seq)):
+            start = 0 if max_length is None else max(0, j - max_length)
+            with torch.no_grad():
+                logits = model(torch.tensor(seq[start:j])[None], use_cache=False).logits[0]
+            scores = logits[1:]
+            ranks.append(int((scores > scores[seq[j] - 1]).sum()))
+    return ranks
+
+
+@pytest.mark.parametrize("backbone, layer", [("transformer", "mlp"), ("mamba", "linear")])
+def test_window_and_stream_match_brute_force_and_agree_without_long_histories(backbone, layer):
+    seqs = random_sequences(12, 40, 2, 9, seed=3)  # every history <= 8 = L
+    split = SplitSequences.from_rows(seqs, [max(1, len(s) // 2) for s in seqs])
+    model = tiny_model(backbone=backbone, ttt_layer_type=layer)
+    reference = brute_force_ranks(model, split, 8)
+    window = compute_ranks(model, split, 8, mode="window", batch_targets=7)
+    stream = compute_ranks(model, split, 8, mode="stream", batch_targets=7, stream_chunk_size=4)
+    assert window.tolist() == reference
+    assert stream.tolist() == reference
+    window_metrics = evaluate_split(model, split, 8, "window")
+    stream_metrics = evaluate_split(model, split, 8, "stream")
+    for name in ("HR@10", "HR@50", "NDCG@10", "NDCG@50", "num_samples"):
+        assert window_metrics[name] == stream_metrics[name]
+
+
+def test_long_histories_window_truncates_stream_reads_everything():
+    seqs = random_sequences(6, 40, 14, 30, seed=4)
+    split = SplitSequences.from_rows(seqs, [len(s) // 2 for s in seqs])
+    model = tiny_model()
+    window = compute_ranks(model, split, 5, mode="window", batch_targets=9, batch_tokens=40)
+    stream = compute_ranks(model, split, 5, mode="stream", batch_targets=9, stream_chunk_size=8)
+    assert window.tolist() == brute_force_ranks(model, split, 5)
+    assert stream.tolist() == brute_force_ranks(model, split, None)
+    assert window.tolist() != stream.tolist()
+
+
+def test_unknown_mode():
+    split = SplitSequences.from_rows([[1, 2, 3]], [1])
+    with pytest.raises(ValueError, match="Unknown eval mode"):
+        compute_ranks(tiny_model(), split, 5, mode="full")
+
+
+def test_checkpoint_errors(tmp_path):
+    model = tiny_model()
+    model.save_pretrained(tmp_path / "ok")
+    assert load_checkpoint(str(tmp_path / "ok")).config.num_items == 40
+    with pytest.raises(ValueError, match="config.json is missing"):
+        load_checkpoint(str(tmp_path))
+    (tmp_path / "noweights").mkdir()
+    (tmp_path / "noweights" / "config.json").write_text((tmp_path / "ok" / "config.json").read_text())
+    with pytest.raises(ValueError, match="no weights"):
+        load_checkpoint(str(tmp_path / "noweights"))
+    # truncated weights file
+    import shutil
+
+    shutil.copytree(tmp_path / "ok", tmp_path / "truncated")
+    data = (tmp_path / "ok" / "model.safetensors").read_bytes()
+    (tmp_path / "truncated" / "model.safetensors").write_bytes(data[: len(data) // 2])
+    with pytest.raises(ValueError, match="truncated|Could not load"):
+        load_checkpoint(str(tmp_path / "truncated"))
+    # a weights file with a tensor missing
+    from safetensors.torch import load_file, save_file
+
+    shutil.copytree(tmp_path / "ok", tmp_path / "missing")
+    tensors = load_file(tmp_path / "ok" / "model.safetensors")
+    dropped = next(k for k in tensors if "q_proj" in k)
+    del tensors[dropped]
+    save_file(tensors, tmp_path / "missing" / "model.safetensors", metadata={"format": "pt"})
+    with pytest.raises(ValueError, match="incomplete"):
+        load_checkpoint(str(tmp_path / "missing"))
+
+
+def test_evaluate_script(tmp_path):
+    seqs = random_sequences(20, 40, 3, 12, seed=5)
+    data = write_split_dataset(tmp_path / "data", seqs, num_items=40, max_length=6)
+    model = tiny_model()
+    model.save_pretrained(tmp_path / "model")
+    out = tmp_path / "metrics.json"
+    cmd = [sys.executable, str(ROOT / "scripts" / "evaluate.py"), "--model", str(tmp_path / "model"), "--dataset"]
+    cmd += [str(data), "--eval_mode", "both", "--output_json", str(out), "--cpu"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert "test (window): HR@10" in proc.stdout
+    result = json.loads(out.read_text())
+    sequences, meta = load_sequences(data, "split-3-2-5")
+    expected = evaluate_split(model, sequences["test"], meta.max_length, "window")
+    assert result["window"]["NDCG@10"] == expected["NDCG@10"]
+    assert result["window"]["num_samples"] == sequences["test"].num_samples
+    assert set(result) == {"window", "stream"}
+    assert result["stream"]["num_samples"] == result["window"]["num_samples"]

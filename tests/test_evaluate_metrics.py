@@ -1,0 +1,48 @@
+"""The protocol's metrics (PROTOCOL.md 7): one formula, plain function and `evaluate` module."""
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from modeling_ttt4rec.metrics import ranking_metrics, ranks_from_scores
+
+METRIC_DIR = Path(__file__).resolve().parent.parent / "modeling_ttt4rec" / "ranking_metrics"
+
+
+def test_metrics_by_hand():
+    ranks = [0, 9, 10, 49, 50]
+    out = ranking_metrics(ranks)
+    assert out["HR@10"] == pytest.approx(2 / 5)
+    assert out["HR@50"] == pytest.approx(4 / 5)
+    assert out["NDCG@10"] == pytest.approx((1 / math.log2(2) + 1 / math.log2(11)) / 5)
+    assert out["NDCG@50"] == pytest.approx((1 + 1 / math.log2(11) + 1 / math.log2(12) + 1 / math.log2(51)) / 5)
+    assert out["num_samples"] == 5
+    assert ranking_metrics(ranks, digits=4)["NDCG@10"] == round(out["NDCG@10"], 4)
+
+
+def test_ranks_count_only_strictly_higher_scores():
+    scores = torch.tensor([[0.5, 0.9, 0.5, 0.1], [1.0, 1.0, 1.0, 1.0]])
+    ranks = ranks_from_scores(scores, torch.tensor([0, 3]))
+    assert ranks.tolist() == [1, 0]  # ties do not count against the target
+
+
+@pytest.mark.parametrize(
+    "bad, message",
+    [([], "empty"), ([-1, 2], ">= 0"), ([[1, 2]], "1-D"), ([0.5], "integers")],
+)
+def test_bad_ranks(bad, message):
+    with pytest.raises(ValueError, match=message):
+        ranking_metrics(np.array(bad))
+
+
+def test_evaluate_module_matches_plain_function():
+    evaluate = pytest.importorskip("evaluate")
+    metric = evaluate.load(str(METRIC_DIR))
+    ranks = np.random.default_rng(0).integers(0, 200, size=500)
+    assert metric.compute(predictions=ranks.tolist()) == ranking_metrics(ranks)
+    metric.add_batch(predictions=ranks[:100].tolist())
+    metric.add_batch(predictions=ranks[100:].tolist())
+    assert metric.compute(digits=4) == ranking_metrics(ranks, digits=4)

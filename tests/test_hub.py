@@ -1,0 +1,173 @@
+"""Hub publishing without a network: the exact upload and card, clear errors, loading by repo id from the cache."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from modeling_ttt4rec import TTT4RecConfig, TTT4RecForNextItemPrediction
+from modeling_ttt4rec.hub import HubError, prepare_hub_folder, push_folder
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = {
+    "dataset": "someone/video-games",
+    "dataset_name": "sasrec",
+    "dataset_config": "split-3-2-5",
+    "rows": [
+        {"split": "validation", "mode": "window", "HR@10": 0.1, "HR@50": 0.2, "NDCG@10": 0.05, "NDCG@50": 0.07},
+        {"split": "test", "mode": "window", "HR@10": 0.0879, "HR@50": 0.2, "NDCG@10": 0.0425, "NDCG@50": 0.06},
+        {"split": "test", "mode": "stream", "HR@10": 0.09, "HR@50": 0.21, "NDCG@10": 0.043, "NDCG@50": 0.061},
+    ],
+    "epochs": 12,
+    "best_epoch": 7,
+}
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("ckpt") / "best_model"
+    torch.manual_seed(0)
+    model = TTT4RecForNextItemPrediction(TTT4RecConfig(num_items=40, hidden_size=16, num_attention_heads=2))
+    model.save_pretrained(folder)
+    (folder / "item_map.parquet").write_bytes(b"PAR1")
+    (folder / "training_info.json").write_text(json.dumps({"max_length": 50}))
+    return folder
+
+
+def test_exact_upload_and_model_card(checkpoint, tmp_path):
+    files = prepare_hub_folder(checkpoint, tmp_path / "upload", "someone/ttt4rec-video", RESULTS)
+    assert files == sorted(
+        [
+            "README.md",
+            "cache.py",
+            "config.json",
+            "configuration_ttt4rec.py",
+            "item_map.parquet",
+            "model.safetensors",
+            "modeling_ttt4rec.py",
+            "training_info.json",
+            "ttt.py",
+        ]
+    )
+    card = (tmp_path / "upload" / "README.md").read_text()
+    _, front, body = card.split("---\n", 2)
+    meta = yaml.safe_load(front)
+    assert meta["library_name"] == "transformers"
+    assert {"ttt4rec", "recommendation", "test-time-training"} <= set(meta["tags"])
+    assert meta["datasets"] == ["someone/video-games"]
+    results = meta["model-index"][0]["results"]
+    assert results[0]["dataset"]["split"] == "test" and results[0]["dataset"]["config"] == "split-3-2-5"
+    values = {(m["type"], m["config"]): m["value"] for r in results for m in r["metrics"]}
+    assert values[("hr_at_10", "window")] == 0.0879 and values[("ndcg_at_10", "stream")] == 0.043
+    assert len(values) == 8
+    assert 'AutoModel.from_pretrained("someone/ttt4rec-video", trust_remote_code=True)' in body
+    assert "cache_params=cache" in body and "item_map.parquet" in body
+    assert "TTT4Rec: A Test-Time Training Approach" in body and "Preliminary Evaluation of the Test-Time" in body
+    assert "| test | window | 0.0879 | 0.2000 | 0.0425 | 0.0600 |" in body
+    assert "{{" not in card
+
+
+def test_incomplete_checkpoint_is_refused(tmp_path):
+    (tmp_path / "ckpt").mkdir()
+    (tmp_path / "ckpt" / "config.json").write_text("{}")
+    with pytest.raises(FileNotFoundError, match="model.safetensors is missing"):
+        prepare_hub_folder(tmp_path / "ckpt", tmp_path / "up", "a/b", RESULTS)
+
+
+def test_push_errors_offline_and_without_token(checkpoint, tmp_path, monkeypatch):
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    with pytest.raises(HubError, match="offline mode"):
+        push_folder(checkpoint, "someone/x", token="hf_fake")
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.delenv("HF_TOKEN", raising=False)
+    monkeypatch.setattr(constants, "HF_TOKEN_PATH", str(tmp_path / "no-token"))
+    monkeypatch.setattr(constants, "HF_STORED_TOKENS_PATH", str(tmp_path / "no-tokens"))
+    with pytest.raises(HubError, match="no token"):
+        push_folder(checkpoint, "someone/x")
+
+
+def test_push_error_when_the_hub_is_unreachable(checkpoint, tmp_path):
+    script = textwrap.dedent(
+        f"""
+        from modeling_ttt4rec.hub import HubError, push_folder
+        try:
+            push_folder({str(checkpoint)!r}, "someone/x", token="hf_fake")
+        except HubError as err:
+            print("HubError:", err)
+        """
+    )
+    env = dict(os.environ, HF_ENDPOINT="http://127.0.0.1:9", HF_HUB_OFFLINE="0", PYTHONPATH=str(ROOT))
+    proc = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120)
+    assert "HubError: Cannot reach the Hub at http://127.0.0.1:9" in proc.stdout, proc.stdout + proc.stderr
+
+
+def make_hub_cache(checkpoint: Path, cache: Path, repo_id: str) -> None:
+    """Lay out `checkpoint` in `cache` as `huggingface_hub` stores a downloaded model repository."""
+    commit = "fedcba9876543210fedcba9876543210fedcba98"
+    repo = cache / ("models--" + repo_id.replace("/", "--"))
+    shutil.copytree(checkpoint, repo / "snapshots" / commit)
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text(commit)
+
+
+@pytest.mark.parametrize("import_package", [False, True])
+def test_load_by_repo_id_from_the_cache_offline_in_a_fresh_process(checkpoint, tmp_path, import_package):
+    hf_home = tmp_path / "hf"
+    make_hub_cache(checkpoint, hf_home / "hub", "someone/ttt4rec-tiny")
+    ids = [[3, 7, 1, 9, 4], [2, 5, 0, 0, 0]]
+    with torch.no_grad():
+        model = TTT4RecForNextItemPrediction.from_pretrained(checkpoint).eval()
+        expected = model(torch.tensor(ids), use_cache=False).logits
+    script = textwrap.dedent(
+        f"""
+        import json, sys, torch
+        {"import modeling_ttt4rec" if import_package else ""}
+        from transformers import AutoModel
+        model = AutoModel.from_pretrained("someone/ttt4rec-tiny", trust_remote_code=True).eval()
+        with torch.no_grad():
+            logits = model(torch.tensor({ids}), use_cache=False).logits
+        print(json.dumps({{"module": type(model).__module__, "logits": logits.tolist()}}))
+        """
+    )
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    env.update(HF_HOME=str(hf_home), HF_HUB_OFFLINE="1")
+    if import_package:
+        env["PYTHONPATH"] = str(ROOT)
+    proc = subprocess.run(
+        [sys.executable, "-c", script], env=env, capture_output=True, text=True, cwd=tmp_path, timeout=300
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    if not import_package:
+        assert out["module"].startswith("transformers_modules")
+    torch.testing.assert_close(torch.tensor(out["logits"]), expected)
+
+
+def test_train_push_to_hub_dry_run_and_offline_error(tmp_path):
+    from accelerate.state import AcceleratorState
+    from helpers import random_sequences, write_split_dataset
+
+    from modeling_ttt4rec.training import parse_args, train
+
+    data = write_split_dataset(tmp_path / "data", random_sequences(30, 30, 3, 12, seed=2), num_items=30, max_length=6)
+    argv = ["--dataset", str(data), "--max_epochs", "1", "--hidden_size", "16", "--num_attention_heads", "2"]
+    argv += ["--disable_tqdm", "true", "--test_eval_modes", "window", "--push_to_hub", "--hub_model_id", "me/tiny"]
+    AcceleratorState._reset_state(reset_partial_state=True)
+    train(parse_args([*argv, "--output_dir", str(tmp_path / "dry"), "--hub_dry_run"]))
+    upload = tmp_path / "dry" / "hub_upload"
+    assert {"README.md", "model.safetensors", "config.json", "item_id_map.json"} <= {p.name for p in upload.iterdir()}
+    assert "me/tiny" in (upload / "README.md").read_text()
+    AcceleratorState._reset_state(reset_partial_state=True)
+    with pytest.raises(HubError, match="offline mode"):
+        train(parse_args([*argv, "--output_dir", str(tmp_path / "real")]))
+    AcceleratorState._reset_state(reset_partial_state=True)
+    assert (tmp_path / "real" / "best_model" / "model.safetensors").is_file()  # the run itself is kept

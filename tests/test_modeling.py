@@ -1,0 +1,225 @@
+"""The TTT4Rec model: architecture parity, causality, padding, batch independence, loss and bad input."""
+
+import pytest
+import torch
+
+from modeling_ttt4rec import TTT4RecConfig, TTT4RecForNextItemPrediction, TTT4RecModel
+
+VARIANTS = [(b, t) for b in ("transformer", "mamba") for t in ("linear", "mlp")]
+
+
+def small_model(
+    backbone="transformer", ttt_layer_type="mlp", mini_batch_size=3, **kwargs
+) -> TTT4RecForNextItemPrediction:
+    config = TTT4RecConfig(
+        num_items=40,
+        hidden_size=16,
+        intermediate_size=24,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        backbone=backbone,
+        ttt_layer_type=ttt_layer_type,
+        mini_batch_size=mini_batch_size,
+        **kwargs,
+    )
+    torch.manual_seed(0)
+    model = TTT4RecForNextItemPrediction(config).eval()
+    with torch.no_grad():  # move every parameter away from its (often symmetric) initial value
+        for param in model.parameters():
+            param.add_(0.05 * torch.randn_like(param))
+    return model
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Parameter counts: parity with the official implementation
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def count(model: torch.nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def test_parameter_count_matches_official_implementation():
+    """Official code, hidden 64, 1 block, 4 heads, transformer + TTT-MLP, mini-batch 8, 10,673 items: 757,964."""
+    model = TTT4RecForNextItemPrediction(TTT4RecConfig(num_items=10673))
+    embedding = model.model.item_embeddings.weight.numel()
+    assert embedding == 683_072
+    assert count(model) == 757_964
+    assert count(model) - embedding == 74_892
+    # tied: the head adds no parameter
+    assert model.item_head.weight.data_ptr() == model.model.item_embeddings.weight.data_ptr()
+
+
+@pytest.mark.parametrize(
+    ("backbone", "ttt_layer_type", "rest"),
+    [
+        ("transformer", "linear", 67_468),
+        ("transformer", "mlp", 74_892),
+        ("mamba", "linear", 68_492),
+        ("mamba", "mlp", 75_916),
+    ],
+)
+def test_parameter_count_per_variant(backbone, ttt_layer_type, rest):
+    model = TTT4RecForNextItemPrediction(
+        TTT4RecConfig(num_items=10673, backbone=backbone, ttt_layer_type=ttt_layer_type)
+    )
+    assert count(model) - 683_072 == rest
+
+
+def test_untied_head_has_its_own_weights():
+    model = TTT4RecForNextItemPrediction(TTT4RecConfig(num_items=100, tie_word_embeddings=False))
+    assert model.item_head.weight.data_ptr() != model.model.item_embeddings.weight.data_ptr()
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Sequence semantics
+# ---------------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("backbone", "ttt_layer_type"), VARIANTS)
+def test_causal(backbone, ttt_layer_type):
+    model = small_model(backbone, ttt_layer_type)
+    ids = torch.randint(1, 40, (2, 11), generator=torch.Generator().manual_seed(1))
+    changed = ids.clone()
+    changed[:, 6] = (ids[:, 6] % 39) + 1
+    with torch.no_grad():
+        a = model.model(ids, use_cache=False).last_hidden_state
+        b = model.model(changed, use_cache=False).last_hidden_state
+    torch.testing.assert_close(a[:, :6], b[:, :6], rtol=0, atol=0)
+    assert (a[:, 6:] - b[:, 6:]).abs().max() > 1e-4
+
+
+@pytest.mark.parametrize(("backbone", "ttt_layer_type"), VARIANTS)
+def test_right_padding_and_row_independence(backbone, ttt_layer_type):
+    model = small_model(backbone, ttt_layer_type)
+    generator = torch.Generator().manual_seed(2)
+    lengths = [10, 4, 7]
+    rows = [torch.randint(1, 40, (n,), generator=generator) for n in lengths]
+    batch = torch.zeros(3, 10, dtype=torch.long)
+    for i, row in enumerate(rows):
+        batch[i, : len(row)] = row
+    with torch.no_grad():
+        together = model(batch, use_cache=False)
+        for i, row in enumerate(rows):
+            alone = model(row[None], use_cache=False)
+            torch.testing.assert_close(together.last_hidden_state[i, : len(row)], alone.last_hidden_state[0])
+            torch.testing.assert_close(together.logits[i], alone.logits[0])
+
+
+def test_padding_is_never_predicted_and_loss_matches_manual_cross_entropy():
+    model = small_model()
+    ids = torch.tensor([[3, 5, 7, 0], [4, 9, 0, 0]])
+    labels = torch.tensor([[5, 7, 11, -100], [9, 2, -100, -100]])
+    out = model(ids, labels=labels, use_cache=False)
+    assert out.logits.shape == (2, 40)
+    assert (out.logits.argmax(-1) != 0).all()
+    assert (out.logits[:, 0] < out.logits[:, 1:].min(dim=1).values).all()
+    scores = model.item_head(out.last_hidden_state)  # [2, 4, 40]
+    scores[..., 0] = float("-inf")
+    manual = torch.stack(
+        [
+            torch.nn.functional.cross_entropy(scores[r, p][None], labels[r, p][None])
+            for r, p in [(0, 0), (0, 1), (0, 2), (1, 0), (1, 1)]
+        ]
+    ).mean()
+    torch.testing.assert_close(out.loss, manual)
+    # one target per row: the item after each row's last item
+    per_row = model(ids, labels=torch.tensor([11, 2]), use_cache=False)
+    manual_row = torch.nn.functional.cross_entropy(scores[[0, 1], [2, 1]], torch.tensor([11, 2]))
+    torch.testing.assert_close(per_row.loss, manual_row)
+
+
+def test_training_reduces_loss():
+    model = small_model(mini_batch_size=2).train()
+    generator = torch.Generator().manual_seed(3)
+    ids = torch.randint(1, 40, (8, 9), generator=generator)
+    labels = torch.roll(ids, -1, dims=1)
+    labels[:, -1] = -100
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
+    losses = []
+    for _ in range(15):
+        loss = model(ids, labels=labels).loss
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.7 * losses[0]
+    for name, param in model.named_parameters():
+        assert param.grad is not None and torch.isfinite(param.grad).all(), name
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Configuration and bad input
+# ---------------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"hidden_size": 66, "num_attention_heads": 4}, "divisible by `num_attention_heads`"),
+        ({"mini_batch_size": 0}, "`mini_batch_size` must be >= 1"),
+        ({"backbone": "lstm"}, "Unknown `backbone` 'lstm'"),
+        ({"ttt_layer_type": "conv"}, "Unknown `ttt_layer_type` 'conv'"),
+        ({"num_items": 1}, "`num_items` counts the padding id"),
+        ({"hidden_dropout_prob": 1.5}, "`hidden_dropout_prob`"),
+        ({"hidden_size": 12, "num_attention_heads": 4}, "must be even"),
+    ],
+)
+def test_config_rejects_bad_arguments(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        TTT4RecConfig(**kwargs)
+
+
+def test_config_defaults_are_the_papers():
+    config = TTT4RecConfig()
+    assert (config.hidden_size, config.intermediate_size, config.num_hidden_layers, config.num_attention_heads) == (
+        64,
+        256,
+        1,
+        4,
+    )
+    assert (config.backbone, config.ttt_layer_type, config.mini_batch_size) == ("transformer", "mlp", 8)
+    assert (config.ttt_base_lr, config.rope_theta, config.hidden_dropout_prob) == (1.0, 1000.0, 0.2)
+    assert config.pad_token_id == 0 and config.tie_word_embeddings
+
+
+@pytest.mark.parametrize(
+    ("make_input", "message"),
+    [
+        (lambda: (torch.tensor([[1, 2, 40]]), None), r"Item id 40 is outside \[0, 40\)"),
+        (lambda: (torch.tensor([[1, -3, 2]]), None), r"Item id -3 is outside"),
+        (lambda: (torch.tensor([[1.0, 2.0]]), None), "must hold integer item ids"),
+        (lambda: (torch.zeros(1, 0, dtype=torch.long), None), "is empty"),
+        (lambda: (torch.tensor([1, 2, 3]), None), r"must have shape \(batch_size, sequence_length\)"),
+        (lambda: (torch.tensor([[1, 2, 3]]), torch.ones(1, 2)), "`attention_mask` has shape"),
+        (lambda: (torch.tensor([[1, 2, 3]]), torch.tensor([[0, 1, 1]])), "must be right-padded"),
+        (lambda: (torch.tensor([[1, 2], [0, 0]]), None), r"Row\(s\) \[1\] contain no items"),
+        (lambda: (torch.tensor([[1, 0, 3]]), torch.ones(1, 3)), "padding id 0 appears"),
+        (lambda: ([[1, 2]], None), "must be a torch.LongTensor"),
+    ],
+)
+def test_bad_input_raises_clear_value_error(make_input, message):
+    model = small_model()
+    input_ids, attention_mask = make_input()
+    with pytest.raises(ValueError, match=message):
+        model(input_ids, attention_mask=attention_mask, use_cache=False)
+
+
+@pytest.mark.parametrize(
+    ("labels", "message"),
+    [
+        (torch.tensor([[2, 0, 4]]), "padding id 0 is never a target"),
+        (torch.tensor([[2, 3, 41]]), r"must be item ids in \[1, 40\)"),
+        (torch.tensor([[-100, -100, -100]]), "holds no target"),
+        (torch.tensor([[1, 2]]), "`labels` must have shape"),
+    ],
+)
+def test_bad_labels_raise_clear_value_error(labels, message):
+    with pytest.raises(ValueError, match=message):
+        small_model()(torch.tensor([[1, 2, 3]]), labels=labels, use_cache=False)
+
+
+def test_base_model_has_no_head():
+    model = TTT4RecModel(TTT4RecConfig(num_items=20, hidden_size=8, num_attention_heads=2, intermediate_size=8))
+    out = model(torch.tensor([[1, 2, 3]]), use_cache=False)
+    assert out.last_hidden_state.shape == (1, 3, 8)

@@ -1,0 +1,29 @@
+"""The README's examples run exactly as written."""
+
+import re
+from pathlib import Path
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+
+
+def python_blocks(section: str) -> list[str]:
+    text = README.read_text()
+    body = text.split(f"## {section}\n", 1)[1].split("\n## ", 1)[0]
+    return re.findall(r"```python\n(.*?)```", body, flags=re.DOTALL)
+
+
+def test_using_the_model_example_runs(tmp_path, monkeypatch):
+    blocks = python_blocks("Using the model")
+    assert blocks, "the README lost its usage example"
+    monkeypatch.chdir(tmp_path)  # it saves a checkpoint into the working directory
+    for block in blocks:
+        exec(compile(block, str(README), "exec"), {"__name__": "readme"})
+    assert (tmp_path / "ttt4rec-demo" / "model.safetensors").exists()
+
+
+def test_readme_commands_match_ci():
+    ci = (README.parent / ".ci" / "run").read_text()
+    assert ".venv/bin/python -m pytest -q" in README.read_text()
+    assert ".venv/bin/python -m pytest -q" in ci
+    assert 'pip install --quiet -c constraints.txt -e ".[dev]"' in ci
+    assert "torch==2.13.0" in (README.parent / "constraints.txt").read_text()

@@ -1,0 +1,131 @@
+"""save_pretrained / from_pretrained, the Auto classes and remote code (trust_remote_code) round trips."""
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import AutoConfig, AutoModel
+
+from modeling_ttt4rec import TTT4RecConfig, TTT4RecForNextItemPrediction
+
+VARIANTS = [(b, t) for b in ("transformer", "mamba") for t in ("linear", "mlp")]
+IDS = torch.tensor([[3, 7, 1, 9, 4, 4, 2, 8, 5, 6, 1], [2, 2, 5, 0, 0, 0, 0, 0, 0, 0, 0]])
+
+
+def trained_looking_model(backbone: str, ttt_layer_type: str) -> TTT4RecForNextItemPrediction:
+    config = TTT4RecConfig(
+        num_items=12,
+        hidden_size=8,
+        intermediate_size=16,
+        num_attention_heads=2,
+        num_hidden_layers=2,
+        backbone=backbone,
+        ttt_layer_type=ttt_layer_type,
+        mini_batch_size=4,
+    )
+    torch.manual_seed(0)
+    model = TTT4RecForNextItemPrediction(config).eval()
+    with torch.no_grad():
+        for param in model.parameters():
+            param.add_(0.1 * torch.randn_like(param))
+    return model
+
+
+@pytest.mark.parametrize(("backbone", "ttt_layer_type"), VARIANTS)
+def test_save_and_load_with_auto_classes(tmp_path, backbone, ttt_layer_type):
+    model = trained_looking_model(backbone, ttt_layer_type)
+    model.save_pretrained(tmp_path)
+    files = sorted(p.name for p in tmp_path.iterdir())
+    assert "model.safetensors" in files and "config.json" in files
+    config = json.loads((tmp_path / "config.json").read_text())
+    assert config["model_type"] == "ttt4rec"
+    assert config["auto_map"] == {
+        "AutoConfig": "configuration_ttt4rec.TTT4RecConfig",
+        "AutoModel": "modeling_ttt4rec.TTT4RecForNextItemPrediction",
+    }
+    # the source files that remote code needs travel with the checkpoint
+    assert {"configuration_ttt4rec.py", "modeling_ttt4rec.py", "ttt.py", "cache.py"} <= set(files)
+
+    assert isinstance(AutoConfig.from_pretrained(tmp_path), TTT4RecConfig)
+    loaded = AutoModel.from_pretrained(tmp_path)
+    assert type(loaded) is TTT4RecForNextItemPrediction
+    assert not loaded.training
+    with torch.no_grad():
+        expected = model(IDS, use_cache=False).logits
+        torch.testing.assert_close(loaded(IDS, use_cache=False).logits, expected, rtol=0, atol=0)
+    for (name, a), (_, b) in zip(model.state_dict().items(), loaded.state_dict().items(), strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=0, msg=name)
+
+
+def test_load_in_bfloat16(tmp_path):
+    model = trained_looking_model("transformer", "mlp")
+    model.save_pretrained(tmp_path)
+    loaded = AutoModel.from_pretrained(tmp_path, dtype=torch.bfloat16)
+    assert loaded.model.item_embeddings.weight.dtype == torch.bfloat16
+    with torch.no_grad():
+        logits = loaded(IDS, use_cache=False).logits
+    assert torch.isfinite(logits[:, 1:]).all()
+
+
+def test_truncated_checkpoint_is_a_clear_error(tmp_path):
+    trained_looking_model("transformer", "mlp").save_pretrained(tmp_path)
+    weights = tmp_path / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    with pytest.raises(OSError, match="probably truncated or corrupted"):
+        AutoModel.from_pretrained(tmp_path)
+
+
+REMOTE_SCRIPT = textwrap.dedent(
+    """
+    import importlib.abc, json, sys
+    import torch
+
+    class Block(importlib.abc.MetaPathFinder):
+        # make sure nothing imports the installed package: only the checkpoint's own files may be used
+        def find_spec(self, name, path=None, target=None):
+            if name == "modeling_ttt4rec" or name.startswith("modeling_ttt4rec."):
+                raise ImportError("the ttt4rec package must not be imported in this test")
+            return None
+
+    sys.meta_path.insert(0, Block())
+    from transformers import AutoModel
+
+    model = AutoModel.from_pretrained(sys.argv[1], trust_remote_code=True).eval()
+    ids = torch.tensor(json.loads(sys.argv[2]))
+    with torch.no_grad():
+        logits = model(ids, use_cache=False).logits
+    print(json.dumps({"module": type(model).__module__, "logits": logits.tolist()}))
+    """
+)
+
+
+@pytest.mark.parametrize(("backbone", "ttt_layer_type"), VARIANTS)
+def test_remote_code_in_fresh_process(tmp_path, backbone, ttt_layer_type):
+    model = trained_looking_model(backbone, ttt_layer_type)
+    checkpoint = tmp_path / "checkpoint"
+    model.save_pretrained(checkpoint)
+    script = tmp_path / "load_remote.py"
+    script.write_text(REMOTE_SCRIPT)
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    env["HF_HOME"] = str(tmp_path / "hf_home")
+    result = subprocess.run(
+        [sys.executable, str(script), str(checkpoint), json.dumps(IDS.tolist())],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        stdin=subprocess.DEVNULL,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    loaded = json.loads(result.stdout.strip().splitlines()[-1])
+    assert loaded["module"].startswith("transformers_modules."), loaded["module"]
+    with torch.no_grad():
+        expected = model(IDS, use_cache=False).logits
+    torch.testing.assert_close(torch.tensor(loaded["logits"]), expected, rtol=0, atol=0)
+    assert Path(env["HF_HOME"], "modules").exists()

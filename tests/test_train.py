@@ -1,0 +1,158 @@
+"""The trainer end to end on tiny data: outputs, config file, resume after a kill, bf16, fused loss."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from helpers import random_sequences, write_split_dataset
+
+from modeling_ttt4rec import TTT4RecConfig, TTT4RecForNextItemPrediction
+from modeling_ttt4rec.losses import NextItemTrainingModule
+from modeling_ttt4rec.training import parse_args, train
+
+ROOT = Path(__file__).resolve().parent.parent
+TINY = ["--hidden_size", "16", "--intermediate_size", "32", "--mini_batch_size", "4", "--num_attention_heads", "2"]
+FAST = ["--batch_targets", "64", "--disable_tqdm", "true", "--torch_threads", "1"]
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("data") / "tiny"
+    return write_split_dataset(folder, random_sequences(60, 30, 3, 20, seed=7), num_items=30, max_length=8)
+
+
+@pytest.fixture(autouse=True)
+def fresh_accelerator_state():
+    """`AcceleratorState` is a process-wide singleton; each in-process run starts from a clean one."""
+    from accelerate.state import AcceleratorState
+
+    AcceleratorState._reset_state(reset_partial_state=True)
+    yield
+    AcceleratorState._reset_state(reset_partial_state=True)
+
+
+def subprocess_env():
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
+    env.pop("ACCELERATE_MIXED_PRECISION", None)
+    return env
+
+
+def test_fused_loss_equals_model_loss_and_gradients():
+    torch.manual_seed(0)
+    model = TTT4RecForNextItemPrediction(TTT4RecConfig(num_items=50, hidden_size=16, num_attention_heads=2))
+    model.config.hidden_dropout_prob = 0.0
+    model.eval()
+    ids = torch.randint(1, 50, (4, 9))
+    mask = torch.ones_like(ids)
+    ids[2, 5:], mask[2, 5:] = 0, 0
+    labels = torch.randint(1, 50, (4, 9))
+    labels[:, :3] = -100
+    labels[2, 4:] = -100
+    model(ids, attention_mask=mask, labels=labels, use_cache=False).loss.backward()
+    expected = {n: p.grad.clone() for n, p in model.named_parameters()}
+    model.zero_grad()
+    target_mask = labels != -100
+    module = NextItemTrainingModule(model, chunk_size=5)
+    loss, loss_sum = module(ids, mask, target_mask, labels[target_mask], loss_scale=1 / int(target_mask.sum()))
+    loss.backward()
+    reference = model(ids, attention_mask=mask, labels=labels, use_cache=False).loss
+    torch.testing.assert_close(loss, reference)
+    for name, param in model.named_parameters():
+        torch.testing.assert_close(param.grad, expected[name], atol=1e-6, rtol=1e-5, msg=name)
+
+
+def test_train_end_to_end_outputs(data, tmp_path):
+    config_file = tmp_path / "run.json"
+    config_file.write_text(json.dumps({"model": {"backbone": "mamba", "ttt_layer_type": "linear"}, "max_epochs": 3}))
+    out = tmp_path / "run"
+    argv = ["--config_file", str(config_file), "--dataset", str(data), "--output_dir", str(out), *TINY, *FAST]
+    results = train(parse_args([*argv, "--max_epochs", "2", "--test_eval_modes", "window,stream"]))
+    names = {p.name for p in out.iterdir()}
+    assert {"run_config.json", "best_model", "checkpoint", "log.jsonl", "tensorboard", "training_curves.png"} <= names
+    assert {"results.md", "results.json"} <= names
+    resolved = json.loads((out / "run_config.json").read_text())
+    assert resolved["model"]["backbone"] == "mamba" and resolved["model"]["config"]["ttt_layer_type"] == "linear"
+    assert resolved["training"]["max_epochs"] == 2  # the command line overrides the file
+    assert resolved["data"]["num_items"] == 30 and resolved["data"]["max_length"] == 8
+    best = {p.name for p in (out / "best_model").iterdir()}
+    assert {"config.json", "model.safetensors", "modeling_ttt4rec.py", "item_id_map.json"} <= best
+    log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in log if "epoch" in r] == [1, 2] and log[-1]["final"]
+    assert list((out / "tensorboard").rglob("events.out.tfevents.*"))
+    assert (out / "training_curves.png").read_bytes()[:4] == b"\x89PNG"
+    assert "| test | stream |" in (out / "results.md").read_text()
+    assert results["epochs"] == 2 and len(results["rows"]) == 3
+    with pytest.raises(FileExistsError, match="already holds a run"):
+        train(parse_args(argv))
+
+
+def test_early_stopping_patience(data, tmp_path):
+    out = tmp_path / "run"
+    # lr 0: the validation metric never improves after epoch 1
+    argv = ["--dataset", str(data), "--output_dir", str(out), "--learning_rate", "0", "--patience", "2", *TINY, *FAST]
+    results = train(parse_args([*argv, "--max_epochs", "10", "--test_eval_modes", "window"]))
+    assert results["epochs"] == 3 and results["best_epoch"] == 1
+
+
+def test_bf16_steps_on_cpu(data, tmp_path):
+    out = tmp_path / "bf16"
+    argv = ["--dataset", str(data), "--output_dir", str(out), "--mixed_precision", "bf16", "--max_epochs", "1"]
+    results = train(
+        parse_args([*argv, "--gradient_accumulation_steps", "2", "--test_eval_modes", "window", *TINY, *FAST])
+    )
+    assert results["mixed_precision"] == "bf16"
+    log = json.loads((out / "log.jsonl").read_text().splitlines()[0])
+    assert torch.isfinite(torch.tensor(log["train_loss"])) and log["steps"] >= 2
+
+
+def run_train_process(argv, **kw):
+    cmd = [sys.executable, str(ROOT / "scripts" / "train.py"), *argv]
+    return subprocess.Popen(
+        cmd, env=subprocess_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **kw
+    )
+
+
+def test_resume_after_kill_gives_the_same_final_metrics(data, tmp_path):
+    common = ["--dataset", str(data), "--max_epochs", "4", "--patience", "10", "--test_eval_modes", "window"]
+    common += [*TINY, *FAST]
+    full = tmp_path / "full"
+    proc = run_train_process([*common, "--output_dir", str(full)])
+    assert proc.wait(timeout=300) == 0, proc.stdout.read()
+    # the same run, killed (SIGKILL) once its first epoch is checkpointed, then resumed
+    part = tmp_path / "part"
+    proc = run_train_process([*common, "--output_dir", str(part), "--sleep_after_epoch", "3"])
+    deadline = time.time() + 240
+    while time.time() < deadline and not (part / "log.jsonl").exists():
+        time.sleep(0.2)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    state = json.loads((part / "checkpoint" / "trainer_state.json").read_text())
+    assert 1 <= state["epoch"] < 4 and not state["done"]
+    assert not (part / "results.json").exists()
+    proc = run_train_process([*common, "--output_dir", str(part), "--resume_from_checkpoint", "latest"])
+    assert proc.wait(timeout=300) == 0, proc.stdout.read()
+    a = json.loads((full / "results.json").read_text())
+    b = json.loads((part / "results.json").read_text())
+    assert a["rows"][1]["split"] == "test"
+    for key in ("HR@10", "HR@50", "NDCG@10", "NDCG@50"):
+        assert a["rows"][1][key] == b["rows"][1][key]
+    assert [
+        h["train_loss"] for h in json.loads((full / "checkpoint" / "trainer_state.json").read_text())["history"]
+    ] == [h["train_loss"] for h in json.loads((part / "checkpoint" / "trainer_state.json").read_text())["history"]]
+
+
+def test_resume_errors(data, tmp_path):
+    with pytest.raises(FileNotFoundError, match="No training state"):
+        train(
+            parse_args(["--dataset", str(data), "--output_dir", str(tmp_path), "--resume_from_checkpoint", "latest"])
+        )
+    with pytest.raises(ValueError, match="Unknown --eval_mode"):
+        train(parse_args(["--dataset", str(data), "--output_dir", str(tmp_path / "x"), "--eval_mode", "full"]))
+    with pytest.raises(SystemExit):
+        parse_args(["--output_dir", str(tmp_path)])

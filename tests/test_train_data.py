@@ -1,0 +1,126 @@
+"""Training samples are exactly the protocol's; batching; data set loading and its errors."""
+
+import collections
+import shutil
+
+import numpy as np
+import pytest
+from helpers import random_sequences, write_split_dataset
+
+from modeling_ttt4rec.data import (
+    DataError,
+    SplitSequences,
+    collate,
+    load_sequences,
+    make_batches,
+    stream_units,
+    training_units,
+    window_units,
+)
+
+
+def protocol_samples(seqs, starts, L):
+    """PROTOCOL.md 4: sample j has target s[j] and history s[max(0, j - L):j]."""
+    return collections.Counter(
+        (tuple(s[max(0, j - L) : j]), s[j]) for s, ts in zip(seqs, starts, strict=True) for j in range(ts, len(s))
+    )
+
+
+def unit_samples(units, batches):
+    found = collections.Counter()
+    for index in batches:
+        batch = collate(units, index)
+        ids, tm, targets = batch["input_ids"].numpy(), batch["target_mask"].numpy(), batch["targets"].numpy()
+        k = 0
+        for row, cols in zip(ids, tm, strict=True):
+            for p in np.flatnonzero(cols):
+                found[(tuple(int(i) for i in row[: p + 1] if i), int(targets[k]))] += 1
+                k += 1
+    return found
+
+
+@pytest.mark.parametrize("L", [3, 5, 50])
+def test_training_units_hold_exactly_the_protocol_samples(L):
+    seqs = random_sequences(30, 25, 2, 20, seed=L)
+    starts = [1 if k % 3 else min(3, len(s) - 1) for k, s in enumerate(seqs)]
+    split = SplitSequences.from_rows(seqs, starts)
+    units = training_units(split, L)
+    assert units.total_targets == split.num_samples
+    assert units.length.max() <= L
+    batches = make_batches(units, max_targets=16, shuffle=True, seed=1)
+    assert unit_samples(units, batches) == protocol_samples(seqs, starts, L)
+
+
+def test_window_and_stream_units():
+    seqs = [[1, 2, 3, 4, 5, 6], [7, 8], [9, 10, 11]]
+    split = SplitSequences.from_rows(seqs, [3, 1, 3])
+    w = window_units(split, 2)
+    assert unit_samples(w, make_batches(w, 100)) == protocol_samples(seqs, [3, 1, 3], 2)
+    s = stream_units(split)
+    assert len(s) == 2  # the third user has no target in this split
+    assert s.total_targets == split.num_samples
+
+
+def test_make_batches_budgets_and_coverage():
+    seqs = random_sequences(50, 25, 2, 20, seed=0)
+    units = training_units(SplitSequences.from_rows(seqs, [1] * 50), 8)
+    for shuffle in (False, True):
+        batches = make_batches(units, max_targets=20, max_tokens=64, shuffle=shuffle, seed=3, min_rows=2)
+        flat = np.concatenate(batches)
+        assert sorted(flat.tolist()) == list(range(len(units)))
+        assert all(len(b) >= 2 for b in batches)
+        assert all(units.num_targets[b].sum() <= 20 or len(b) <= 2 for b in batches)
+    a = make_batches(units, 20, shuffle=True, seed=5)
+    b = make_batches(units, 20, shuffle=True, seed=5)
+    assert all((x == y).all() for x, y in zip(a, b, strict=True))
+
+
+@pytest.fixture
+def dataset_dir(tmp_path):
+    return write_split_dataset(tmp_path / "data", random_sequences(15, 30, 3, 12, seed=2), num_items=30, max_length=6)
+
+
+def test_load_sequences_reads_metadata_and_id_map(dataset_dir):
+    sequences, meta = load_sequences(dataset_dir, "split-6-2-2")
+    assert (meta.num_items, meta.max_length, meta.config_name) == (30, 6, "split-6-2-2")
+    assert meta.item_id_map.name == "item_id_map.json"
+    assert set(sequences) == {"train", "validation", "test"}
+
+
+def test_unknown_config(dataset_dir):
+    with pytest.raises(DataError, match=r"Unknown configuration 'split-1-1-8'.*split-3-2-5"):
+        load_sequences(dataset_dir, "split-1-1-8")
+
+
+def test_missing_column(tmp_path):
+    data = write_split_dataset(tmp_path / "d", random_sequences(5, 30, 3, 8), 30, 6, drop_column="target_start")
+    with pytest.raises(DataError, match=r"lacks the column\(s\) \['target_start'\]"):
+        load_sequences(data)
+
+
+def test_ids_out_of_range_and_missing_max_length(tmp_path):
+    data = write_split_dataset(tmp_path / "d", random_sequences(5, 30, 3, 8), 30, 6, with_metadata=False)
+    with pytest.raises(DataError, match="max_length"):
+        load_sequences(data)
+    with pytest.raises(DataError, match=r"outside \[1, 9\]"):
+        load_sequences(data, num_items=10, max_length=6)
+    with pytest.raises(DataError, match="does not exist"):
+        load_sequences(tmp_path / "nowhere")
+
+
+def test_dataset_repo_id_through_the_hub_cache_offline(dataset_dir, tmp_path, monkeypatch):
+    """A Hub dataset repo laid out in the cache as the Hub does is found offline by repo id."""
+    from huggingface_hub import constants
+
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    repo = tmp_path / "hub" / "datasets--someone--tiny-rec"
+    shutil.copytree(dataset_dir, repo / "snapshots" / commit)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(commit)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    sequences, meta = load_sequences("someone/tiny-rec", "split-3-2-5")
+    assert meta.local_dir == repo / "snapshots" / commit
+    assert sequences["test"].num_samples > 0
+    with pytest.raises(DataError, match="not in the Hugging Face cache"):
+        load_sequences("someone/not-cached")
