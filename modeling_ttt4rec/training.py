@@ -553,6 +553,9 @@ def train(run: RunConfig) -> dict:
                 dry_run=args.hub_dry_run,
                 training=asdict(args),
             )
+    # every process waits here before the process group is torn down: a rank that destroys it while another is
+    # still writing the results can leave the launcher waiting forever
+    accelerator.wait_for_everyone()
     accelerator.end_training()
     return results
 

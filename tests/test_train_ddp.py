@@ -4,6 +4,7 @@ one process (no sample lost or counted twice, with an uneven last share of batch
 import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -19,6 +20,12 @@ ROOT = Path(__file__).resolve().parent.parent
 ACCELERATE = shutil.which("accelerate", path=str(Path(sys.executable).parent))
 
 
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 @pytest.mark.skipif(ACCELERATE is None, reason="the accelerate CLI is not installed next to this Python")
 def test_two_process_ddp_matches_one_process(tmp_path):
     data = write_split_dataset(tmp_path / "data", random_sequences(45, 30, 3, 16, seed=11), num_items=30, max_length=6)
@@ -30,12 +37,12 @@ def test_two_process_ddp_matches_one_process(tmp_path):
     eval_batch = next(b for b in range(7, 40) if len(make_batches(window, b, 65536)) % 2 == 1)
     # `accelerate launch --cpu --num_processes 2` silently runs ONE process; this is the launch that gives gloo DDP
     cmd = [ACCELERATE, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1"]
-    cmd += ["--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "29533"]
+    cmd += ["--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(free_port())]
     cmd += [str(ROOT / "scripts" / "train.py"), "--dataset", str(data), "--output_dir", str(out), "--max_epochs", "2"]
     cmd += ["--hidden_size", "16", "--intermediate_size", "32", "--mini_batch_size", "4", "--num_attention_heads", "2"]
     cmd += ["--batch_targets", "40", "--eval_batch_targets", str(eval_batch), "--disable_tqdm", "true"]
     env = dict(os.environ, ACCELERATE_USE_CPU="true", OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=400, cwd=tmp_path)
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240, cwd=tmp_path)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     runtime = json.loads((out / "run_config.json").read_text())["runtime"]
     assert runtime["num_processes"] == 2 and "MULTI_CPU" in runtime["distributed_type"]
