@@ -5,6 +5,7 @@ from transformers import PreTrainedConfig
 
 BACKBONES = ("transformer", "mamba")
 TTT_LAYER_TYPES = ("linear", "mlp")
+ITEM_SCORINGS = ("embedding", "target_mlp")
 
 
 @strict
@@ -57,6 +58,13 @@ class TTT4RecConfig(PreTrainedConfig):
             The padding item id. It never receives probability.
         tie_word_embeddings (`bool`, *optional*, defaults to `True`):
             Score items with the item embedding matrix itself (`logits = h E^T`), as the paper does.
+        item_scoring (`str`, *optional*, defaults to `"embedding"`):
+            How an item is scored from the user's hidden state `h`: `"embedding"` is `h . e_i` with the (tied) item
+            embedding (Yang, Wang and Ge, 2024); `"target_mlp"` is `h . MLP(e_i)`, the target item's embedding passed
+            through a two-layer MLP, the "target tower" of Zhan, Lv, Zhang and Li (2025).
+        target_mlp_size (`int`, *optional*, defaults to 128):
+            Inner width of the `"target_mlp"` tower `Linear(hidden, target_mlp_size) -> ReLU -> Linear(.., hidden)`.
+            Unused with `item_scoring="embedding"`.
         use_cache (`bool`, *optional*, defaults to `True`):
             Whether the model returns a [`TTT4RecCache`] (the inner-loop states) when not training.
 
@@ -67,6 +75,9 @@ class TTT4RecConfig(PreTrainedConfig):
 
     >>> config = TTT4RecConfig(num_items=1001, backbone="mamba", ttt_layer_type="linear")
     >>> model = TTT4RecForNextItemPrediction(config)
+
+    >>> # the second paper's model: one TTT-Linear block, items scored through a target MLP tower
+    >>> config = TTT4RecConfig(num_items=1001, ttt_layer_type="linear", item_scoring="target_mlp")
     ```
     """
 
@@ -93,6 +104,8 @@ class TTT4RecConfig(PreTrainedConfig):
     initializer_range: float = 0.02
     pad_token_id: int | None = 0
     tie_word_embeddings: bool = True
+    item_scoring: str = "embedding"
+    target_mlp_size: int = 128
     use_cache: bool = True
 
     def __post_init__(self, **kwargs):
@@ -106,7 +119,7 @@ class TTT4RecConfig(PreTrainedConfig):
     def _check_arguments(self) -> None:
         """Raise a `ValueError` naming the argument for any setting the model cannot be built with."""
         positive = ("num_items", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads")
-        for name in (*positive, "mini_batch_size", "conv_kernel", "ttt_mlp_expansion"):
+        for name in (*positive, "mini_batch_size", "conv_kernel", "ttt_mlp_expansion", "target_mlp_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"`{name}` must be >= 1, got {getattr(self, name)}.")
         if self.num_items < 2:
@@ -125,6 +138,8 @@ class TTT4RecConfig(PreTrainedConfig):
             raise ValueError(f"Unknown `backbone` {self.backbone!r}; choose one of {BACKBONES}.")
         if self.ttt_layer_type not in TTT_LAYER_TYPES:
             raise ValueError(f"Unknown `ttt_layer_type` {self.ttt_layer_type!r}; choose one of {TTT_LAYER_TYPES}.")
+        if self.item_scoring not in ITEM_SCORINGS:
+            raise ValueError(f"Unknown `item_scoring` {self.item_scoring!r}; choose one of {ITEM_SCORINGS}.")
         if not 0.0 <= self.hidden_dropout_prob < 1.0:
             raise ValueError(f"`hidden_dropout_prob` must be in [0, 1), got {self.hidden_dropout_prob}.")
         if self.pad_token_id is not None and not 0 <= self.pad_token_id < self.num_items:

@@ -328,6 +328,12 @@ def _sample_positions(split: SplitSequences) -> tuple[np.ndarray, np.ndarray]:
     return rows, j
 
 
+def sample_targets(split: SplitSequences) -> np.ndarray:
+    """The target item of every sample of `split`, in sample order."""
+    rows, j = _sample_positions(split)
+    return split.values[split.offsets[rows] + j]
+
+
 def window_units(split: SplitSequences, max_length: int) -> Units:
     """One unit per sample: history `item_ids[max(0, j - L):j]`, one target (the paper's evaluation)."""
     rows, j = _sample_positions(split)

@@ -1,4 +1,5 @@
-"""Full-ranking evaluation (PROTOCOL.md 7), in two modes, on one process or many.
+"""Evaluation: full ranking (PROTOCOL.md 7) or sampled 1 + 99 ranking (PROTOCOL.md 9), in two modes, on one
+process or many.
 
 * `window` (the paper's): every sample is encoded on its own from its history truncated to the last `L` items.
   Samples are sorted by history length so batches carry almost no padding.
@@ -7,8 +8,10 @@
   is longer than `L` this is the same computation as `window`, much cheaper; when histories are longer, `stream`
   lets the model see all of them (what a deployed TTT4Rec does).
 
-Scores are computed for items `1 .. N` only (the padding id is excluded), with no masking of seen items; the rank
-of a target is the number of items scoring strictly higher (`metrics.ranks_from_scores`). With several processes
+In the `full` protocol scores are computed for items `1 .. N` only (the padding id is excluded), with no masking of
+seen items; in the `sampled` protocol only for each sample's target and its 99 fixed negatives
+(`sampling.evaluation_candidates`). The rank of a target is the number of candidates scoring strictly higher
+(`metrics.ranks_from_scores`). With several processes
 each process scores a share of the batches and the per-sample ranks are gathered and put back in sample order, so
 the metrics are exactly those of one process (every sample counted once; checked).
 """
@@ -19,10 +22,12 @@ import time
 import numpy as np
 import torch
 
-from .data import SplitSequences, Units, collate, make_batches, stream_units, window_units
-from .metrics import ranking_metrics, ranks_from_scores
+from .data import SplitSequences, Units, collate, make_batches, sample_targets, stream_units, window_units
+from .metrics import PROTOCOL_KS, metric_names, ranking_metrics, ranks_from_scores
+from .sampling import evaluation_candidates
 
 EVAL_MODES = ("window", "stream")
+EVAL_PROTOCOLS = tuple(PROTOCOL_KS)
 
 
 def score_ranks(
@@ -30,8 +35,8 @@ def score_ranks(
 ) -> torch.Tensor:
     """Ranks of `targets` (item ids >= 1) among items `1 .. N` scored by `hidden @ item_weight[1:].T`.
 
-    Scores are computed `chunk_size` rows at a time in float32 (they are the model's `score_items` scores without
-    the padding column).
+    Scores are computed `chunk_size` rows at a time in float32 (with `item_weight = model.item_features()` they
+    are the model's `score_items` scores without the padding column).
     """
     weight = item_weight[1:].float()
     hidden = hidden.float()
@@ -85,6 +90,9 @@ def compute_ranks(
     max_length: int,
     mode: str = "window",
     accelerator=None,
+    protocol: str = "full",
+    num_negatives: int = 99,
+    candidate_seed: int = 0,
     batch_targets: int = 4096,
     batch_tokens: int = 65536,
     stream_chunk_size: int = 64,
@@ -92,10 +100,20 @@ def compute_ranks(
     progress: bool = False,
 ) -> np.ndarray:
     """The rank of every sample of `split` (in sample order), computed by `model` (a
-    `TTT4RecForNextItemPrediction`, unwrapped). With an `accelerate.Accelerator` of several processes, each process
-    scores every `num_processes`-th batch and the ranks are gathered; every process returns all ranks."""
+    `TTT4RecForNextItemPrediction`, unwrapped), among all items (`protocol="full"`) or among the target and
+    `num_negatives` negatives drawn with `candidate_seed` (`protocol="sampled"`). With an `accelerate.Accelerator`
+    of several processes, each process scores every `num_processes`-th batch and the ranks are gathered; every
+    process returns all ranks."""
     if mode not in EVAL_MODES:
         raise ValueError(f"Unknown eval mode {mode!r}; choose one of {EVAL_MODES}.")
+    if protocol not in EVAL_PROTOCOLS:
+        raise ValueError(f"Unknown evaluation protocol {protocol!r}; choose one of {EVAL_PROTOCOLS}.")
+    candidates = None
+    if protocol == "sampled":
+        candidates = evaluation_candidates(
+            sample_targets(split), model.config.num_items, num_negatives=num_negatives, seed=candidate_seed
+        )
+        candidates = torch.from_numpy(candidates)
     units: Units = window_units(split, max_length) if mode == "window" else stream_units(split)
     num_samples = split.num_samples
     if mode == "stream":
@@ -106,7 +124,6 @@ def compute_ranks(
     rank_id, world = (0, 1) if accelerator is None else (accelerator.process_index, accelerator.num_processes)
     device = model.device if accelerator is None else accelerator.device
     autocast = accelerator.autocast() if accelerator is not None else contextlib.nullcontext()
-    item_weight = model.get_output_embeddings().weight
     was_training = model.training
     model.eval()
     mine = batches[rank_id::world]
@@ -117,13 +134,19 @@ def compute_ranks(
         iterator = tqdm(mine, desc=f"eval ({mode})", leave=False)
     sample_ids, ranks = [], []
     with autocast:
+        item_features = model.item_features() if candidates is None else None
         for index in iterator:
             batch = collate(units, index, device)
             if mode == "window":
                 hidden = _window_batch(model, batch)
             else:
                 hidden = _stream_batch(model, batch, stream_chunk_size)
-            ranks.append(score_ranks(hidden, item_weight, batch["targets"], score_chunk_size))
+            if candidates is None:
+                ranks.append(score_ranks(hidden, item_features, batch["targets"], score_chunk_size))
+            else:
+                # column 0 of every sample's candidates is its target
+                scores = model.score_candidates(hidden, candidates[batch["sample_ids"].cpu()].to(hidden.device))
+                ranks.append(ranks_from_scores(scores, torch.zeros_like(batch["targets"])))
             sample_ids.append(batch["sample_ids"])
     model.train(was_training)
     local_ids = torch.cat(sample_ids) if sample_ids else torch.zeros(0, dtype=torch.long, device=device)
@@ -150,14 +173,16 @@ def evaluate_split(
     max_length: int,
     mode: str = "window",
     accelerator=None,
+    protocol: str = "full",
     digits: int | None = None,
     **kwargs,
 ) -> dict[str, float]:
-    """HR@10, HR@50, NDCG@10, NDCG@50 of `model` on `split` (PROTOCOL.md 7), plus `num_samples` and
-    `eval_seconds`. Keyword arguments go to `compute_ranks`."""
+    """HR@10, HR@50, NDCG@10, NDCG@50 of `model` on `split` (full protocol, PROTOCOL.md 7) or HR@5, HR@10,
+    NDCG@5, NDCG@10 (sampled protocol, PROTOCOL.md 9), plus `num_samples` and `eval_seconds`. Keyword arguments
+    go to `compute_ranks`."""
     start = time.perf_counter()
-    ranks = compute_ranks(model, split, max_length, mode=mode, accelerator=accelerator, **kwargs)
-    metrics = ranking_metrics(ranks, digits=digits)
+    ranks = compute_ranks(model, split, max_length, mode=mode, accelerator=accelerator, protocol=protocol, **kwargs)
+    metrics = ranking_metrics(ranks, ks=PROTOCOL_KS[protocol], digits=digits)
     metrics["eval_seconds"] = time.perf_counter() - start
     return metrics
 
@@ -224,11 +249,14 @@ def run_evaluation(args) -> dict:
             batch_targets=args.batch_targets,
             batch_tokens=args.batch_tokens,
             stream_chunk_size=args.stream_chunk_size,
+            protocol=args.protocol,
+            num_negatives=args.num_negatives,
+            candidate_seed=args.candidate_seed,
             progress=accelerator.is_main_process,
         )
         results[mode] = metrics
         if accelerator.is_main_process:
-            values = "  ".join(f"{k} {metrics[k]:.4f}" for k in ("HR@10", "HR@50", "NDCG@10", "NDCG@50"))
+            values = "  ".join(f"{k} {metrics[k]:.4f}" for k in metric_names(PROTOCOL_KS[args.protocol]))
             print(
                 f"{args.split} ({mode}): {values}  samples {metrics['num_samples']}  "
                 f"time {metrics['eval_seconds']:.2f} s"
@@ -239,4 +267,12 @@ def run_evaluation(args) -> dict:
     return results
 
 
-__all__ = ["EVAL_MODES", "compute_ranks", "evaluate_split", "load_checkpoint", "run_evaluation", "score_ranks"]
+__all__ = [
+    "EVAL_MODES",
+    "EVAL_PROTOCOLS",
+    "compute_ranks",
+    "evaluate_split",
+    "load_checkpoint",
+    "run_evaluation",
+    "score_ranks",
+]

@@ -1,4 +1,6 @@
-"""Cross-entropy over all items, fused with the scoring matmul (the training loss of PROTOCOL.md 6).
+"""The training losses: cross-entropy over all items (PROTOCOL.md 6) and sampled binary cross-entropy (PROTOCOL.md 9).
+
+The full cross-entropy is fused with the scoring matmul.
 
 `full_item_cross_entropy(hidden, item_weight, targets)` equals
 `F.cross_entropy(model.score_items(hidden), targets, reduction="sum")` (softmax over items `1 .. N`, the padding id
@@ -8,7 +10,12 @@ read while it is still in cache. On a CPU this is the difference between memory-
 """
 
 import torch
+import torch.nn.functional as F
 from torch import nn
+
+from .sampling import sample_negatives
+
+LOSS_TYPES = ("full_ce", "sampled_bce")
 
 
 class _FullItemCrossEntropy(torch.autograd.Function):
@@ -62,17 +69,53 @@ def full_item_cross_entropy(
         return _FullItemCrossEntropy.apply(hidden.float(), item_weight.float(), targets.long(), chunk_size)
 
 
-class NextItemTrainingModule(nn.Module):
-    """What `accelerate` wraps for training: the model plus the fused loss over the targeted positions.
+def sampled_binary_cross_entropy(positive_scores: torch.Tensor, negative_scores: torch.Tensor) -> torch.Tensor:
+    """Binary cross-entropy of each positive (label 1) and its sampled negatives (label 0), averaged over the
+    `1 + k` instances of each positive and summed over positives.
 
-    `forward` returns the loss to back-propagate (`sum of CE * loss_scale`) and the detached sum of CE. Wrapping this
-    module (not only the model) in DDP keeps gradient synchronisation working although the loss does not go through
-    `model.forward`.
+    Args:
+        positive_scores: `[T]` scores (logits) of the positives.
+        negative_scores: `[T, k]` scores of their negatives.
+
+    Returns:
+        `sum_t (softplus(-s_t) + sum_j softplus(s_tj)) / (1 + k)`, in float32: the trainer divides by the number of
+        positives, which makes it the mean over all instances.
+    """
+    if negative_scores.dim() != 2 or negative_scores.shape[0] != positive_scores.shape[0]:
+        raise ValueError(
+            f"`negative_scores` must be [T, k] for {positive_scores.shape[0]} positives, got "
+            f"{tuple(negative_scores.shape)}."
+        )
+    positive_scores, negative_scores = positive_scores.float(), negative_scores.float()
+    # -log sigmoid(s) = softplus(-s), -log(1 - sigmoid(s)) = softplus(s)
+    per_positive = F.softplus(-positive_scores) + F.softplus(negative_scores).sum(dim=1)
+    return per_positive.sum() / (1 + negative_scores.shape[1])
+
+
+class NextItemTrainingModule(nn.Module):
+    """What `accelerate` wraps for training: the model plus the loss over the targeted positions.
+
+    `forward` returns the loss to back-propagate (`sum of per-target losses * loss_scale`) and the detached sum.
+    Wrapping this module (not only the model) in DDP keeps gradient synchronisation working although the loss does
+    not go through `model.forward`.
+
+    Args:
+        model: a `TTT4RecForNextItemPrediction`.
+        loss_type: `"full_ce"` (softmax cross-entropy over all items, the first paper's) or `"sampled_bce"` (binary
+            cross-entropy against `num_negatives` uniform negatives per target, the second paper's).
+        num_negatives: negatives per target for `"sampled_bce"`.
+        chunk_size: rows scored at a time by the fused full cross-entropy.
     """
 
-    def __init__(self, model: nn.Module, chunk_size: int = 256):
+    def __init__(self, model: nn.Module, loss_type: str = "full_ce", num_negatives: int = 4, chunk_size: int = 256):
         super().__init__()
+        if loss_type not in LOSS_TYPES:
+            raise ValueError(f"Unknown loss {loss_type!r}; choose one of {LOSS_TYPES}.")
+        if num_negatives < 1:
+            raise ValueError(f"`num_negatives` must be >= 1, got {num_negatives}.")
         self.model = model
+        self.loss_type = loss_type
+        self.num_negatives = num_negatives
         self.chunk_size = chunk_size
 
     def forward(
@@ -85,9 +128,15 @@ class NextItemTrainingModule(nn.Module):
         **unused,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         hidden = self.model.model(input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state
-        weight = self.model.get_output_embeddings().weight
-        loss_sum = full_item_cross_entropy(hidden[target_mask], weight, targets, self.chunk_size)
+        hidden = hidden[target_mask]
+        if self.loss_type == "full_ce":
+            features = self.model.item_features()  # the tied embedding, or its image through the target tower
+            loss_sum = full_item_cross_entropy(hidden, features, targets, self.chunk_size)
+        else:
+            negatives = sample_negatives(targets, self.model.config.num_items, self.num_negatives)
+            scores = self.model.score_candidates(hidden, torch.cat([targets[:, None], negatives], dim=1))
+            loss_sum = sampled_binary_cross_entropy(scores[:, 0], scores[:, 1:])
         return loss_sum * loss_scale, loss_sum.detach()
 
 
-__all__ = ["NextItemTrainingModule", "full_item_cross_entropy"]
+__all__ = ["LOSS_TYPES", "NextItemTrainingModule", "full_item_cross_entropy", "sampled_binary_cross_entropy"]

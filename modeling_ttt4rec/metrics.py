@@ -8,8 +8,10 @@ Then, per sample,
     NDCG@K = 1 / log2(rank + 2) if rank < K else 0
 
 and each reported metric is the mean over all samples of the split (not per user first), rounded to 4 decimals
-when reported. `ranks_from_scores` computes the ranks, `ranking_metrics` turns ranks into metrics; the
-`evaluate` module in `modeling_ttt4rec/ranking_metrics/` wraps the same function.
+when reported. In the sampled protocol (PROTOCOL.md 9) the same definitions apply to the `1 + 99` candidates of
+each sample instead of all items, reported at K = 5 and 10. `ranks_from_scores` computes the ranks,
+`ranking_metrics` turns ranks into metrics; the `evaluate` module in `modeling_ttt4rec/ranking_metrics/` wraps
+the same function.
 """
 
 from collections.abc import Iterable, Sequence
@@ -19,6 +21,14 @@ import torch
 
 DEFAULT_KS = (10, 50)
 METRIC_NAMES = ("HR@10", "HR@50", "NDCG@10", "NDCG@50")
+# the cut-offs each evaluation protocol reports: full ranking over all items (the first paper) and ranking among
+# 1 + 99 sampled candidates (the second paper, PROTOCOL.md 9)
+PROTOCOL_KS = {"full": DEFAULT_KS, "sampled": (5, 10)}
+
+
+def metric_names(ks: Iterable[int] = DEFAULT_KS) -> tuple[str, ...]:
+    """`("HR@k1", "HR@k2", ..., "NDCG@k1", ...)`: the metric names for the cut-offs `ks`, in report order."""
+    return tuple(f"HR@{k}" for k in ks) + tuple(f"NDCG@{k}" for k in ks)
 
 
 def ranks_from_scores(scores: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -94,4 +104,12 @@ def format_metrics(metrics: dict[str, float], digits: int = 4) -> str:
     return " | ".join(f"{k} {v:.{digits}f}" for k, v in metrics.items() if k != "num_samples")
 
 
-__all__ = ["DEFAULT_KS", "METRIC_NAMES", "format_metrics", "ranking_metrics", "ranks_from_scores"]
+__all__ = [
+    "DEFAULT_KS",
+    "METRIC_NAMES",
+    "PROTOCOL_KS",
+    "format_metrics",
+    "metric_names",
+    "ranking_metrics",
+    "ranks_from_scores",
+]

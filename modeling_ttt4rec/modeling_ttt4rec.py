@@ -7,6 +7,9 @@ Architecture (as the official code that produced the paper's numbers builds it):
                                       -> RMSNorm -> SwiGLU feed-forward -> + residual ]
              -> RMSNorm -> scores h E^T over all items (padding excluded)
 
+With `item_scoring="target_mlp"` (Zhan, Lv, Zhang and Li, 2025) an item is scored as `h . MLP(e_i)` instead: the
+target item's embedding (the same table) goes through a two-layer "target tower" first.
+
 The sequence-modeling block projects the input to the TTT views and runs the TTT layer (`ttt.py`):
 
 * `transformer` backbone: XQ, XK, XV = linear projections -> TTT -> LayerNorm -> output projection;
@@ -125,6 +128,18 @@ class TTT4RecSwiGLU(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.down_proj(self.act_fn(self.gate_proj(x)) * self.up_proj(x))
+
+
+class TTT4RecTargetMLP(nn.Module):
+    """The target tower of `item_scoring="target_mlp"`: item embedding -> Linear -> ReLU -> Linear."""
+
+    def __init__(self, config: TTT4RecConfig):
+        super().__init__()
+        self.fc1 = nn.Linear(config.hidden_size, config.target_mlp_size)
+        self.fc2 = nn.Linear(config.target_mlp_size, config.hidden_size)
+
+    def forward(self, item_embeddings: torch.Tensor) -> torch.Tensor:
+        return self.fc2(F.relu(self.fc1(item_embeddings)))
 
 
 class TTT4RecCausalConv(nn.Conv1d):
@@ -474,7 +489,8 @@ class TTT4RecModel(TTT4RecPreTrainedModel):
 
 
 class TTT4RecForNextItemPrediction(TTT4RecPreTrainedModel):
-    """TTT4Rec encoder with the next-item head: scores of all items through the (tied) item embedding."""
+    """TTT4Rec encoder with the next-item head: the score of item `i` after hidden state `h` is `h . e_i` with the
+    (tied) item embedding, or `h . MLP(e_i)` with `item_scoring="target_mlp"`."""
 
     _tied_weights_keys = {"item_head.weight": "model.item_embeddings.weight"}
 
@@ -482,6 +498,7 @@ class TTT4RecForNextItemPrediction(TTT4RecPreTrainedModel):
         super().__init__(config)
         self.model = TTT4RecModel(config)
         self.item_head = nn.Linear(config.hidden_size, config.num_items, bias=False)
+        self.target_mlp = TTT4RecTargetMLP(config) if config.item_scoring == "target_mlp" else None
         self.post_init()
 
     def get_input_embeddings(self) -> nn.Embedding:
@@ -500,13 +517,37 @@ class TTT4RecForNextItemPrediction(TTT4RecPreTrainedModel):
         """A cache for `batch_size` rows that have read nothing yet."""
         return self.model.init_cache(batch_size)
 
+    def item_features(self, item_ids: torch.LongTensor | None = None) -> torch.Tensor:
+        """The vectors hidden states are scored against: `[..., hidden]` for `item_ids` `[...]`, or
+        `[num_items, hidden]` for all items (row 0 is the padding id). The item embedding itself, or its image
+        through the target tower with `item_scoring="target_mlp"`."""
+        weight = self.item_head.weight
+        features = weight if item_ids is None else F.embedding(item_ids, weight)
+        if self.target_mlp is not None:
+            features = self.target_mlp(features)
+        return features
+
     def score_items(self, hidden_states: torch.Tensor) -> torch.Tensor:
         """Scores `[..., num_items]` of every item for hidden states `[..., hidden]`; the padding id gets the
         lowest representable score so it is never predicted."""
-        logits = self.item_head(hidden_states).float()
+        if self.target_mlp is None:
+            logits = self.item_head(hidden_states).float()
+        else:
+            logits = (hidden_states @ self.item_features().T).float()
         if self.config.pad_token_id is not None:
             logits[..., self.config.pad_token_id] = torch.finfo(logits.dtype).min
         return logits
+
+    def score_candidates(self, hidden_states: torch.Tensor, candidate_ids: torch.LongTensor) -> torch.Tensor:
+        """Scores `[batch, num_candidates]` of each row's own candidate items `candidate_ids`
+        `[batch, num_candidates]` for hidden states `[batch, hidden]` (the sampled protocols score only these)."""
+        if candidate_ids.dim() != 2 or hidden_states.dim() != 2 or candidate_ids.shape[0] != hidden_states.shape[0]:
+            raise ValueError(
+                "`candidate_ids` must be [batch, num_candidates] and `hidden_states` [batch, hidden]; got "
+                f"{tuple(candidate_ids.shape)} and {tuple(hidden_states.shape)}."
+            )
+        features = self.item_features(candidate_ids)  # [batch, num_candidates, hidden]
+        return torch.einsum("bh,bch->bc", hidden_states, features.to(hidden_states.dtype)).float()
 
     def forward(
         self,

@@ -1,10 +1,11 @@
 """Training TTT4Rec with Accelerate, following the paper's protocol (PROTOCOL.md 6).
 
 `train(args)` runs the whole thing: load the split data set, build the model, train with Adam on the full
-cross-entropy over all items, evaluate on validation after every epoch, stop early on validation NDCG@10, keep the
-best model as a `save_pretrained` folder, evaluate it on test, write logs, curves and a results table, and optionally
-push the best model to the Hub. The same code runs on one CPU, one GPU or several processes (DDP) and with mixed
-precision, depending on how `accelerate` launches it.
+cross-entropy over all items (or, `--loss_type sampled_bce`, binary cross-entropy against sampled negatives as in the
+second paper, PROTOCOL.md 9), evaluate on validation after every epoch (full ranking, or `--eval_protocol sampled`),
+stop early on validation NDCG@10, keep the best model as a `save_pretrained` folder, evaluate it on test, write
+logs, curves and a results table, and optionally push the best model to the Hub. The same code runs on one CPU,
+one GPU or several processes (DDP) and with mixed precision, depending on how `accelerate` launches it.
 
 Output folder layout (`args.output_dir`):
 
@@ -40,9 +41,9 @@ import torch
 
 from .configuration_ttt4rec import TTT4RecConfig
 from .data import DEFAULT_CONFIG_NAME, collate, load_sequences, make_batches, training_units
-from .evaluation import EVAL_MODES, evaluate_split
-from .losses import NextItemTrainingModule
-from .metrics import METRIC_NAMES
+from .evaluation import EVAL_MODES, EVAL_PROTOCOLS, evaluate_split
+from .losses import LOSS_TYPES, NextItemTrainingModule
+from .metrics import PROTOCOL_KS, metric_names
 from .modeling_ttt4rec import TTT4RecForNextItemPrediction
 
 logger = logging.getLogger("ttt4rec.training")
@@ -61,6 +62,8 @@ MODEL_FIELDS = (
     "conv_kernel",
     "hidden_dropout_prob",
     "initializer_range",
+    "item_scoring",
+    "target_mlp_size",
 )
 STATE_FILE = "trainer_state.json"
 
@@ -85,6 +88,10 @@ class ModelArguments:
     conv_kernel: int = field(default=4, metadata={"help": "Convolution kernel (mamba backbone)"})
     hidden_dropout_prob: float = field(default=0.2, metadata={"help": "Dropout on the item embeddings"})
     initializer_range: float = field(default=0.02, metadata={"help": "Std of the weight initialisation"})
+    item_scoring: str = field(
+        default="embedding", metadata={"help": "embedding (h . e_i) or target_mlp (h . MLP(e_i), the second paper's)"}
+    )
+    target_mlp_size: int = field(default=128, metadata={"help": "Inner width of the target_mlp tower"})
 
 
 @dataclass
@@ -112,6 +119,10 @@ class TrainingArguments:
     learning_rate: float = field(default=1e-3, metadata={"help": "Adam learning rate"})
     weight_decay: float = field(default=0.0, metadata={"help": "Adam weight decay"})
     batch_targets: int = field(default=2048, metadata={"help": "Targets (samples) per optimizer step"})
+    loss_type: str = field(
+        default="full_ce", metadata={"help": "full_ce (softmax over all items) or sampled_bce (the second paper's)"}
+    )
+    num_negatives: int = field(default=4, metadata={"help": "Negatives per target for sampled_bce (1:4)"})
     gradient_accumulation_steps: int = field(default=1, metadata={"help": "Batches per optimizer step"})
     max_epochs: int = field(default=300, metadata={"help": "Maximum number of epochs"})
     patience: int = field(default=5, metadata={"help": "Stop after this many epochs without a better val metric"})
@@ -122,6 +133,11 @@ class TrainingArguments:
     )
     cpu: bool = field(default=False, metadata={"help": "Train on the CPU even if a GPU is there"})
     eval_mode: str = field(default="window", metadata={"help": "window (the paper's) or stream"})
+    eval_protocol: str = field(
+        default="full", metadata={"help": "full (rank all items) or sampled (rank the target among 1 + N)"}
+    )
+    eval_num_negatives: int = field(default=99, metadata={"help": "Negatives per sample, sampled protocol (1:99)"})
+    candidate_seed: int = field(default=0, metadata={"help": "Seed of the sampled evaluation candidates"})
     test_eval_modes: str = field(
         default="window,stream", metadata={"help": "Comma-separated modes for the final test evaluation"}
     )
@@ -262,7 +278,7 @@ def save_best_model(model, folder: Path, item_id_map: Path | None, extra: dict) 
     _atomic_replace(tmp, folder)
 
 
-def plot_curves(history: list[dict], path: Path) -> None:
+def plot_curves(history: list[dict], path: Path, names: tuple[str, ...]) -> None:
     """PNG of the training loss and the validation metrics by epoch."""
     import matplotlib
 
@@ -273,9 +289,9 @@ def plot_curves(history: list[dict], path: Path) -> None:
     fig, (ax_loss, ax_val) = plt.subplots(1, 2, figsize=(11, 4))
     ax_loss.plot(epochs, [h["train_loss"] for h in history], marker="o")
     ax_loss.set_xlabel("epoch")
-    ax_loss.set_ylabel("training loss (cross-entropy)")
+    ax_loss.set_ylabel("training loss")
     ax_loss.set_title("Training loss")
-    for name in METRIC_NAMES:
+    for name in names:
         points = [(h["epoch"], h[f"val_{name}"]) for h in history if f"val_{name}" in h]
         if points:
             ax_val.plot(*zip(*points, strict=True), marker="o", label=name)
@@ -289,10 +305,11 @@ def plot_curves(history: list[dict], path: Path) -> None:
 
 def results_table(results: dict) -> str:
     """Markdown table of the final results."""
-    header = "| split | eval mode | " + " | ".join(METRIC_NAMES) + " | samples |"
-    lines = [header, "|---" * (len(METRIC_NAMES) + 3) + "|"]
+    names = metric_names(PROTOCOL_KS[results.get("eval_protocol", "full")])
+    header = "| split | eval mode | " + " | ".join(names) + " | samples |"
+    lines = [header, "|---" * (len(names) + 3) + "|"]
     for row in results["rows"]:
-        values = " | ".join(f"{row[m]:.4f}" for m in METRIC_NAMES)
+        values = " | ".join(f"{row[m]:.4f}" for m in names)
         lines.append(f"| {row['split']} | {row['mode']} | {values} | {row['num_samples']} |")
     lines.append("")
     lines.append(
@@ -316,6 +333,16 @@ def train(run: RunConfig) -> dict:
     args, data_args, model_args = run.training, run.data, run.model
     if args.eval_mode not in EVAL_MODES:
         raise ValueError(f"Unknown --eval_mode {args.eval_mode!r}; choose one of {EVAL_MODES}.")
+    if args.eval_protocol not in EVAL_PROTOCOLS:
+        raise ValueError(f"Unknown --eval_protocol {args.eval_protocol!r}; choose one of {EVAL_PROTOCOLS}.")
+    if args.loss_type not in LOSS_TYPES:
+        raise ValueError(f"Unknown --loss_type {args.loss_type!r}; choose one of {LOSS_TYPES}.")
+    names = metric_names(PROTOCOL_KS[args.eval_protocol])
+    if args.early_stopping_metric not in names:
+        raise ValueError(
+            f"--early_stopping_metric {args.early_stopping_metric!r} is not reported by the {args.eval_protocol} "
+            f"protocol; choose one of {names}."
+        )
     test_modes = [m.strip() for m in args.test_eval_modes.split(",") if m.strip()]
     for mode in test_modes:
         if mode not in EVAL_MODES:
@@ -389,7 +416,7 @@ def train(run: RunConfig) -> dict:
     units = training_units(sequences["train"], L)
     if len(units) == 0:
         raise ValueError("The train split has no training samples.")
-    module = NextItemTrainingModule(model)
+    module = NextItemTrainingModule(model, loss_type=args.loss_type, num_negatives=args.num_negatives)
     optimizer = torch.optim.Adam(module.parameters(), lr=args.learning_rate, weight_decay=args.weight_decay)
     module, optimizer = accelerator.prepare(module, optimizer)
     raw_model = accelerator.unwrap_model(module).model
@@ -406,6 +433,9 @@ def train(run: RunConfig) -> dict:
     eval_kwargs = {
         "batch_targets": args.eval_batch_targets,
         "batch_tokens": args.eval_batch_tokens,
+        "protocol": args.eval_protocol,
+        "num_negatives": args.eval_num_negatives,
+        "candidate_seed": args.candidate_seed,
     }
     select = f"val_{args.early_stopping_metric}"
     log_path = output_dir / "log.jsonl"
@@ -505,7 +535,7 @@ def train(run: RunConfig) -> dict:
     best_record = next(h for h in state["history"] if h["epoch"] == state["best_epoch"])
     rows.append(
         {"split": "validation", "mode": args.eval_mode, "num_samples": sequences["validation"].num_samples}
-        | {m: best_record[f"val_{m}"] for m in METRIC_NAMES}
+        | {m: best_record[f"val_{m}"] for m in names}
     )
     for mode in test_modes:
         test = evaluate_split(best, sequences["test"], L, mode=mode, accelerator=accelerator, **eval_kwargs)
@@ -515,6 +545,8 @@ def train(run: RunConfig) -> dict:
         "dataset": meta.source,
         "dataset_name": meta.name,
         "dataset_config": meta.config_name,
+        "eval_protocol": args.eval_protocol,
+        "loss_type": args.loss_type,
         "model": {name: getattr(best.config, name) for name in MODEL_FIELDS},
         "rows": rows,
         "epochs": state["epoch"],
@@ -537,7 +569,7 @@ def train(run: RunConfig) -> dict:
         (output_dir / "results.json").write_text(json.dumps(results, indent=2))
         with log_path.open("a") as f:
             f.write(json.dumps({"final": True, **{f"{r['split']}_{r['mode']}": r for r in rows}}) + "\n")
-        plot_curves(history, output_dir / "training_curves.png")
+        plot_curves(history, output_dir / "training_curves.png", names)
         info_path = best_dir / "training_info.json"
         (info_path).write_text(json.dumps({**json.loads(info_path.read_text()), "results": results}, indent=2))
         if args.push_to_hub:

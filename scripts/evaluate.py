@@ -1,10 +1,14 @@
 #!/usr/bin/env python
-"""Evaluate a saved TTT4Rec checkpoint with the protocol's full ranking (PROTOCOL.md 7).
+"""Evaluate a saved TTT4Rec checkpoint: full ranking over all items (PROTOCOL.md 7) or sampled 1 + 99 ranking
+(`--protocol sampled`, PROTOCOL.md 9).
 
     python scripts/evaluate.py --model outputs/run/best_model --dataset DATA_DIR --split test --eval_mode window
     accelerate launch scripts/evaluate.py --model USER/NAME --dataset USER/DATA --eval_mode stream
+    python scripts/evaluate.py --model outputs/run/best_model --dataset DATA_DIR --protocol sampled
 
-Prints HR@10, HR@50, NDCG@10, NDCG@50 (4 decimals) and the evaluation time; `--output_json` saves them.
+Prints HR@10, HR@50, NDCG@10, NDCG@50 (sampled: HR@5, HR@10, NDCG@5, NDCG@10; 4 decimals) and the evaluation
+time; `--output_json` saves them. The sampled candidates depend only on the data and `--candidate_seed`, so
+every model evaluated with the same seed is ranked against the same candidates.
 """
 
 import argparse
@@ -13,7 +17,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from modeling_ttt4rec.evaluation import EVAL_MODES  # noqa: E402
+from modeling_ttt4rec.evaluation import EVAL_MODES, EVAL_PROTOCOLS  # noqa: E402
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -23,6 +27,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--dataset_config", default="split-3-2-5")
     parser.add_argument("--split", default="test", choices=["validation", "test"])
     parser.add_argument("--eval_mode", default="window", choices=[*EVAL_MODES, "both"])
+    parser.add_argument("--protocol", default="full", choices=EVAL_PROTOCOLS, help="full ranking or 1 + N sampled")
+    parser.add_argument("--num_negatives", type=int, default=99, help="Negatives per sample (sampled protocol)")
+    parser.add_argument("--candidate_seed", type=int, default=0, help="Seed of the sampled candidates")
     parser.add_argument("--max_length", type=int, default=None, help="Default: the data set's metadata")
     parser.add_argument("--batch_targets", type=int, default=4096)
     parser.add_argument("--batch_tokens", type=int, default=65536)

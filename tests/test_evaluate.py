@@ -118,3 +118,23 @@ def test_evaluate_script(tmp_path):
     assert result["window"]["num_samples"] == sequences["test"].num_samples
     assert set(result) == {"window", "stream"}
     assert result["stream"]["num_samples"] == result["window"]["num_samples"]
+
+
+def test_evaluate_script_sampled_protocol(tmp_path):
+    seqs = random_sequences(20, 40, 3, 12, seed=5)
+    data = write_split_dataset(tmp_path / "data", seqs, num_items=40, max_length=6)
+    model = tiny_model(item_scoring="target_mlp", target_mlp_size=8)
+    model.save_pretrained(tmp_path / "model")
+    out = tmp_path / "metrics.json"
+    cmd = [sys.executable, str(ROOT / "scripts" / "evaluate.py"), "--model", str(tmp_path / "model"), "--dataset"]
+    cmd += [str(data), "--protocol", "sampled", "--num_negatives", "25", "--candidate_seed", "3"]
+    cmd += ["--output_json", str(out), "--cpu"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert "test (window): HR@5" in proc.stdout
+    result = json.loads(out.read_text())["window"]
+    sequences, meta = load_sequences(data, "split-3-2-5")
+    kwargs = dict(protocol="sampled", num_negatives=25, candidate_seed=3)
+    expected = evaluate_split(model, sequences["test"], meta.max_length, "window", **kwargs)
+    for name in ("HR@5", "HR@10", "NDCG@5", "NDCG@10", "num_samples"):
+        assert result[name] == expected[name]

@@ -13,11 +13,15 @@ from transformers import AutoConfig, AutoModel
 
 from modeling_ttt4rec import TTT4RecConfig, TTT4RecForNextItemPrediction
 
-VARIANTS = [(b, t) for b in ("transformer", "mamba") for t in ("linear", "mlp")]
+# the four variants of the first paper, and the second paper's TTT-Linear model with its target MLP tower
+VARIANTS = [(b, t, "embedding") for b in ("transformer", "mamba") for t in ("linear", "mlp")]
+VARIANTS.append(("transformer", "linear", "target_mlp"))
 IDS = torch.tensor([[3, 7, 1, 9, 4, 4, 2, 8, 5, 6, 1], [2, 2, 5, 0, 0, 0, 0, 0, 0, 0, 0]])
 
 
-def trained_looking_model(backbone: str, ttt_layer_type: str) -> TTT4RecForNextItemPrediction:
+def trained_looking_model(
+    backbone: str, ttt_layer_type: str, item_scoring: str = "embedding"
+) -> TTT4RecForNextItemPrediction:
     config = TTT4RecConfig(
         num_items=12,
         hidden_size=8,
@@ -27,6 +31,8 @@ def trained_looking_model(backbone: str, ttt_layer_type: str) -> TTT4RecForNextI
         backbone=backbone,
         ttt_layer_type=ttt_layer_type,
         mini_batch_size=4,
+        item_scoring=item_scoring,
+        target_mlp_size=6,
     )
     torch.manual_seed(0)
     model = TTT4RecForNextItemPrediction(config).eval()
@@ -36,9 +42,9 @@ def trained_looking_model(backbone: str, ttt_layer_type: str) -> TTT4RecForNextI
     return model
 
 
-@pytest.mark.parametrize(("backbone", "ttt_layer_type"), VARIANTS)
-def test_save_and_load_with_auto_classes(tmp_path, backbone, ttt_layer_type):
-    model = trained_looking_model(backbone, ttt_layer_type)
+@pytest.mark.parametrize(("backbone", "ttt_layer_type", "item_scoring"), VARIANTS)
+def test_save_and_load_with_auto_classes(tmp_path, backbone, ttt_layer_type, item_scoring):
+    model = trained_looking_model(backbone, ttt_layer_type, item_scoring)
     model.save_pretrained(tmp_path)
     files = sorted(p.name for p in tmp_path.iterdir())
     assert "model.safetensors" in files and "config.json" in files
@@ -104,9 +110,9 @@ REMOTE_SCRIPT = textwrap.dedent(
 )
 
 
-@pytest.mark.parametrize(("backbone", "ttt_layer_type"), VARIANTS)
-def test_remote_code_in_fresh_process(tmp_path, backbone, ttt_layer_type):
-    model = trained_looking_model(backbone, ttt_layer_type)
+@pytest.mark.parametrize(("backbone", "ttt_layer_type", "item_scoring"), VARIANTS)
+def test_remote_code_in_fresh_process(tmp_path, backbone, ttt_layer_type, item_scoring):
+    model = trained_looking_model(backbone, ttt_layer_type, item_scoring)
     checkpoint = tmp_path / "checkpoint"
     model.save_pretrained(checkpoint)
     script = tmp_path / "load_remote.py"

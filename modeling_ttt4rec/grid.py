@@ -1,0 +1,116 @@
+"""A grid search over `initializer_range` x `mini_batch_size`, the two settings the second paper found to matter
+(its Figure 3): one training run per cell, then a table and a heat map of a test metric.
+
+Each cell is a normal `train` run in `OUTPUT_DIR/init-{r}_mb-{b}/`; a cell whose `results.json` exists is read, not
+run again, so an interrupted grid continues where it stopped.
+"""
+
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+
+from .training import parse_args, train
+
+
+def cell_dir(output_dir: Path, initializer_range: float, mini_batch_size: int) -> Path:
+    return output_dir / f"init-{initializer_range:g}_mb-{mini_batch_size}"
+
+
+def run_grid(
+    train_args: list[str],
+    initializer_ranges: list[float],
+    mini_batch_sizes: list[int],
+    output_dir: str | Path,
+    split: str = "test",
+    mode: str = "window",
+) -> list[dict]:
+    """Train every cell of the grid (or read its finished results) and return one row per cell with the metrics of
+    `split` in eval `mode`.
+
+    Args:
+        train_args: `scripts/train.py` flags shared by every cell (data set, epochs, protocol, ...); they must not
+            set `--output_dir`, `--initializer_range` or `--mini_batch_size`.
+        initializer_ranges, mini_batch_sizes: the grid's axes.
+        output_dir: where the cells' runs and the grid's outputs go.
+    """
+    for flag in ("--output_dir", "--initializer_range", "--mini_batch_size"):
+        if flag in train_args:
+            raise ValueError(f"{flag} is set by the grid for each cell; remove it from the training flags.")
+    output_dir = Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    rows = []
+    cells = [(r, b) for r in initializer_ranges for b in mini_batch_sizes]
+    for k, (r, b) in enumerate(cells, start=1):
+        folder = cell_dir(output_dir, r, b)
+        results_path = folder / "results.json"
+        if results_path.is_file():
+            print(f"[{k}/{len(cells)}] initializer_range={r:g} mini_batch_size={b}: done before, reading {folder}")
+            results = json.loads(results_path.read_text())
+        else:
+            print(f"[{k}/{len(cells)}] initializer_range={r:g} mini_batch_size={b}: training in {folder}")
+            start = time.perf_counter()
+            args = [*train_args, "--output_dir", str(folder), "--overwrite_output_dir", "true"]
+            args += ["--initializer_range", str(r), "--mini_batch_size", str(b)]
+            results = train(parse_args(args))
+            print(f"    {time.perf_counter() - start:.0f} s")
+        row = next(x for x in results["rows"] if x["split"] == split and x["mode"] == mode)
+        metrics = {k2: v for k2, v in row.items() if "@" in k2}
+        rows.append({"initializer_range": r, "mini_batch_size": b, "best_epoch": results["best_epoch"], **metrics})
+    (output_dir / "grid.json").write_text(json.dumps(rows, indent=2))
+    return rows
+
+
+def grid_table(rows: list[dict], metric: str) -> str:
+    """Markdown table: one row per `initializer_range`, one column per `mini_batch_size`, cells `metric`; the best
+    cell in bold."""
+    ranges = sorted({row["initializer_range"] for row in rows})
+    sizes = sorted({row["mini_batch_size"] for row in rows})
+    value = {(row["initializer_range"], row["mini_batch_size"]): row[metric] for row in rows}
+    best = max(value.values())
+    lines = [
+        f"| {metric}: initializer_range \\ mini_batch_size | " + " | ".join(str(b) for b in sizes) + " |",
+        "|---" * (len(sizes) + 1) + "|",
+    ]
+    for r in ranges:
+        cells = []
+        for b in sizes:
+            v = value.get((r, b))
+            cells.append("" if v is None else (f"**{v:.4f}**" if v == best else f"{v:.4f}"))
+        lines.append(f"| {r:g} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def plot_grid(rows: list[dict], metric: str, path: str | Path, title: str = "") -> None:
+    """Heat map PNG of `metric` over the grid (rows: initializer_range, columns: mini_batch_size)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ranges = sorted({row["initializer_range"] for row in rows})
+    sizes = sorted({row["mini_batch_size"] for row in rows})
+    grid = np.full((len(ranges), len(sizes)), np.nan)
+    for row in rows:
+        grid[ranges.index(row["initializer_range"]), sizes.index(row["mini_batch_size"])] = row[metric]
+    fig, ax = plt.subplots(figsize=(1.2 * len(sizes) + 2.5, 0.8 * len(ranges) + 1.8))
+    image = ax.imshow(grid, cmap="viridis", aspect="auto")
+    ax.set_xticks(range(len(sizes)), [str(b) for b in sizes])
+    ax.set_yticks(range(len(ranges)), [f"{r:g}" for r in ranges])
+    ax.set_xlabel("mini_batch_size")
+    ax.set_ylabel("initializer_range")
+    high = np.nanmax(grid)
+    for i in range(len(ranges)):
+        for j in range(len(sizes)):
+            if not np.isnan(grid[i, j]):
+                color = "black" if grid[i, j] > np.nanmin(grid) + 0.6 * (high - np.nanmin(grid)) else "white"
+                ax.text(j, i, f"{grid[i, j]:.4f}", ha="center", va="center", color=color, fontsize=8)
+    fig.colorbar(image, ax=ax, label=metric)
+    ax.set_title(title or f"{metric} by initializer_range and mini_batch_size")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+__all__ = ["cell_dir", "grid_table", "plot_grid", "run_grid"]

@@ -1,0 +1,63 @@
+"""Negative sampling for the sampled protocol of Zhan, Lv, Zhang and Li (2025) (PROTOCOL.md 9).
+
+* Training: each positive (a target item) is paired with `num_negatives` (4) items drawn uniformly from the real
+  items other than the positive; the loss is binary cross-entropy over the `1 + num_negatives` instances
+  (`losses.sampled_binary_cross_entropy`). Drawn afresh for every batch from torch's generator.
+* Evaluation: each sample is ranked among itself and `num_negatives` (99) distinct items, none of them the
+  positive or the padding id. The candidates depend only on the split's targets and a seed, never on the model,
+  the batch size or the number of processes, so every model compared is ranked against the same candidates.
+"""
+
+import numpy as np
+import torch
+
+
+def sample_negatives(
+    positives: torch.Tensor, num_items: int, num_negatives: int, generator: torch.Generator | None = None
+) -> torch.Tensor:
+    """`[T, num_negatives]` item ids drawn uniformly (with replacement) from `1 .. num_items - 1` minus each
+    row's positive.
+
+    Args:
+        positives: `[T]` the positive item ids (`>= 1`).
+        num_items: the vocabulary size, padding id 0 included.
+        num_negatives: negatives per positive.
+        generator: the random generator (default: torch's global one).
+    """
+    if num_items < 3:
+        raise ValueError(f"Sampling negatives needs at least 2 real items (num_items >= 3), got {num_items}.")
+    # uniform over the num_items - 2 ids that are neither padding nor the positive: draw from 1 .. num_items - 2
+    # and move the draws at or above the positive one up
+    draws = torch.randint(
+        1, num_items - 1, (positives.shape[0], num_negatives), generator=generator, device=positives.device
+    )
+    return draws + (draws >= positives[:, None]).long()
+
+
+def evaluation_candidates(targets: np.ndarray, num_items: int, num_negatives: int = 99, seed: int = 0) -> np.ndarray:
+    """`[num_samples, 1 + num_negatives]` candidates per sample: column 0 is the target, the other columns are
+    distinct items other than the target and the padding id, drawn uniformly with `seed`.
+
+    Args:
+        targets: `[num_samples]` the target item of every sample, in the split's sample order.
+        num_items: the vocabulary size, padding id 0 included.
+        num_negatives: negatives per sample (99 in the paper's 1:99 protocol).
+        seed: the same seed gives the same candidates.
+    """
+    targets = np.asarray(targets, dtype=np.int64)
+    if num_items - 2 < num_negatives:
+        raise ValueError(
+            f"{num_negatives} distinct negatives per sample need at least {num_negatives + 1} real items; the data "
+            f"set has {num_items - 1}. Use fewer negatives."
+        )
+    rng = np.random.default_rng(seed)
+    draws = rng.integers(1, num_items - 1, size=(len(targets), num_negatives))
+    # rows that drew an item twice draw again, without replacement (a few rows: the data stays cheap to build)
+    ordered = np.sort(draws, axis=1)
+    for row in np.flatnonzero((ordered[:, 1:] == ordered[:, :-1]).any(axis=1)):
+        draws[row] = rng.choice(num_items - 2, size=num_negatives, replace=False) + 1
+    negatives = draws + (draws >= targets[:, None])
+    return np.concatenate([targets[:, None], negatives], axis=1)
+
+
+__all__ = ["evaluation_candidates", "sample_negatives"]
