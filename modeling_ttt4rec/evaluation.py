@@ -146,7 +146,7 @@ def compute_ranks(
             else:
                 # column 0 of every sample's candidates is its target
                 scores = model.score_candidates(hidden, candidates[batch["sample_ids"].cpu()].to(hidden.device))
-                ranks.append(ranks_from_scores(scores, torch.zeros_like(batch["targets"])))
+                ranks.append(ranks_from_scores(scores, torch.zeros_like(batch["targets"]), ties="pessimistic"))
             sample_ids.append(batch["sample_ids"])
     model.train(was_training)
     local_ids = torch.cat(sample_ids) if sample_ids else torch.zeros(0, dtype=torch.long, device=device)

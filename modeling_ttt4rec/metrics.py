@@ -9,7 +9,9 @@ Then, per sample,
 
 and each reported metric is the mean over all samples of the split (not per user first), rounded to 4 decimals
 when reported. In the sampled protocol (PROTOCOL.md 9) the same definitions apply to the `1 + 99` candidates of
-each sample instead of all items, reported at K = 5 and 10. `ranks_from_scores` computes the ranks,
+each sample instead of all items, reported at K = 5 and 10, except that a negative scoring exactly as the target
+counts as ranked above it: with only 100 candidates a model that gives them all the same score (a collapsed target
+tower does) would otherwise score HR = NDCG = 1. `ranks_from_scores` computes the ranks,
 `ranking_metrics` turns ranks into metrics; the `evaluate` module in `modeling_ttt4rec/ranking_metrics/` wraps
 the same function.
 """
@@ -31,17 +33,21 @@ def metric_names(ks: Iterable[int] = DEFAULT_KS) -> tuple[str, ...]:
     return tuple(f"HR@{k}" for k in ks) + tuple(f"NDCG@{k}" for k in ks)
 
 
-def ranks_from_scores(scores: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """Number of items scoring strictly higher than each target.
+def ranks_from_scores(scores: torch.Tensor, targets: torch.Tensor, ties: str = "optimistic") -> torch.Tensor:
+    """Number of items scoring strictly higher than each target (`ties="optimistic"`, PROTOCOL.md 7), or higher or
+    equal (`ties="pessimistic"`: a candidate that ties with the target is ranked above it).
 
     Args:
         scores: `[batch, num_candidates]`, the scores of the candidate items (for the protocol: items `1 .. N`, so
             column `c` is item `c + 1`).
         targets: `[batch]`, the column of each sample's target in `scores`.
+        ties: how candidates scoring exactly as the target count.
 
     Returns:
         `[batch]` int64 ranks (0 = the target scored highest).
     """
+    if ties not in ("optimistic", "pessimistic"):
+        raise ValueError(f"`ties` must be 'optimistic' or 'pessimistic', got {ties!r}.")
     if scores.dim() != 2 or targets.dim() != 1 or scores.shape[0] != targets.shape[0]:
         raise ValueError(
             f"`scores` must be [batch, items] and `targets` [batch]; got {tuple(scores.shape)} and "
@@ -51,6 +57,10 @@ def ranks_from_scores(scores: torch.Tensor, targets: torch.Tensor) -> torch.Tens
         raise ValueError(f"`targets` must be columns of `scores` in [0, {scores.shape[1]}).")
     target_scores = scores.gather(1, targets[:, None].long())
     higher = torch.gt(scores, target_scores)
+    if ties == "pessimistic":
+        # every candidate >= the target, except the target itself
+        higher = torch.ge(scores, target_scores)
+        higher.scatter_(1, targets[:, None].long(), False)
     if scores.shape[1] < 2**24:
         # summing the comparisons as float32 is ~4x faster on CPU than summing bools, and exact below 2**24
         return higher.to(torch.float32).sum(dim=1).to(torch.int64)

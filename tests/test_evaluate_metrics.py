@@ -27,6 +27,10 @@ def test_ranks_count_only_strictly_higher_scores():
     scores = torch.tensor([[0.5, 0.9, 0.5, 0.1], [1.0, 1.0, 1.0, 1.0]])
     ranks = ranks_from_scores(scores, torch.tensor([0, 3]))
     assert ranks.tolist() == [1, 0]  # ties do not count against the target
+    pessimistic = ranks_from_scores(scores, torch.tensor([0, 3]), ties="pessimistic")
+    assert pessimistic.tolist() == [2, 3]  # ties do, but never the target itself
+    with pytest.raises(ValueError, match="ties"):
+        ranks_from_scores(scores, torch.tensor([0, 3]), ties="random")
 
 
 @pytest.mark.parametrize(

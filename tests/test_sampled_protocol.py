@@ -197,7 +197,7 @@ def brute_force_sampled_ranks(model, split: SplitSequences, max_length: int, num
             with torch.no_grad():
                 logits = model(torch.tensor(seq[max(0, j - max_length) : j])[None], use_cache=False).logits[0]
             scores = logits[torch.from_numpy(candidates[k])]
-            ranks.append(int((scores[1:] > scores[0]).sum()))
+            ranks.append(int((scores[1:] >= scores[0]).sum()))  # a tie ranks the negative above the target
             k += 1
     return ranks
 
@@ -220,6 +220,19 @@ def test_sampled_evaluation_matches_brute_force_in_both_modes(scoring):
         assert metrics[name] == pytest.approx(expected[name])
     # another seed, other candidates: the ranks change
     assert compute_ranks(model, split, 8, protocol="sampled", num_negatives=20, candidate_seed=8).tolist() != reference
+
+
+def test_sampled_evaluation_counts_ties_against_the_target():
+    """A model that scores every candidate the same ranks last in the sampled protocol, not first."""
+    seqs = random_sequences(6, 40, 3, 8, seed=1)
+    split = SplitSequences.from_rows(seqs, [len(s) // 2 for s in seqs])
+    model = tower_model()
+    with torch.no_grad():
+        model.target_mlp.fc2.weight.zero_()  # every item's feature is the bias: all scores equal
+    ranks = compute_ranks(model, split, 8, protocol="sampled", num_negatives=20)
+    assert (ranks == 20).all()
+    # the full protocol keeps PROTOCOL.md 7's "strictly higher"
+    assert (compute_ranks(model, split, 8, protocol="full") == 0).all()
 
 
 def test_unknown_protocol():
