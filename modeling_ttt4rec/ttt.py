@@ -168,8 +168,10 @@ def commit_mini_batch(
     and start the next mini-batch with no pending gradients. The other rows (their sequence ended inside this
     mini-batch) keep `W` and carry `G` as pending. `finished=None` means every row finished.
     """
+    if finished is not None and not bool(finished.any()):
+        return InnerState(weights=state.weights, pending=summed)  # (most serving steps: no row is at the end)
     stepped = {name: w - last_token_eta * summed[name] for name, w in state.weights.items()}
-    if finished is None:
+    if finished is None or bool(finished.all()):
         return InnerState(weights=stepped, pending=None)
     keep = finished.view(-1, 1, 1, 1)
     weights = {name: torch.where(keep, stepped[name], w) for name, w in state.weights.items()}
@@ -217,6 +219,18 @@ class TTTLayer(nn.Module):
         self.learnable_ttt_lr_bias = nn.Parameter(torch.empty(heads, 1))
         # token_eta_i = max(1 / (i + 1) + learnable_token_idx_i, 0)
         self.learnable_token_idx = nn.Parameter(torch.empty(self.mini_batch_size))
+        # constant rotary tables by (device, dtype), not part of the state dict
+        self._rotary_tables: dict = {}
+
+    def rotary_table(self, device, dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        """`rotary_cos_sin` for the `mini_batch_size` positions of a mini-batch, computed once per device and dtype
+        (the serving step needs it at every item)."""
+        key = (device, dtype)
+        if key not in self._rotary_tables:
+            self._rotary_tables[key] = rotary_cos_sin(
+                self.mini_batch_size, self.head_dim, self.rope_theta, self.mini_batch_size, device, dtype
+            )
+        return self._rotary_tables[key]
 
     @property
     def weight_names(self) -> tuple[str, ...]:
@@ -346,9 +360,7 @@ class TTTLayer(nn.Module):
         """
         # [batch, heads, 1, head_dim]
         XQ, XK, XV = (x.transpose(1, 2) for x in (XQ, XK, XV))
-        cos, sin = rotary_cos_sin(
-            self.mini_batch_size, self.head_dim, self.rope_theta, self.mini_batch_size, XQ.device, XQ.dtype
-        )
+        cos, sin = self.rotary_table(XQ.device, XQ.dtype)
         # [batch, 1, 1, head_dim // 2]: each row's angle at its position
         cos, sin = cos[offsets][:, None, None], sin[offsets][:, None, None]
         XQ, XK = apply_rotary(XQ, cos, sin), apply_rotary(XK, cos, sin)

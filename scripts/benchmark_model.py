@@ -17,12 +17,15 @@ import torch
 from modeling_ttt4rec import TTT4RecConfig, TTT4RecForNextItemPrediction
 
 
-def median_seconds(fn, repeats: int) -> float:
-    fn()
+def median_seconds(fn, repeats: int, setup=None) -> float:
+    """Median of `repeats` timed calls `fn(setup())` after one warm-up; `setup` (untimed) makes each call's input."""
+    setup = setup or (lambda: None)
+    fn(setup())
     times = []
     for _ in range(repeats):
+        argument = setup()
         start = time.perf_counter()
-        fn()
+        fn(argument)
         times.append(time.perf_counter() - start)
     return statistics.median(times)
 
@@ -34,11 +37,11 @@ def benchmark_training(model: TTT4RecForNextItemPrediction, batch: int, length: 
     labels = torch.randint(1, num_items, (batch,), generator=generator)
     model.train()
 
-    def forward():
+    def forward(_=None):
         with torch.no_grad():
             model(ids, labels=labels, use_cache=False)
 
-    def forward_backward():
+    def forward_backward(_=None):
         model.zero_grad(set_to_none=True)
         model(ids, labels=labels, use_cache=False).loss.backward()
 
@@ -53,18 +56,26 @@ def benchmark_training(model: TTT4RecForNextItemPrediction, batch: int, length: 
 def time_serving_step(
     model: TTT4RecForNextItemPrediction, batch: int, length: int, repeats: int, top_k: int, generator
 ) -> tuple[float, float]:
-    """Median seconds of one cached step (one new item per row + top-k) and of recomputing the whole history."""
+    """Median seconds of one cached step (one new item per row + top-k) after `length` to `length + b - 1` items
+    (every position inside the inner mini-batch of size `b`, in turn), and of recomputing the whole history."""
     num_items = model.config.num_items
-    history = torch.randint(1, num_items, (batch, length), generator=generator)
+    b = model.config.mini_batch_size
+    history = torch.randint(1, num_items, (batch, length + b - 1), generator=generator)
     new_item = torch.randint(1, num_items, (batch, 1), generator=generator)
-    full_history = torch.cat([history, new_item], dim=1)
     with torch.inference_mode():
-        cache = model(history, use_cache=True).cache_params
-        # a copy of the cache per repeat keeps every repeat identical (the copy is part of the timed step)
+        # the states after length, length + 1, ..., length + b - 1 items
+        states = [model(history[:, :length], use_cache=True).cache_params]
+        for j in range(length, length + b - 1):
+            states.append(model(history[:, j : j + 1], cache_params=states[-1].select(range(batch))).cache_params)
+        turn = iter(range(10**9))
+        # each repeat steps its own copy of one of these states (made before the clock starts)
         cached = median_seconds(
-            lambda: model.recommend(new_item, cache_params=cache.select(range(batch)), top_k=top_k), repeats
+            lambda copy: model.recommend(new_item, cache_params=copy, top_k=top_k),
+            repeats,
+            setup=lambda: states[next(turn) % b].select(range(batch)),
         )
-        full = median_seconds(lambda: model.recommend(full_history, top_k=top_k), max(3, repeats // 4))
+        full_history = torch.cat([history[:, :length], new_item], dim=1)
+        full = median_seconds(lambda _: model.recommend(full_history, top_k=top_k), max(3, repeats // 4))
     return cached, full
 
 
