@@ -110,10 +110,9 @@ class TTT4RecRMSNorm(nn.Module):
         self.eps = eps
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
-        input_dtype = hidden_states.dtype
-        hidden_states = hidden_states.float()
-        hidden_states = hidden_states * torch.rsqrt(hidden_states.pow(2).mean(-1, keepdim=True) + self.eps)
-        return self.weight * hidden_states.to(input_dtype)
+        # x / sqrt(mean(x^2) + eps), computed in float32, then the scale in the input's dtype
+        normalized = F.rms_norm(hidden_states.float(), hidden_states.shape[-1:], eps=self.eps)
+        return self.weight * normalized.to(hidden_states.dtype)
 
 
 class TTT4RecSwiGLU(nn.Module):
@@ -462,7 +461,7 @@ class TTT4RecModel(TTT4RecPreTrainedModel):
                 f"{tuple(input_ids.shape)}; they must match."
             )
         mask = attention_mask.bool()
-        if (mask[:, 1:] & ~mask[:, :-1]).any():
+        if mask.shape[1] > 1 and (mask[:, 1:] & ~mask[:, :-1]).any():
             raise ValueError(
                 "`attention_mask` must be right-padded: in each row, all items come first and padding after."
             )

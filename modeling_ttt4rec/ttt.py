@@ -85,12 +85,10 @@ def layer_norm_l2_grad(
     ) / (dim * std)
 
 
-def gelu_tanh_grad(x: torch.Tensor) -> torch.Tensor:
-    """Derivative of `F.gelu(x, approximate="tanh")`."""
-    c = (2.0 / torch.pi) ** 0.5
-    x_squared = x * x
-    tanh = torch.tanh(c * x * (1.0 + 0.044715 * x_squared))
-    return 0.5 * (1.0 + tanh) + 0.5 * c * x * (1.0 - tanh * tanh) * (1.0 + 3 * 0.044715 * x_squared)
+def gelu_tanh_backward(grad: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """`grad * gelu'(x)` for `F.gelu(x, approximate="tanh")`: PyTorch's own GELU backward, one fused kernel that is
+    itself differentiable (the outer training differentiates through the inner gradient)."""
+    return torch.ops.aten.gelu_backward(grad, x, approximate="tanh")
 
 
 def dual_form_linear(
@@ -292,7 +290,7 @@ class TTTLayer(nn.Module):
         X2 = F.gelu(Z1, approximate="tanh")
         Z2 = X2 @ weights["W2"] + weights["b2"]
         grad_Z2 = layer_norm_l2_grad(Z2, target, ln_weight, ln_bias, self.eps)
-        grad_Z1 = (grad_Z2 @ weights["W2"].transpose(-1, -2)) * gelu_tanh_grad(Z1)
+        grad_Z1 = gelu_tanh_backward(grad_Z2 @ weights["W2"].transpose(-1, -2), Z1)
         # The same two layers for every query token, each at its own updated weights
         Z1_bar = dual_form_linear(
             XQ, XK, grad_Z1, weights["W1"], weights["b1"], eta, token_eta, pending.get("W1"), pending.get("b1")
