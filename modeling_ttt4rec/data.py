@@ -10,11 +10,12 @@ Everything the model reads is described as **units**: a contiguous slice `values
 split's flattened item ids, with targets after its positions `first_target .. length - 1` (the target after position
 `p` is `values[start + p + 1]`). One kind of unit serves all three uses:
 
-* training (`training_units`): the first `min(n - 1, L)` items of each train row with a target after every position
-  from `target_start - 1` on (one forward pass trains all these samples, whose histories are whole prefixes of at
-  most `L` items), plus, only for targets `j > L`, one window `item_ids[j - L:j]` with a single target. The set of
-  (history, target) pairs is exactly the protocol's, also when `n > L + 1`;
-* window evaluation (`window_units`): one unit per sample, its history truncated to `L` (the paper's evaluation);
+* training and window evaluation (`prefix_units`): the first `min(n - 1, L)` items of each row with a target after
+  every position from `target_start - 1` on (one forward pass reads all these samples, whose histories are whole
+  prefixes of at most `L` items: the model is causal, so the hidden state after item `j - 1` of the prefix is the
+  one of the window `item_ids[:j]`), plus, only for targets `j > L`, one window `item_ids[j - L:j]` with a single
+  target. The set of (history, target) pairs is exactly the protocol's (the paper evaluates each sample on its own
+  window; the results are the same);
 * stream evaluation (`stream_units`): one unit per user, the whole history, every target of the split scored on the
   way (read in chunks with the cache, see `evaluation.py`).
 """
@@ -334,14 +335,6 @@ def sample_targets(split: SplitSequences) -> np.ndarray:
     return split.values[split.offsets[rows] + j]
 
 
-def window_units(split: SplitSequences, max_length: int) -> Units:
-    """One unit per sample: history `item_ids[max(0, j - L):j]`, one target (the paper's evaluation)."""
-    rows, j = _sample_positions(split)
-    hist = np.minimum(j, max_length)
-    start = split.offsets[rows] + j - hist
-    return Units(split.values, start, hist, hist - 1, np.arange(len(j), dtype=np.int64))
-
-
 def stream_units(split: SplitSequences) -> Units:
     """One unit per user with at least one target: the whole history, a target after every position from
     `target_start - 1` on."""
@@ -354,8 +347,9 @@ def stream_units(split: SplitSequences) -> Units:
     return Units(split.values, start, length, first_target, sample_offset)
 
 
-def training_units(split: SplitSequences, max_length: int) -> Units:
-    """Units that hold exactly the protocol's training samples (see the module docstring)."""
+def prefix_units(split: SplitSequences, max_length: int) -> Units:
+    """Units that hold exactly the protocol's samples of `split`: whole prefixes of at most `L` items, plus one
+    window per target beyond `L` (see the module docstring)."""
     lengths, ts = split.lengths, split.target_start
     # prefix units: first min(n - 1, L) items, targets j = ts .. min(n - 1, L)
     m = np.minimum(lengths - 1, max_length)
@@ -373,8 +367,9 @@ def training_units(split: SplitSequences, max_length: int) -> Units:
     start = np.concatenate([p_start, w_start]).astype(np.int64)
     length = np.concatenate([p_len, w_len]).astype(np.int64)
     first_target = np.concatenate([p_first, w_len - 1]).astype(np.int64)
-    num = length - first_target
-    sample_offset = np.concatenate([[0], np.cumsum(num)])[:-1]
+    # sample ids in the split's sample order: row r's samples start at row_first[r], target j is number j - ts
+    row_first = np.concatenate([[0], np.cumsum(lengths - ts)])[:-1]
+    sample_offset = np.concatenate([row_first[p_rows], row_first[w_rows] + w_j - ts[w_rows]]).astype(np.int64)
     return Units(split.values, start, length, first_target, sample_offset)
 
 
@@ -478,6 +473,5 @@ __all__ = [
     "make_batches",
     "resolve_dataset_dir",
     "stream_units",
-    "training_units",
-    "window_units",
+    "prefix_units",
 ]

@@ -1,8 +1,9 @@
 """Evaluation: full ranking (PROTOCOL.md 7) or sampled 1 + 99 ranking (PROTOCOL.md 9), in two modes, on one
 process or many.
 
-* `window` (the paper's): every sample is encoded on its own from its history truncated to the last `L` items.
-  Samples are sorted by history length so batches carry almost no padding.
+* `window` (the paper's): every sample is scored from its history truncated to the last `L` items. Histories that
+  start at the user's first item are whole prefixes, so one causal pass over each user's first `L` items scores all
+  of them; only targets beyond `L` get a window of their own (`data.prefix_units`).
 * `stream`: each user's whole history is read once, in chunks, carrying the model's cache from chunk to chunk, and
   every target of the split is scored on the way from the hidden state after the item before it. When no history
   is longer than `L` this is the same computation as `window`, much cheaper; when histories are longer, `stream`
@@ -22,7 +23,7 @@ import time
 import numpy as np
 import torch
 
-from .data import SplitSequences, Units, collate, make_batches, sample_targets, stream_units, window_units
+from .data import SplitSequences, Units, collate, make_batches, prefix_units, sample_targets, stream_units
 from .metrics import PROTOCOL_KS, metric_names, ranking_metrics, ranks_from_scores
 from .sampling import evaluation_candidates
 
@@ -50,10 +51,10 @@ def score_ranks(
 
 
 def _window_batch(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-    """Final hidden state of each window (its last item)."""
+    """Hidden states at every target position of each unit (a prefix or a window), in the order of
+    `batch["targets"]`."""
     hidden = model.model(batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False).last_hidden_state
-    last = batch["attention_mask"].sum(dim=1) - 1
-    return hidden[torch.arange(hidden.shape[0], device=hidden.device), last]
+    return hidden[batch["target_mask"]]
 
 
 def _stream_batch(model, batch: dict[str, torch.Tensor], chunk_size: int) -> torch.Tensor:
@@ -114,7 +115,7 @@ def compute_ranks(
             sample_targets(split), model.config.num_items, num_negatives=num_negatives, seed=candidate_seed
         )
         candidates = torch.from_numpy(candidates)
-    units: Units = window_units(split, max_length) if mode == "window" else stream_units(split)
+    units: Units = prefix_units(split, max_length) if mode == "window" else stream_units(split)
     num_samples = split.num_samples
     if mode == "stream":
         # a multiple of the inner mini-batch, so rows that continue always start a mini-batch (fastest path)

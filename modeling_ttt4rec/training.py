@@ -19,7 +19,7 @@ Output folder layout (`args.output_dir`):
     results.md, results.json the final table: best validation and test metrics, epochs, times, memory
 
 Training reads whole train prefixes: one forward pass over the first `min(n - 1, L)` items of a user with a loss
-at every target position, plus a separate window for each target beyond `L` (see `data.training_units`), so the
+at every target position, plus a separate window for each target beyond `L` (see `data.prefix_units`), so the
 (history, target) pairs are exactly the protocol's. Batches hold about `batch_targets` targets (2048, the paper's
 batch of 2048 samples), grouped by length to avoid padding.
 """
@@ -40,7 +40,7 @@ import numpy as np
 import torch
 
 from .configuration_ttt4rec import TTT4RecConfig
-from .data import DEFAULT_CONFIG_NAME, collate, load_sequences, make_batches, training_units
+from .data import DEFAULT_CONFIG_NAME, collate, load_sequences, make_batches, prefix_units
 from .evaluation import EVAL_MODES, EVAL_PROTOCOLS, evaluate_split
 from .losses import LOSS_TYPES, NextItemTrainingModule
 from .metrics import PROTOCOL_KS, metric_names
@@ -413,7 +413,7 @@ def train(run: RunConfig) -> dict:
     if main:
         (output_dir / "run_config.json").write_text(json.dumps(resolved, indent=2, default=str))
 
-    units = training_units(sequences["train"], L)
+    units = prefix_units(sequences["train"], L)
     if len(units) == 0:
         raise ValueError("The train split has no training samples.")
     module = NextItemTrainingModule(model, loss_type=args.loss_type, num_negatives=args.num_negatives)

@@ -28,7 +28,7 @@ def main(argv: list[str] | None = None) -> dict:
     import torch
 
     from modeling_ttt4rec import TTT4RecConfig, TTT4RecForNextItemPrediction
-    from modeling_ttt4rec.data import collate, load_sequences, make_batches, training_units
+    from modeling_ttt4rec.data import collate, load_sequences, make_batches, prefix_units
     from modeling_ttt4rec.evaluation import evaluate_split
     from modeling_ttt4rec.losses import NextItemTrainingModule
     from modeling_ttt4rec.training import peak_memory_mb
@@ -40,7 +40,7 @@ def main(argv: list[str] | None = None) -> dict:
     model = TTT4RecForNextItemPrediction(TTT4RecConfig(num_items=meta.num_items))
     module = NextItemTrainingModule(model)
     optimizer = torch.optim.Adam(module.parameters(), lr=1e-3)
-    units = training_units(sequences["train"], meta.max_length)
+    units = prefix_units(sequences["train"], meta.max_length)
     epochs = []
     for epoch in range(args.epochs):
         start = time.perf_counter()

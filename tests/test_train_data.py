@@ -13,9 +13,9 @@ from modeling_ttt4rec.data import (
     collate,
     load_sequences,
     make_batches,
+    prefix_units,
+    sample_targets,
     stream_units,
-    training_units,
-    window_units,
 )
 
 
@@ -40,21 +40,50 @@ def unit_samples(units, batches):
 
 
 @pytest.mark.parametrize("L", [3, 5, 50])
-def test_training_units_hold_exactly_the_protocol_samples(L):
+def test_prefix_units_hold_exactly_the_protocol_samples(L):
     seqs = random_sequences(30, 25, 2, 20, seed=L)
     starts = [1 if k % 3 else min(3, len(s) - 1) for k, s in enumerate(seqs)]
     split = SplitSequences.from_rows(seqs, starts)
-    units = training_units(split, L)
+    units = prefix_units(split, L)
     assert units.total_targets == split.num_samples
     assert units.length.max() <= L
     batches = make_batches(units, max_targets=16, shuffle=True, seed=1)
     assert unit_samples(units, batches) == protocol_samples(seqs, starts, L)
 
 
-def test_window_and_stream_units():
+@pytest.mark.parametrize("L", [2, 4, 50])
+def test_prefix_units_number_samples_in_split_order(L):
+    """Sample ids (used to gather ranks across processes and to pick sampled candidates) follow the split's order:
+    users in row order, targets in time order."""
+    seqs = random_sequences(20, 25, 2, 14, seed=L)
+    starts = [max(1, len(s) // 2) for s in seqs]
+    split = SplitSequences.from_rows(seqs, starts)
+    expected = [(r, j) for r, s in enumerate(seqs) for j in range(starts[r], len(s))]
+    units = prefix_units(split, L)
+    found = {}
+    for index in make_batches(units, max_targets=7, shuffle=True, seed=2):
+        batch = collate(units, index)
+        ids, tm = batch["input_ids"].numpy(), batch["target_mask"].numpy()
+        k = 0
+        for row, cols in zip(ids, tm, strict=True):
+            for p in np.flatnonzero(cols):
+                found[int(batch["sample_ids"][k])] = (
+                    tuple(int(i) for i in row[: p + 1] if i),
+                    int(batch["targets"][k]),
+                )
+                k += 1
+    assert sorted(found) == list(range(len(expected)))
+    targets = sample_targets(split)
+    for sample_id, (r, j) in enumerate(expected):
+        history, target = found[sample_id]
+        assert target == seqs[r][j] == targets[sample_id]
+        assert history == tuple(seqs[r][max(0, j - L) : j])
+
+
+def test_prefix_and_stream_units():
     seqs = [[1, 2, 3, 4, 5, 6], [7, 8], [9, 10, 11]]
     split = SplitSequences.from_rows(seqs, [3, 1, 3])
-    w = window_units(split, 2)
+    w = prefix_units(split, 2)
     assert unit_samples(w, make_batches(w, 100)) == protocol_samples(seqs, [3, 1, 3], 2)
     s = stream_units(split)
     assert len(s) == 2  # the third user has no target in this split
@@ -63,7 +92,7 @@ def test_window_and_stream_units():
 
 def test_make_batches_budgets_and_coverage():
     seqs = random_sequences(50, 25, 2, 20, seed=0)
-    units = training_units(SplitSequences.from_rows(seqs, [1] * 50), 8)
+    units = prefix_units(SplitSequences.from_rows(seqs, [1] * 50), 8)
     for shuffle in (False, True):
         batches = make_batches(units, max_targets=20, max_tokens=64, shuffle=shuffle, seed=3, min_rows=2)
         flat = np.concatenate(batches)

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from helpers import random_sequences, write_split_dataset
 
-from modeling_ttt4rec.data import load_sequences, make_batches, window_units
+from modeling_ttt4rec.data import load_sequences, make_batches, prefix_units
 from modeling_ttt4rec.evaluation import evaluate_split, load_checkpoint
 from modeling_ttt4rec.metrics import METRIC_NAMES
 
@@ -33,7 +33,7 @@ def test_two_process_ddp_matches_one_process(tmp_path):
     sequences, meta = load_sequences(data)
     test = sequences["test"]
     # an evaluation batch size that gives an odd number of batches: one process gets one batch more than the other
-    window = window_units(test, meta.max_length)
+    window = prefix_units(test, meta.max_length)
     eval_batch = next(b for b in range(7, 40) if len(make_batches(window, b, 65536)) % 2 == 1)
     # `accelerate launch --cpu --num_processes 2` silently runs ONE process; this is the launch that gives gloo DDP
     cmd = [ACCELERATE, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1"]
