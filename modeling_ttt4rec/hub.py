@@ -91,8 +91,24 @@ def build_model_card(
         if item_map
         else "Item ids are the data set's dense ids (1 .. num_items - 1)."
     )
+    if results.get("eval_protocol", "full") == "sampled":
+        protocol = (
+            "Sampled ranking (Zhan, Lv, Zhang and Li, 2025): each test target against 99 fixed random negatives "
+            "(ties count against the target), means over all samples of the split"
+        )
+    else:
+        protocol = (
+            "Full ranking over all items (no sampled negatives, seen items not masked), means over all samples of "
+            "the split"
+        )
+    scoring = config.get("item_scoring", "embedding")
+    scoring_note = (
+        "the tied item embedding (`h . e_i`)" if scoring == "embedding" else "a target MLP tower (`h . MLP(e_i)`)"
+    )
     return ModelCard.from_template(
         card_data,
+        protocol_description=protocol,
+        item_scoring=scoring_note,
         template_path=str(template_path),
         model_name=repo_id.split("/")[-1],
         repo_id=repo_id,

@@ -71,7 +71,33 @@ def test_exact_upload_and_model_card(checkpoint, tmp_path):
     assert "cache_params=cache" in body and "item_map.parquet" in body
     assert "TTT4Rec: A Test-Time Training Approach" in body and "Preliminary Evaluation of the Test-Time" in body
     assert "| test | window | 0.0879 | 0.2000 | 0.0425 | 0.0600 |" in body
+    assert "Full ranking over all items" in body and "the tied item embedding" in body
     assert "{{" not in card
+
+
+def test_model_card_of_the_sampled_protocol(tmp_path):
+    torch.manual_seed(0)
+    config = TTT4RecConfig(num_items=40, hidden_size=16, num_attention_heads=2, item_scoring="target_mlp")
+    TTT4RecForNextItemPrediction(config).save_pretrained(tmp_path / "best_model")
+    row = {"HR@5": 0.31, "HR@10": 0.45, "NDCG@5": 0.2, "NDCG@10": 0.25}
+    results = {
+        **{k: v for k, v in RESULTS.items() if k != "rows"},
+        "eval_protocol": "sampled",
+        "rows": [{"split": "test", "mode": "window", **row}],
+    }
+    prepare_hub_folder(tmp_path / "best_model", tmp_path / "upload", "someone/ttt4rec-linear", results)
+    card = (tmp_path / "upload" / "README.md").read_text()
+    _, front, body = card.split("---\n", 2)
+    metrics = yaml.safe_load(front)["model-index"][0]["results"][0]["metrics"]
+    assert {(m["type"], m["value"]) for m in metrics} == {
+        ("hr_at_5", 0.31),
+        ("hr_at_10", 0.45),
+        ("ndcg_at_5", 0.2),
+        ("ndcg_at_10", 0.25),
+    }
+    assert "| test | window | 0.3100 | 0.4500 | 0.2000 | 0.2500 |" in body
+    assert "99 fixed random negatives" in body and "target MLP tower" in body
+    assert "Full ranking" not in body and "{{" not in card
 
 
 def test_incomplete_checkpoint_is_refused(tmp_path):
