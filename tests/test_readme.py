@@ -21,6 +21,16 @@ def test_using_the_model_example_runs(tmp_path, monkeypatch):
     assert (tmp_path / "ttt4rec-demo" / "model.safetensors").exists()
 
 
+def test_second_paper_example_runs():
+    blocks = python_blocks("The second paper's model (sampled protocol)")
+    assert blocks, "the README lost the second paper's example"
+    namespace = {"__name__": "readme"}
+    for block in blocks:
+        exec(compile(block, str(README), "exec"), namespace)
+    rank = namespace["rank"]
+    assert rank.shape == (2,) and (rank >= 0).all() and (rank <= 99).all()
+
+
 def test_readme_commands_match_ci():
     ci = (README.parent / ".ci" / "run").read_text()
     assert ".venv/bin/python -m pytest -q" in README.read_text()
