@@ -665,9 +665,11 @@ class TTT4RecForNextItemPrediction(TTT4RecPreTrainedModel):
                     f"Items to exclude are given for {items.shape[0]} rows but there are {logits.shape[0]}."
                 )
             logits = logits.scatter(1, items.clamp(0, self.config.num_items - 1), lowest)
-        logits[:, self.config.pad_token_id] = lowest
 
-        available = int((logits > lowest).sum(dim=1).min())
+        if candidates is None and not excluded:  # every item but the padding id (which `score_items` ruled out)
+            available = self.config.num_items - (self.config.pad_token_id is not None)
+        else:
+            available = int((logits > lowest).sum(dim=1).min())
         if top_k < 1 or top_k > available:
             raise ValueError(f"`top_k` must be in [1, {available}] (the items left to recommend), got {top_k}.")
         scores, item_ids = logits.topk(top_k, dim=1)
