@@ -545,6 +545,11 @@ class TTT4RecForNextItemPrediction(TTT4RecPreTrainedModel):
                 "`candidate_ids` must be [batch, num_candidates] and `hidden_states` [batch, hidden]; got "
                 f"{tuple(candidate_ids.shape)} and {tuple(hidden_states.shape)}."
             )
+        if candidate_ids.numel() and (candidate_ids.min() < 0 or candidate_ids.max() >= self.config.num_items):
+            raise ValueError(
+                f"`candidate_ids` must be item ids in [0, {self.config.num_items}); got values in "
+                f"[{int(candidate_ids.min())}, {int(candidate_ids.max())}]. Map unknown items to known ids first."
+            )
         features = self.item_features(candidate_ids)  # [batch, num_candidates, hidden]
         return torch.einsum("bh,bch->bc", hidden_states, features.to(hidden_states.dtype)).float()
 

@@ -163,6 +163,8 @@ def test_training_reduces_loss():
         ({"num_items": 1}, "`num_items` counts the padding id"),
         ({"hidden_dropout_prob": 1.5}, "`hidden_dropout_prob`"),
         ({"hidden_size": 12, "num_attention_heads": 4}, "must be even"),
+        ({"item_scoring": "dot"}, "Unknown `item_scoring` 'dot'"),
+        ({"target_mlp_size": 0}, "`target_mlp_size` must be >= 1"),
     ],
 )
 def test_config_rejects_bad_arguments(kwargs, message):

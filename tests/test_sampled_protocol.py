@@ -121,6 +121,8 @@ def test_candidate_scores_equal_full_scores_for_both_scorings():
         torch.testing.assert_close(model.score_candidates(hidden, candidates), full.gather(1, candidates).float())
     with pytest.raises(ValueError, match="candidate_ids"):
         model.score_candidates(hidden, candidates[0])
+    with pytest.raises(ValueError, match=r"item ids in \[0, 40\); got values in \[\d+, 40\]"):
+        model.score_candidates(hidden, torch.cat([candidates[:, :-1], torch.full((5, 1), 40)], dim=1))
 
 
 def test_target_mlp_scores_are_the_paper_formula():
@@ -155,9 +157,10 @@ def test_fused_full_cross_entropy_through_the_target_tower_matches_autograd():
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
 
 
-def test_training_module_sampled_loss_matches_a_literal_computation():
+@pytest.mark.parametrize("num_negatives", [4, 2])
+def test_training_module_sampled_loss_matches_a_literal_computation(num_negatives):
     model = tower_model()
-    module = NextItemTrainingModule(model, loss_type="sampled_bce", num_negatives=4)
+    module = NextItemTrainingModule(model, loss_type="sampled_bce", num_negatives=num_negatives)
     ids = torch.tensor([[3, 5, 7, 9, 0], [2, 4, 6, 8, 10]])
     mask = ids != 0
     target_mask = torch.tensor([[1, 1, 1, 0, 0], [0, 1, 1, 1, 1]], dtype=torch.bool)
@@ -166,17 +169,20 @@ def test_training_module_sampled_loss_matches_a_literal_computation():
     loss, loss_sum = module(ids, mask, target_mask, targets, loss_scale=1.0 / 7)
 
     torch.manual_seed(11)
-    negatives = sample_negatives(targets, 40, 4)
+    negatives = sample_negatives(targets, 40, num_negatives)
+    assert negatives.shape == (7, num_negatives)
     hidden = model.model(ids, attention_mask=mask, use_cache=False).last_hidden_state[target_mask]
     expected = 0.0
     for h, t, negs in zip(hidden, targets, negatives, strict=True):
         positive = torch.dot(h, model.item_features(t))
         negative = model.item_features(negs) @ h
-        expected = expected + (F.softplus(-positive) + F.softplus(negative).sum()) / 5
+        expected = expected + (F.softplus(-positive) + F.softplus(negative).sum()) / (1 + num_negatives)
     torch.testing.assert_close(loss_sum, expected.detach())
     torch.testing.assert_close(loss, expected / 7)
     with pytest.raises(ValueError, match="Unknown loss"):
         NextItemTrainingModule(model, loss_type="bpr")
+    with pytest.raises(ValueError, match="`num_negatives` must be >= 1"):
+        NextItemTrainingModule(model, loss_type="sampled_bce", num_negatives=0)
 
 
 # ------------------------------------------------------------------------------------------------ evaluation
@@ -324,5 +330,7 @@ def test_grid_search_script_writes_table_and_heat_map_and_resumes(tmp_path, caps
     capsys.readouterr()
     assert grid_main(argv) == rows
     assert capsys.readouterr().out.count("done before") == 4
+    with pytest.raises(SystemExit, match="--metric HR@50 was not computed"):
+        grid_main([*argv[: -len(train_args) - 1], "--metric", "HR@50", "--", *train_args])
     with pytest.raises(ValueError, match="--mini_batch_size is set by the grid"):
         grid_main(["--output_dir", str(out), "--", *train_args, "--mini_batch_size", "2"])
