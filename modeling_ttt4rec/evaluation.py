@@ -257,7 +257,7 @@ def run_evaluation(args) -> dict:
         )
         results[mode] = metrics
         if accelerator.is_main_process:
-            values = "  ".join(f"{k} {metrics[k]:.4f}" for k in metric_names(PROTOCOL_KS[args.protocol]))
+            values = "  ".join(f"{k} {metrics[k]:.4f}" for k in metric_names(args.protocol))
             print(
                 f"{args.split} ({mode}): {values}  samples {metrics['num_samples']}  "
                 f"time {metrics['eval_seconds']:.2f} s"

@@ -11,7 +11,7 @@ import os
 import shutil
 from pathlib import Path
 
-from .metrics import PROTOCOL_KS, metric_names
+from .metrics import metric_names
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_TEMPLATE = REPO_ROOT / "model_card.md"
@@ -21,12 +21,8 @@ class HubError(RuntimeError):
     """The Hub cannot be used (no token, unreachable, offline mode): the message says what to do."""
 
 
-def _metric_names(results: dict) -> tuple[str, ...]:
-    return metric_names(PROTOCOL_KS[results.get("eval_protocol", "full")])
-
-
 def _results_table(results: dict) -> str:
-    names = _metric_names(results)
+    names = metric_names(results.get("eval_protocol", "full"))
     lines = ["| split | eval mode | " + " | ".join(names) + " |", "|---" * (len(names) + 2) + "|"]
     for row in results.get("rows", []):
         lines.append(f"| {row['split']} | {row['mode']} | " + " | ".join(f"{row[m]:.4f}" for m in names) + " |")
@@ -58,7 +54,7 @@ def build_model_card(
     for row in results.get("rows", []):
         if row["split"] != "test":
             continue
-        for metric in _metric_names(results):
+        for metric in metric_names(results.get("eval_protocol", "full")):
             eval_results.append(
                 EvalResult(
                     task_type="recommendation",

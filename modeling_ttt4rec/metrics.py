@@ -28,8 +28,10 @@ METRIC_NAMES = ("HR@10", "HR@50", "NDCG@10", "NDCG@50")
 PROTOCOL_KS = {"full": DEFAULT_KS, "sampled": (5, 10)}
 
 
-def metric_names(ks: Iterable[int] = DEFAULT_KS) -> tuple[str, ...]:
-    """`("HR@k1", "HR@k2", ..., "NDCG@k1", ...)`: the metric names for the cut-offs `ks`, in report order."""
+def metric_names(protocol: str = "full") -> tuple[str, ...]:
+    """The metrics `protocol` reports, in report order: `("HR@10", "HR@50", "NDCG@10", "NDCG@50")` for `"full"`,
+    `("HR@5", "HR@10", "NDCG@5", "NDCG@10")` for `"sampled"`."""
+    ks = PROTOCOL_KS[protocol]
     return tuple(f"HR@{k}" for k in ks) + tuple(f"NDCG@{k}" for k in ks)
 
 
@@ -56,11 +58,11 @@ def ranks_from_scores(scores: torch.Tensor, targets: torch.Tensor, ties: str = "
     if targets.numel() and (int(targets.min()) < 0 or int(targets.max()) >= scores.shape[1]):
         raise ValueError(f"`targets` must be columns of `scores` in [0, {scores.shape[1]}).")
     target_scores = scores.gather(1, targets[:, None].long())
-    higher = torch.gt(scores, target_scores)
-    if ties == "pessimistic":
+    if ties == "optimistic":
+        higher = torch.gt(scores, target_scores)
+    else:
         # every candidate >= the target, except the target itself
-        higher = torch.ge(scores, target_scores)
-        higher.scatter_(1, targets[:, None].long(), False)
+        higher = torch.ge(scores, target_scores).scatter_(1, targets[:, None].long(), False)
     if scores.shape[1] < 2**24:
         # summing the comparisons as float32 is ~4x faster on CPU than summing bools, and exact below 2**24
         return higher.to(torch.float32).sum(dim=1).to(torch.int64)

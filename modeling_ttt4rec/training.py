@@ -43,7 +43,7 @@ from .configuration_ttt4rec import TTT4RecConfig
 from .data import DEFAULT_CONFIG_NAME, collate, load_sequences, make_batches, prefix_units
 from .evaluation import EVAL_MODES, EVAL_PROTOCOLS, evaluate_split
 from .losses import LOSS_TYPES, NextItemTrainingModule
-from .metrics import PROTOCOL_KS, metric_names
+from .metrics import metric_names
 from .modeling_ttt4rec import TTT4RecForNextItemPrediction
 
 logger = logging.getLogger("ttt4rec.training")
@@ -305,7 +305,7 @@ def plot_curves(history: list[dict], path: Path, names: tuple[str, ...]) -> None
 
 def results_table(results: dict) -> str:
     """Markdown table of the final results."""
-    names = metric_names(PROTOCOL_KS[results.get("eval_protocol", "full")])
+    names = metric_names(results.get("eval_protocol", "full"))
     header = "| split | eval mode | " + " | ".join(names) + " | samples |"
     lines = [header, "|---" * (len(names) + 3) + "|"]
     for row in results["rows"]:
@@ -337,7 +337,7 @@ def train(run: RunConfig) -> dict:
         raise ValueError(f"Unknown --eval_protocol {args.eval_protocol!r}; choose one of {EVAL_PROTOCOLS}.")
     if args.loss_type not in LOSS_TYPES:
         raise ValueError(f"Unknown --loss_type {args.loss_type!r}; choose one of {LOSS_TYPES}.")
-    names = metric_names(PROTOCOL_KS[args.eval_protocol])
+    names = metric_names(args.eval_protocol)
     if args.early_stopping_metric not in names:
         raise ValueError(
             f"--early_stopping_metric {args.early_stopping_metric!r} is not reported by the {args.eval_protocol} "
