@@ -266,6 +266,13 @@ class TTT4RecBlock(nn.Module):
         return hidden_states
 
 
+def default_attention_mask(input_ids: torch.Tensor, pad_token_id: int | None) -> torch.Tensor:
+    """1 for items, 0 for the padding id (every position is an item when the model has no padding id)."""
+    if pad_token_id is None:
+        return torch.ones_like(input_ids)
+    return input_ids.ne(pad_token_id).long()
+
+
 def _detached(state: InnerState) -> InnerState:
     """A cache-ready copy of `state`: no autograd history, pending gradient sums always present."""
     pending = state.pending or {k: torch.zeros_like(v) for k, v in state.weights.items()}
@@ -328,6 +335,7 @@ class TTT4RecModel(TTT4RecPreTrainedModel):
         self.embedding_layer_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
         self.layers = nn.ModuleList([TTT4RecBlock(config, i) for i in range(config.num_hidden_layers)])
         self.norm = TTT4RecRMSNorm(config.hidden_size, eps=config.rms_norm_eps)
+        self._compiled_step = None
         self.post_init()
 
     def get_input_embeddings(self) -> nn.Embedding:
@@ -354,6 +362,17 @@ class TTT4RecModel(TTT4RecPreTrainedModel):
             last_hidden_state=torch.zeros(batch_size, self.config.hidden_size, device=device, dtype=dtype),
             config_dict=cache_config_dict(self.config),
         )
+
+    def compile_step(self, **compile_kwargs) -> None:
+        """Compile the one-item cached step (`input_ids` of shape `(batch_size, 1)` with `cache_params`) with
+        `torch.compile`; every other call keeps running eagerly. Inputs are still validated in eager code.
+
+        The first step of each batch size compiles (seconds); later steps run as one graph instead of hundreds of
+        small operations. `compile_kwargs` go to `torch.compile` (defaults: `fullgraph=True, dynamic=False`).
+        """
+        compile_kwargs = {"fullgraph": True, "dynamic": False, **compile_kwargs}
+        # the unbound function, called with `self`: a copy of the model never runs the original's weights
+        self._compiled_step = torch.compile(TTT4RecModel._encode, **compile_kwargs)
 
     def forward(
         self,
@@ -394,8 +413,35 @@ class TTT4RecModel(TTT4RecPreTrainedModel):
 
         # Without a cache, right padding cannot influence valid positions (everything is causal): skip masking.
         valid = attention_mask.bool() if cache_params is not None else None
-        offsets = None if cache_params is None else cache_params.seen % self.config.mini_batch_size
+        encode = TTT4RecModel._encode
+        if self._compiled_step is not None and cache_params is not None and input_ids.shape[1] == 1:
+            encode = self._compiled_step
+        hidden_states, all_hidden_states = encode(self, input_ids, valid, cache_params, bool(output_hidden_states))
 
+        if not return_dict:
+            return tuple(
+                v for v in (hidden_states, cache_params if use_cache else None, all_hidden_states) if v is not None
+            )
+        return TTT4RecModelOutput(
+            last_hidden_state=hidden_states,
+            cache_params=cache_params if use_cache else None,
+            hidden_states=all_hidden_states,
+        )
+
+    def _encode(
+        self,
+        input_ids: torch.LongTensor,
+        valid: torch.Tensor | None,
+        cache_params: TTT4RecCache | None,
+        output_hidden_states: bool,
+    ) -> tuple[torch.Tensor, tuple[torch.Tensor, ...] | None]:
+        """The encoder on validated inputs: embeddings, blocks, final norm; advances `cache_params` in place.
+
+        Free of data-dependent Python branches on the one-item cached step, so `compile_step` can compile it
+        into one graph.
+        """
+        offsets = None if cache_params is None else cache_params.seen % self.config.mini_batch_size
+        # [batch, seq, hidden]
         hidden_states = self.embedding_layer_norm(self.embedding_dropout(self.item_embeddings(input_ids)))
         all_hidden_states = (hidden_states,) if output_hidden_states else None
         for block in self.layers:
@@ -412,16 +458,7 @@ class TTT4RecModel(TTT4RecPreTrainedModel):
                 has_new, newest.detach().to(cache_params.last_hidden_state.dtype), cache_params.last_hidden_state
             )
             cache_params.seen = cache_params.seen + lengths
-
-        if not return_dict:
-            return tuple(
-                v for v in (hidden_states, cache_params if use_cache else None, all_hidden_states) if v is not None
-            )
-        return TTT4RecModelOutput(
-            last_hidden_state=hidden_states,
-            cache_params=cache_params if use_cache else None,
-            hidden_states=all_hidden_states,
-        )
+        return hidden_states, all_hidden_states
 
     def _check_inputs(
         self,
@@ -445,7 +482,7 @@ class TTT4RecModel(TTT4RecPreTrainedModel):
         if input_ids.shape[0] == 0 or input_ids.shape[1] == 0:
             raise ValueError(f"`input_ids` is empty (shape {tuple(input_ids.shape)}): give at least one item per row.")
         num_items = self.config.num_items
-        low, high = int(input_ids.min()), int(input_ids.max())
+        low, high = (int(v) for v in torch.aminmax(input_ids))
         if low < 0 or high >= num_items:
             bad = low if low < 0 else high
             raise ValueError(
@@ -454,7 +491,7 @@ class TTT4RecModel(TTT4RecPreTrainedModel):
                 "the model."
             )
         if attention_mask is None:
-            attention_mask = (input_ids != self.config.pad_token_id).long()
+            attention_mask = default_attention_mask(input_ids, self.config.pad_token_id)
         elif attention_mask.shape != input_ids.shape:
             raise ValueError(
                 f"`attention_mask` has shape {tuple(attention_mask.shape)} but `input_ids` has shape "
@@ -465,7 +502,7 @@ class TTT4RecModel(TTT4RecPreTrainedModel):
             raise ValueError(
                 "`attention_mask` must be right-padded: in each row, all items come first and padding after."
             )
-        if (input_ids[mask] == self.config.pad_token_id).any():
+        if self.config.pad_token_id is not None and (input_ids.eq(self.config.pad_token_id) & mask).any():
             raise ValueError(
                 f"The padding id {self.config.pad_token_id} appears at a position the attention mask marks as an "
                 "item; set the mask to 0 there."
@@ -515,6 +552,11 @@ class TTT4RecForNextItemPrediction(TTT4RecPreTrainedModel):
     def init_cache(self, batch_size: int) -> TTT4RecCache:
         """A cache for `batch_size` rows that have read nothing yet."""
         return self.model.init_cache(batch_size)
+
+    def compile_step(self, **compile_kwargs) -> None:
+        """Compile the one-item cached step of the encoder (see [`TTT4RecModel.compile_step`]): the lowest-latency
+        way to serve `recommend(new_items[:, None], cache_params=cache)`."""
+        self.model.compile_step(**compile_kwargs)
 
     def item_features(self, item_ids: torch.LongTensor | None = None) -> torch.Tensor:
         """The vectors hidden states are scored against: `[..., hidden]` for `item_ids` `[...]`, or
@@ -586,7 +628,9 @@ class TTT4RecForNextItemPrediction(TTT4RecPreTrainedModel):
         if outputs.cache_params is not None:
             newest = outputs.cache_params.last_hidden_state.to(hidden_states.dtype)
         else:
-            mask = attention_mask if attention_mask is not None else input_ids != self.config.pad_token_id
+            mask = attention_mask
+            if mask is None:
+                mask = default_attention_mask(input_ids, self.config.pad_token_id)
             last = mask.long().sum(dim=1) - 1
             newest = hidden_states[torch.arange(hidden_states.shape[0], device=hidden_states.device), last]
         logits = self.score_items(newest)
@@ -630,7 +674,7 @@ class TTT4RecForNextItemPrediction(TTT4RecPreTrainedModel):
             exclude_seen (`bool`): never recommend an item of `input_ids` (with a cache, only this call's items are
                 known: pass the earlier ones in `exclude_items`).
             exclude_items (`torch.LongTensor` of shape `(batch_size, n)`, *optional*): item ids never to recommend
-                to each row (0 entries are ignored).
+                to each row (entries equal to the padding id are ignored).
             candidates (`torch.LongTensor` of shape `(n,)` or `(batch_size, n)`, *optional*): recommend only among
                 these item ids.
             item_map (*optional*): maps a dense item id to the original id (a sequence indexed by id or a dict);
@@ -704,7 +748,8 @@ class TTT4RecForNextItemPrediction(TTT4RecPreTrainedModel):
             raise ValueError("`labels` holds no target (all -100): nothing to compute a loss from.")
         if (targets == -100).any() and labels.dim() == 1:
             raise ValueError("With one target per row, `labels` cannot be -100.")
-        if targets.min() < 0 or targets.max() >= self.config.num_items or (targets == self.config.pad_token_id).any():
+        pad = self.config.pad_token_id
+        if targets.min() < 0 or targets.max() >= self.config.num_items or (pad is not None and (targets == pad).any()):
             raise ValueError(
                 f"`labels` must be item ids in [1, {self.config.num_items}) (the padding id "
                 f"{self.config.pad_token_id} is never a target; use -100 to mark positions without a target)."

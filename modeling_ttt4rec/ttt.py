@@ -166,10 +166,14 @@ def commit_mini_batch(
     and start the next mini-batch with no pending gradients. The other rows (their sequence ended inside this
     mini-batch) keep `W` and carry `G` as pending. `finished=None` means every row finished.
     """
-    if finished is not None and not bool(finished.any()):
-        return InnerState(weights=state.weights, pending=summed)  # (most serving steps: no row is at the end)
+    if finished is not None and not torch.compiler.is_compiling():
+        # Eager shortcuts (a compiled step cannot branch on data, it takes the general path below)
+        if not bool(finished.any()):
+            return InnerState(weights=state.weights, pending=summed)  # (most serving steps: no row is at the end)
+        if bool(finished.all()):
+            finished = None
     stepped = {name: w - last_token_eta * summed[name] for name, w in state.weights.items()}
-    if finished is None or bool(finished.all()):
+    if finished is None:
         return InnerState(weights=stepped, pending=None)
     keep = finished.view(-1, 1, 1, 1)
     weights = {name: torch.where(keep, stepped[name], w) for name, w in state.weights.items()}
@@ -326,10 +330,10 @@ class TTTLayer(nn.Module):
         Returns:
             `f(XQ_t; W_t)` `[batch, seq, heads, head_dim]` and the state after the last item of each row.
         """
+        if offsets is not None and XQ.shape[1] == 1:
+            return self.step(hidden_states, XQ, XK, XV, state, valid, offsets)
         if offsets is None or not bool(offsets.any()):
             return self.scan(hidden_states, XQ, XK, XV, state, valid)
-        if XQ.shape[1] == 1:
-            return self.step(hidden_states, XQ, XK, XV, state, valid, offsets)
         # Rows continue at different positions of their mini-batch: shift each row right by its offset so that
         # slot j of every row sits at position j mod mini_batch_size; the leading slots are not items.
         seq_len = XQ.shape[1]

@@ -8,6 +8,7 @@ Every number is the median of `--repeats` timed runs after one warm-up run, meas
 """
 
 import argparse
+import copy
 import platform
 import statistics
 import time
@@ -54,42 +55,52 @@ def benchmark_training(model: TTT4RecForNextItemPrediction, batch: int, length: 
 
 
 def time_serving_step(
-    model: TTT4RecForNextItemPrediction, batch: int, length: int, repeats: int, top_k: int, generator
-) -> tuple[float, float]:
-    """Median seconds of one cached step (one new item per row + top-k) after `length` to `length + b - 1` items
-    (every position inside the inner mini-batch of size `b`, in turn), and of recomputing the whole history."""
-    num_items = model.config.num_items
-    b = model.config.mini_batch_size
+    models: dict[str, TTT4RecForNextItemPrediction], batch: int, length: int, repeats: int, top_k: int, generator
+) -> dict[str, float]:
+    """Median seconds of one cached step (one new item per row + top-k) of each of `models` after `length` to
+    `length + b - 1` items (every position inside the inner mini-batch of size `b`, in turn), and of recomputing
+    the whole history (`"full"`, with the first model)."""
+    first = next(iter(models.values()))
+    num_items, b = first.config.num_items, first.config.mini_batch_size
     history = torch.randint(1, num_items, (batch, length + b - 1), generator=generator)
     new_item = torch.randint(1, num_items, (batch, 1), generator=generator)
+    seconds = {}
     with torch.inference_mode():
         # the states after length, length + 1, ..., length + b - 1 items
-        states = [model(history[:, :length], use_cache=True).cache_params]
+        states = [first(history[:, :length], use_cache=True).cache_params]
         for j in range(length, length + b - 1):
-            states.append(model(history[:, j : j + 1], cache_params=states[-1].select(range(batch))).cache_params)
-        turn = iter(range(10**9))
-        # each repeat steps its own copy of one of these states (made before the clock starts)
-        cached = median_seconds(
-            lambda copy: model.recommend(new_item, cache_params=copy, top_k=top_k),
-            repeats,
-            setup=lambda: states[next(turn) % b].select(range(batch)),
-        )
+            states.append(first(history[:, j : j + 1], cache_params=states[-1].select(range(batch))).cache_params)
+        for name, model in models.items():
+            turn = iter(range(10**9))
+            # each repeat steps its own copy of one of these states (made before the clock starts)
+            seconds[name] = median_seconds(
+                lambda copy, model=model: model.recommend(new_item, cache_params=copy, top_k=top_k),
+                repeats,
+                setup=lambda turn=turn: states[next(turn) % b].select(range(batch)),
+            )
         full_history = torch.cat([history[:, :length], new_item], dim=1)
-        full = median_seconds(lambda _: model.recommend(full_history, top_k=top_k), max(3, repeats // 4))
-    return cached, full
+        seconds["full"] = median_seconds(lambda _: first.recommend(full_history, top_k=top_k), max(3, repeats // 4))
+    return seconds
 
 
 def benchmark_serving(model: TTT4RecForNextItemPrediction, batches, lengths, repeats: int, top_k: int = 10) -> str:
+    """The cached step of the eager model and of a copy with `compile_step()`, next to recomputing the history."""
     generator = torch.Generator().manual_seed(1)
-    rows = [
-        "| batch | history | cached step (ms) | full recompute (ms) | speed-up |",
-        "|---:|---:|---:|---:|---:|",
-    ]
     model.eval()
+    compiled = copy.deepcopy(model)
+    compiled.compile_step()
+    rows = [
+        "| batch | history | cached step (ms) | compiled cached step (ms) | full recompute (ms) | speed-up | "
+        "speed-up compiled |",
+        "|---:|---:|---:|---:|---:|---:|---:|",
+    ]
     for batch in batches:
         for length in lengths:
-            cached, full = time_serving_step(model, batch, length, repeats, top_k, generator)
-            rows.append(f"| {batch} | {length} | {1000 * cached:.2f} | {1000 * full:.1f} | {full / cached:.1f}x |")
+            t = time_serving_step({"eager": model, "compiled": compiled}, batch, length, repeats, top_k, generator)
+            rows.append(
+                f"| {batch} | {length} | {1000 * t['eager']:.2f} | {1000 * t['compiled']:.2f} | "
+                f"{1000 * t['full']:.1f} | {t['full'] / t['eager']:.1f}x | {t['full'] / t['compiled']:.1f}x |"
+            )
     return "\n".join(rows)
 
 

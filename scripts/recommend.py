@@ -2,6 +2,7 @@
 
 python scripts/recommend.py --checkpoint path/or/repo --history 12 7 31 7 5 --top_k 5
 python scripts/recommend.py --num_items 10673 --history 12 7 31   # a freshly initialised model
+python scripts/recommend.py --history 12 7 31 7 5 --compile     # the compiled step (the first one compiles)
 """
 
 import argparse
@@ -19,6 +20,9 @@ def main() -> None:
     parser.add_argument("--history", type=int, nargs="+", required=True, help="the user's item ids, oldest first")
     parser.add_argument("--top_k", type=int, default=10)
     parser.add_argument("--exclude_seen", action="store_true", help="never recommend an item already read")
+    parser.add_argument(
+        "--compile", action="store_true", help="compile the one-item step with torch.compile (`model.compile_step()`)"
+    )
     args = parser.parse_args()
 
     if args.checkpoint:
@@ -27,6 +31,8 @@ def main() -> None:
         torch.manual_seed(0)
         model = TTT4RecForNextItemPrediction(TTT4RecConfig(num_items=args.num_items))
     model.eval()
+    if args.compile:
+        model.compile_step()
 
     cache = model.init_cache(batch_size=1)
     seen: list[int] = []

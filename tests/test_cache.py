@@ -108,6 +108,30 @@ def test_one_item_at_a_time_and_all_at_once(backbone, ttt_layer_type):
     assert_matches_full(model, rows, per_row, cache)
 
 
+@pytest.mark.parametrize(("backbone", "ttt_layer_type"), [("transformer", "linear"), ("mamba", "mlp")])
+def test_compiled_step_equals_eager_and_full_forward(backbone, ttt_layer_type):
+    """`compile_step()`: one-item steps run as one compiled graph (no graph break: `fullgraph=True` would raise),
+    across every position of the inner mini-batch, with rows that receive nothing in some steps, mixed with
+    multi-item chunks (which stay eager)."""
+    eager = model_for(backbone, ttt_layer_type, 3)
+    compiled = copy.deepcopy(eager)
+    compiled.compile_step()
+    calls = []
+    compiled_encode = compiled.model._compiled_step
+    compiled.model._compiled_step = lambda *args: calls.append(1) or compiled_encode(*args)
+    generator = torch.Generator().manual_seed(5)
+    rows = [torch.randint(1, NUM_ITEMS, (n,), generator=generator).tolist() for n in (14, 9, 11)]
+    chunk_sizes = [[1] * 5 + [3] + [1] * 6, [1, 0, 1, 1, 0, 2, 1, 1, 1, 1], [0, 1, 1, 1, 1, 1, 4, 1, 1]]
+    per_row, cache = feed(compiled, rows, chunk_sizes)
+    assert len(calls) >= 10
+    assert_matches_full(eager, rows, per_row, cache)
+    eager_rows, eager_cache = feed(eager, rows, chunk_sizes)
+    for mine, theirs in zip(per_row, eager_rows, strict=True):
+        torch.testing.assert_close(torch.stack(mine), torch.stack(theirs), rtol=1e-5, atol=1e-6)
+    for name, tensor in cache.state_dict().items():
+        torch.testing.assert_close(tensor, eager_cache.state_dict()[name], rtol=1e-5, atol=1e-6, msg=name)
+
+
 @pytest.mark.parametrize(("backbone", "ttt_layer_type"), VARIANTS)
 @settings(max_examples=5, deadline=None)
 @given(

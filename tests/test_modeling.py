@@ -129,6 +129,21 @@ def test_padding_is_never_predicted_and_loss_matches_manual_cross_entropy():
     torch.testing.assert_close(per_row.loss, manual_row)
 
 
+def test_model_without_padding_id_treats_every_id_as_an_item():
+    model = small_model(pad_token_id=None)
+    ids = torch.tensor([[3, 0, 7], [0, 9, 4]])
+    out = model(ids, use_cache=False)
+    # no position is padding: the output after each row's last id, and id 0 can be predicted and be a target
+    alone = model(ids[1:], attention_mask=torch.ones_like(ids[1:]), use_cache=False)
+    torch.testing.assert_close(out.logits[1], alone.logits[0])
+    assert torch.isfinite(out.logits[:, 0]).all() and out.logits[:, 0].gt(torch.finfo(out.logits.dtype).min).all()
+    loss = model(ids, labels=torch.tensor([0, 5]), use_cache=False).loss
+    expected = torch.nn.functional.cross_entropy(out.logits, torch.tensor([0, 5]))
+    torch.testing.assert_close(loss, expected)
+    cache = model(ids[:, :2], use_cache=True).cache_params
+    torch.testing.assert_close(model(ids[:, 2:], cache_params=cache).logits, out.logits, rtol=1e-4, atol=1e-5)
+
+
 def test_training_reduces_loss():
     model = small_model(mini_batch_size=2).train()
     generator = torch.Generator().manual_seed(3)
