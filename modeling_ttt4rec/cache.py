@@ -147,7 +147,7 @@ class TTT4RecCache:
             raise ValueError(f"{path} is not a TTT4Rec cache file (no `ttt4rec_config` in its metadata).")
         config_dict = json.loads(metadata["ttt4rec_config"])
         if config is not None:
-            check_config(config_dict, config)
+            check_config(config_dict, cache_config_dict(config))
         flat = load_file(str(path), device=str(device) if device is not None else "cpu")
         num_layers = 1 + max(int(k.split(".")[1]) for k in flat if k.startswith("layers."))
         inner, conv = [], []
@@ -181,9 +181,11 @@ def cache_config_dict(config) -> dict:
     return {name: getattr(config, name) for name in _STATE_FIELDS}
 
 
-def check_config(cache_config: dict, config) -> None:
-    """Raise a `ValueError` naming the differences if a cache does not belong to a model with `config`."""
-    expected = cache_config_dict(config)
+def check_config(cache_config: dict, expected: dict) -> None:
+    """Raise a `ValueError` naming the differences if a cache (`cache_config`) does not belong to the model whose
+    `cache_config_dict` is `expected`."""
+    if cache_config == expected:
+        return
     diffs = [
         f"{k}: cache has {cache_config.get(k)!r}, model has {v!r}"
         for k, v in expected.items()

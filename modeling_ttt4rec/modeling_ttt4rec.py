@@ -336,6 +336,8 @@ class TTT4RecModel(TTT4RecPreTrainedModel):
         self.layers = nn.ModuleList([TTT4RecBlock(config, i) for i in range(config.num_hidden_layers)])
         self.norm = TTT4RecRMSNorm(config.hidden_size, eps=config.rms_norm_eps)
         self._compiled_step = None
+        # what a cache of this model must match (read once: the blocks took their sizes from the config at init)
+        self._cache_config = cache_config_dict(config)
         self.post_init()
 
     def get_input_embeddings(self) -> nn.Embedding:
@@ -360,7 +362,7 @@ class TTT4RecModel(TTT4RecPreTrainedModel):
             conv_states=conv,
             seen=torch.zeros(batch_size, dtype=torch.long, device=device),
             last_hidden_state=torch.zeros(batch_size, self.config.hidden_size, device=device, dtype=dtype),
-            config_dict=cache_config_dict(self.config),
+            config_dict=dict(self._cache_config),
         )
 
     def compile_step(self, **compile_kwargs) -> None:
@@ -513,7 +515,7 @@ class TTT4RecModel(TTT4RecPreTrainedModel):
                     f"`input_ids` has {input_ids.shape[0]} rows but the cache holds {cache_params.batch_size}; "
                     "select the cache's rows to match (`cache.select(rows)`) or start a new cache."
                 )
-            check_config(cache_params.config_dict, self.config)
+            check_config(cache_params.config_dict, self._cache_config)
         elif not use_cache:
             # (with a cache, a row may receive no item in a step: it keeps its state)
             empty = (~mask.any(dim=1)).nonzero().flatten()
