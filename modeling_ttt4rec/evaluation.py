@@ -32,18 +32,20 @@ EVAL_PROTOCOLS = tuple(PROTOCOL_KS)
 
 
 def score_ranks(
-    hidden: torch.Tensor, item_weight: torch.Tensor, targets: torch.Tensor, chunk_size: int = 512
+    hidden: torch.Tensor, item_weight: torch.Tensor, targets: torch.Tensor, chunk_size: int = 64
 ) -> torch.Tensor:
     """Ranks of `targets` (item ids >= 1) among items `1 .. N` scored by `hidden @ item_weight[1:].T`.
 
     Scores are computed `chunk_size` rows at a time in float32 (with `item_weight = model.item_features()` they
-    are the model's `score_items` scores without the padding column).
+    are the model's `score_items` scores without the padding column). Small chunks keep each block of scores in
+    the CPU cache while it is compared and counted (2-3x faster than blocks of 512 rows here).
     """
-    weight = item_weight[1:].float()
+    # [hidden, items]: contiguous, so every chunk's product reads the items in order
+    weight_t = item_weight[1:].float().T.contiguous()
     hidden = hidden.float()
     ranks = []
     for s in range(0, hidden.shape[0], chunk_size):
-        scores = hidden[s : s + chunk_size] @ weight.T
+        scores = hidden[s : s + chunk_size] @ weight_t
         ranks.append(ranks_from_scores(scores, targets[s : s + chunk_size] - 1))
     if not ranks:
         return torch.zeros(0, dtype=torch.long, device=hidden.device)
@@ -97,7 +99,7 @@ def compute_ranks(
     batch_targets: int = 4096,
     batch_tokens: int = 65536,
     stream_chunk_size: int = 64,
-    score_chunk_size: int = 512,
+    score_chunk_size: int = 64,
     progress: bool = False,
 ) -> np.ndarray:
     """The rank of every sample of `split` (in sample order), computed by `model` (a

@@ -63,10 +63,8 @@ def ranks_from_scores(scores: torch.Tensor, targets: torch.Tensor, ties: str = "
     else:
         # every candidate >= the target, except the target itself
         higher = torch.ge(scores, target_scores).scatter_(1, targets[:, None].long(), False)
-    if scores.shape[1] < 2**24:
-        # summing the comparisons as float32 is ~4x faster on CPU than summing bools, and exact below 2**24
-        return higher.to(torch.float32).sum(dim=1).to(torch.int64)
-    return higher.sum(dim=1, dtype=torch.int64)
+    # (counting in int32 is ~2x faster on CPU than the default int64 sum of bools, and exact below 2**31 items)
+    return higher.sum(dim=1, dtype=torch.int32).long()
 
 
 def ranking_metrics(
