@@ -175,6 +175,11 @@ def main() -> None:
     parser.add_argument("--length", type=int, default=50)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--serving_repeats", type=int, default=96)
+    parser.add_argument("--serving_batches", type=int, nargs="+", default=[1, 256], help="users per serving step")
+    parser.add_argument(
+        "--serving_lengths", type=int, nargs="+", default=[10, 50, 200, 1000], help="history lengths to serve after"
+    )
+    parser.add_argument("--breakdown_length", type=int, default=200, help="history length of the breakdown")
     parser.add_argument(
         "--serving_threads", type=int, default=1, help="torch threads for the serving table (one per worker)"
     )
@@ -201,11 +206,12 @@ def main() -> None:
             f"Serving ({args.serving_threads} thread(s)): one new item per row plus top-10, cached step vs "
             "recomputing the whole history\n"
         )
-        print(benchmark_serving(model, (1, 256), (10, 50, 200, 1000), args.serving_repeats), "\n")
+        print(benchmark_serving(model, args.serving_batches, args.serving_lengths, args.serving_repeats), "\n")
     if args.only in (None, "breakdown"):
         torch.set_num_threads(args.serving_threads)
-        print(f"One batch-1 step after 200 items, piece by piece ({args.serving_threads} thread(s))\n")
-        print(serving_breakdown(model, 200, args.serving_repeats, args.compiled_recompute))
+        length = args.breakdown_length
+        print(f"One batch-1 step after {length} items, piece by piece ({args.serving_threads} thread(s))\n")
+        print(serving_breakdown(model, length, args.serving_repeats, args.compiled_recompute))
 
 
 if __name__ == "__main__":

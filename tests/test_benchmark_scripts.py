@@ -1,0 +1,40 @@
+"""The benchmark scripts behind docs/benchmarks.md still run and print what the document quotes (tiny sizes)."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from helpers import random_sequences, write_split_dataset
+
+SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
+
+
+def run_script(name: str, *args: str) -> str:
+    result = subprocess.run([sys.executable, str(SCRIPTS / name), *args], capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr
+    return result.stdout
+
+
+def test_benchmark_model_prints_every_table():
+    out = run_script(
+        "benchmark_model.py",
+        *"--num_items 50 --batch 4 --length 6 --repeats 1 --serving_repeats 2".split(),
+        *"--serving_batches 2 --serving_lengths 3 9 --breakdown_length 3".split(),
+    )
+    assert "| forward (no grad) |" in out and "| forward + backward |" in out
+    serving = [line for line in out.splitlines() if line.startswith("| 2 | ")]
+    assert [line.split(" | ")[1] for line in serving] == ["3", "9"]
+    assert all(cell.strip().endswith("x") for line in serving for cell in line.strip(" |").split(" | ")[-2:])
+    for piece in ("encoder, eager", "encoder, compiled", "top-10 of the scores", "full recompute, eager"):
+        assert f"| {piece}" in out
+
+
+def test_benchmark_train_eval_reports_epochs_and_both_eval_modes(tmp_path):
+    data = write_split_dataset(tmp_path / "data", random_sequences(30, 40, 4, 14), num_items=40, max_length=6)
+    out_json = tmp_path / "bench.json"
+    run_script("benchmark_train_eval.py", "--dataset", str(data), "--epochs", "1", "--output_json", str(out_json))
+    result = json.loads(out_json.read_text())
+    assert len(result["epoch_seconds"]) == 1 and result["train_targets"] > 0
+    assert set(result["eval_seconds"]) == {"window", "stream"}
+    assert result["peak_memory_mb"] > 0
