@@ -101,12 +101,14 @@ def compute_ranks(
     stream_chunk_size: int = 64,
     score_chunk_size: int = 64,
     progress: bool = False,
+    timings: dict[str, float] | None = None,
 ) -> np.ndarray:
     """The rank of every sample of `split` (in sample order), computed by `model` (a
     `TTT4RecForNextItemPrediction`, unwrapped), among all items (`protocol="full"`) or among the target and
     `num_negatives` negatives drawn with `candidate_seed` (`protocol="sampled"`). With an `accelerate.Accelerator`
     of several processes, each process scores every `num_processes`-th batch and the ranks are gathered; every
-    process returns all ranks."""
+    process returns all ranks. A `timings` dict receives the seconds spent encoding (`encode_seconds`) and scoring
+    and ranking (`score_seconds`) on this process."""
     if mode not in EVAL_MODES:
         raise ValueError(f"Unknown eval mode {mode!r}; choose one of {EVAL_MODES}.")
     if protocol not in EVAL_PROTOCOLS:
@@ -136,14 +138,18 @@ def compute_ranks(
 
         iterator = tqdm(mine, desc=f"eval ({mode})", leave=False)
     sample_ids, ranks = [], []
+    encode_seconds = score_seconds = 0.0
     with autocast:
         item_features = model.item_features() if candidates is None else None
         for index in iterator:
             batch = collate(units, index, device)
+            start = time.perf_counter()
             if mode == "window":
                 hidden = _window_batch(model, batch)
             else:
                 hidden = _stream_batch(model, batch, stream_chunk_size)
+            encoded = time.perf_counter()
+            encode_seconds += encoded - start
             if candidates is None:
                 ranks.append(score_ranks(hidden, item_features, batch["targets"], score_chunk_size))
             else:
@@ -151,7 +157,10 @@ def compute_ranks(
                 scores = model.score_candidates(hidden, candidates[batch["sample_ids"].cpu()].to(hidden.device))
                 ranks.append(ranks_from_scores(scores, torch.zeros_like(batch["targets"]), ties="pessimistic"))
             sample_ids.append(batch["sample_ids"])
+            score_seconds += time.perf_counter() - encoded
     model.train(was_training)
+    if timings is not None:
+        timings.update(encode_seconds=encode_seconds, score_seconds=score_seconds)
     local_ids = torch.cat(sample_ids) if sample_ids else torch.zeros(0, dtype=torch.long, device=device)
     local_ranks = torch.cat(ranks) if ranks else torch.zeros(0, dtype=torch.long, device=device)
     if world > 1:

@@ -28,7 +28,7 @@ def main(argv: list[str] | None = None) -> dict:
     import torch
 
     from modeling_ttt4rec import TTT4RecConfig, TTT4RecForNextItemPrediction
-    from modeling_ttt4rec.data import collate, load_sequences, make_batches, prefix_units
+    from modeling_ttt4rec.data import collate, load_sequences, make_batches, prefix_units, stream_units
     from modeling_ttt4rec.evaluation import evaluate_split
     from modeling_ttt4rec.losses import NextItemTrainingModule
     from modeling_ttt4rec.training import peak_memory_mb
@@ -60,10 +60,23 @@ def main(argv: list[str] | None = None) -> dict:
         "epoch_seconds": epochs,
         "eval_seconds": {},
     }
+    result["eval_parts"] = {}
+    # how many items each mode's encoder reads for the test split
+    result["eval_items_read"] = {
+        "stream": int(stream_units(sequences["test"]).length.sum()),
+        "window": int(prefix_units(sequences["test"], meta.max_length).length.sum()),
+    }
     for mode in ("stream", "window"):
-        metrics = evaluate_split(model, sequences["test"], meta.max_length, mode=mode)
+        parts: dict[str, float] = {}
+        metrics = evaluate_split(model, sequences["test"], meta.max_length, mode=mode, timings=parts)
         result["eval_seconds"][mode] = metrics["eval_seconds"]
-        print(f"test eval ({mode}): {metrics['eval_seconds']:.1f} s for {metrics['num_samples']} samples", flush=True)
+        result["eval_parts"][mode] = parts
+        print(
+            f"test eval ({mode}): {metrics['eval_seconds']:.1f} s for {metrics['num_samples']} samples "
+            f"(encoding {result['eval_items_read'][mode]:,} items {parts['encode_seconds']:.1f} s, scoring and "
+            f"ranking {parts['score_seconds']:.1f} s)",
+            flush=True,
+        )
     result["peak_memory_mb"] = peak_memory_mb(torch.device("cpu"))
     print(json.dumps(result))
     if args.output_json:

@@ -36,5 +36,6 @@ def test_benchmark_train_eval_reports_epochs_and_both_eval_modes(tmp_path):
     run_script("benchmark_train_eval.py", "--dataset", str(data), "--epochs", "1", "--output_json", str(out_json))
     result = json.loads(out_json.read_text())
     assert len(result["epoch_seconds"]) == 1 and result["train_targets"] > 0
-    assert set(result["eval_seconds"]) == {"window", "stream"}
+    assert set(result["eval_seconds"]) == set(result["eval_parts"]) == {"window", "stream"}
+    assert all(set(parts) == {"encode_seconds", "score_seconds"} for parts in result["eval_parts"].values())
     assert result["peak_memory_mb"] > 0
