@@ -335,6 +335,12 @@ def sample_targets(split: SplitSequences) -> np.ndarray:
     return split.values[split.offsets[rows] + j]
 
 
+def sample_history_lengths(split: SplitSequences) -> np.ndarray:
+    """How many items each sample's user had read before its target (`j` for target `item_ids[j]`: the whole
+    history, which window evaluation truncates to the last `L`), in sample order."""
+    return _sample_positions(split)[1]
+
+
 def stream_units(split: SplitSequences) -> Units:
     """One unit per user with at least one target: the whole history, a target after every position from
     `target_start - 1` on."""
@@ -472,6 +478,7 @@ __all__ = [
     "load_sequences",
     "make_batches",
     "resolve_dataset_dir",
+    "sample_history_lengths",
     "stream_units",
     "prefix_units",
 ]

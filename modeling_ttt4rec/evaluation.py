@@ -23,8 +23,17 @@ import time
 import numpy as np
 import torch
 
-from .data import SplitSequences, Units, collate, make_batches, prefix_units, sample_targets, stream_units
-from .metrics import PROTOCOL_KS, metric_names, ranking_metrics, ranks_from_scores
+from .data import (
+    SplitSequences,
+    Units,
+    collate,
+    make_batches,
+    prefix_units,
+    sample_history_lengths,
+    sample_targets,
+    stream_units,
+)
+from .metrics import PROTOCOL_KS, metric_names, metrics_by_history_length, ranking_metrics, ranks_from_scores
 from .sampling import evaluation_candidates
 
 EVAL_MODES = ("window", "stream")
@@ -250,11 +259,13 @@ def run_evaluation(args) -> dict:
         splits=(args.split,),
     )
     modes = list(EVAL_MODES) if args.eval_mode == "both" else [args.eval_mode]
-    results = {}
+    split = sequences[args.split]
+    results, by_length = {}, {}
     for mode in modes:
-        metrics = evaluate_split(
+        start = time.perf_counter()
+        ranks = compute_ranks(
             model,
-            sequences[args.split],
+            split,
             meta.max_length,
             mode=mode,
             accelerator=accelerator,
@@ -266,7 +277,12 @@ def run_evaluation(args) -> dict:
             candidate_seed=args.candidate_seed,
             progress=accelerator.is_main_process,
         )
+        metrics = ranking_metrics(ranks, ks=PROTOCOL_KS[args.protocol])
+        metrics["eval_seconds"] = time.perf_counter() - start
         results[mode] = metrics
+        if args.by_history_length:
+            ks = PROTOCOL_KS[args.protocol]
+            by_length[mode] = metrics_by_history_length(ranks, sample_history_lengths(split), ks=ks)
         if accelerator.is_main_process:
             values = "  ".join(f"{k} {metrics[k]:.4f}" for k in metric_names(args.protocol))
             print(
@@ -276,7 +292,63 @@ def run_evaluation(args) -> dict:
     if args.output_json and accelerator.is_main_process:
         with open(args.output_json, "w") as f:
             json.dump(results, f, indent=2)
+    if args.by_history_length and accelerator.is_main_process:
+        write_history_length_report(by_length, args.by_history_length, args.protocol, meta.max_length)
     return results
+
+
+def history_length_table(by_length: dict[str, list[dict]], protocol: str = "full") -> str:
+    """Markdown table of `metrics_by_history_length` rows, one row per (mode, history group)."""
+    names = metric_names(protocol)
+    lines = ["| eval mode | history length | samples | " + " | ".join(names) + " |"]
+    lines.append("|---|---|---:|" + "---:|" * len(names))
+    for mode, rows in by_length.items():
+        for row in rows:
+            values = " | ".join(f"{row[name]:.4f}" for name in names)
+            lines.append(f"| {mode} | {row['history']} | {row['num_samples']:,} | {values} |")
+    return "\n".join(lines)
+
+
+def plot_metrics_by_history_length(
+    by_length: dict[str, list[dict]], metric: str, path, max_length: int | None = None
+) -> None:
+    """PNG of `metric` by history-length group, one line per evaluation mode, sample counts under the groups."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 4))
+    # every mode scores the same samples, so the groups are the same
+    groups = next(iter(by_length.values()))
+    for mode, rows in by_length.items():
+        ax.plot(range(len(rows)), [r[metric] for r in rows], marker="o", label=mode)
+    ax.set_xticks(range(len(groups)), [f"{r['history']}\n({r['num_samples']:,})" for r in groups])
+    ax.set_xlabel("items read before the target (samples)")
+    ax.set_ylabel(metric)
+    title = f"{metric} by history length"
+    if max_length is not None:
+        title += f" (window mode reads the last {max_length})"
+    ax.set_title(title)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def write_history_length_report(by_length: dict[str, list[dict]], folder, protocol: str, max_length: int) -> None:
+    """`metrics_by_history_length.{json,md,png}` in `folder` (the PNG plots NDCG@10)."""
+    import json
+    from pathlib import Path
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "metrics_by_history_length.json").write_text(json.dumps(by_length, indent=2))
+    (folder / "metrics_by_history_length.md").write_text(history_length_table(by_length, protocol) + "\n")
+    plot_metrics_by_history_length(
+        by_length, "NDCG@10", folder / "metrics_by_history_length.png", max_length=max_length
+    )
+    print(history_length_table(by_length, protocol))
 
 
 __all__ = [
@@ -284,7 +356,9 @@ __all__ = [
     "EVAL_PROTOCOLS",
     "compute_ranks",
     "evaluate_split",
+    "history_length_table",
     "load_checkpoint",
+    "plot_metrics_by_history_length",
     "run_evaluation",
     "score_ranks",
 ]

@@ -109,6 +109,45 @@ def ranking_metrics(
     return out
 
 
+# history-length groups (items read before the target) for `metrics_by_history_length`: 1-3, 4-5, ..., 101+
+HISTORY_LENGTH_EDGES = (1, 4, 6, 11, 21, 51, 101)
+
+
+def metrics_by_history_length(
+    ranks: Sequence[int] | np.ndarray | torch.Tensor,
+    history_lengths: Sequence[int] | np.ndarray,
+    edges: Sequence[int] = HISTORY_LENGTH_EDGES,
+    ks: Iterable[int] = DEFAULT_KS,
+) -> list[dict]:
+    """`ranking_metrics` of the samples in each history-length group.
+
+    Group `i` holds the samples with `edges[i] <= history_length < edges[i + 1]` (the last group is open), so
+    `edges=(1, 4, 6)` gives the groups `1-3`, `4-5` and `6+`. Returns one row per non-empty group:
+    `{"history": "1-3", "min": 1, "max": 3, "num_samples": n, "HR@10": ..., ...}` (`max` is `None` for the
+    open group); the metrics are means over the group's samples, as in `ranking_metrics`.
+    """
+    ranks = np.asarray(ranks.detach().cpu().numpy() if isinstance(ranks, torch.Tensor) else ranks)
+    lengths = np.asarray(history_lengths)
+    if ranks.shape != lengths.shape or ranks.ndim != 1:
+        raise ValueError(
+            f"`ranks` and `history_lengths` must be 1-D with one value per sample; got shapes {ranks.shape} and "
+            f"{lengths.shape}."
+        )
+    edges = [int(e) for e in edges]
+    if not edges or any(b <= a for a, b in zip(edges, edges[1:], strict=False)) or edges[0] < 0:
+        raise ValueError(f"`edges` must be increasing non-negative integers, got {edges}.")
+    rows = []
+    for i, low in enumerate(edges):
+        high = edges[i + 1] - 1 if i + 1 < len(edges) else None
+        in_group = (lengths >= low) & (lengths <= high if high is not None else True)
+        if not in_group.any():
+            continue
+        label = f"{low}+" if high is None else (f"{low}" if high == low else f"{low}-{high}")
+        metrics = ranking_metrics(ranks[in_group], ks=ks)
+        rows.append({"history": label, "min": low, "max": high, **metrics})
+    return rows
+
+
 def format_metrics(metrics: dict[str, float], digits: int = 4) -> str:
     """`HR@10 0.0879 | HR@50 ... ` for logs."""
     return " | ".join(f"{k} {v:.{digits}f}" for k, v in metrics.items() if k != "num_samples")
@@ -116,10 +155,12 @@ def format_metrics(metrics: dict[str, float], digits: int = 4) -> str:
 
 __all__ = [
     "DEFAULT_KS",
+    "HISTORY_LENGTH_EDGES",
     "METRIC_NAMES",
     "PROTOCOL_KS",
     "format_metrics",
     "metric_names",
+    "metrics_by_history_length",
     "ranking_metrics",
     "ranks_from_scores",
 ]

@@ -5,6 +5,8 @@
     python scripts/evaluate.py --model outputs/run/best_model --dataset DATA_DIR --split test --eval_mode window
     accelerate launch scripts/evaluate.py --model USER/NAME --dataset USER/DATA --eval_mode stream
     python scripts/evaluate.py --model outputs/run/best_model --dataset DATA_DIR --protocol sampled
+    python scripts/evaluate.py --model outputs/run/best_model --dataset DATA_DIR --eval_mode both \
+        --by_history_length outputs/run/by_length
 
 Prints HR@10, HR@50, NDCG@10, NDCG@50 (sampled: HR@5, HR@10, NDCG@5, NDCG@10; 4 decimals) and the evaluation
 time; `--output_json` saves them. The sampled candidates depend only on the data and `--candidate_seed`, so
@@ -37,6 +39,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--mixed_precision", default=None, choices=["no", "bf16", "fp16"])
     parser.add_argument("--cpu", action="store_true")
     parser.add_argument("--output_json", default=None)
+    parser.add_argument(
+        "--by_history_length",
+        default=None,
+        metavar="DIR",
+        help="Also write the metrics by history length (table, JSON and an NDCG@10 plot) into DIR",
+    )
     return parser
 
 

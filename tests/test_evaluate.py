@@ -12,6 +12,7 @@ from helpers import random_sequences, write_split_dataset
 from modeling_ttt4rec import TTT4RecConfig, TTT4RecForNextItemPrediction
 from modeling_ttt4rec.data import SplitSequences, load_sequences
 from modeling_ttt4rec.evaluation import compute_ranks, evaluate_split, load_checkpoint
+from modeling_ttt4rec.metrics import ranking_metrics
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -118,6 +119,35 @@ def test_evaluate_script(tmp_path):
     assert result["window"]["num_samples"] == sequences["test"].num_samples
     assert set(result) == {"window", "stream"}
     assert result["stream"]["num_samples"] == result["window"]["num_samples"]
+
+
+def test_evaluate_script_by_history_length(tmp_path):
+    seqs = random_sequences(25, 40, 3, 16, seed=6)
+    data = write_split_dataset(tmp_path / "data", seqs, num_items=40, max_length=6)
+    model = tiny_model()
+    model.save_pretrained(tmp_path / "model")
+    report = tmp_path / "by_length"
+    cmd = [sys.executable, str(ROOT / "scripts" / "evaluate.py"), "--model", str(tmp_path / "model"), "--dataset"]
+    cmd += [str(data), "--eval_mode", "both", "--by_history_length", str(report), "--cpu"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert "| eval mode | history length | samples |" in proc.stdout
+    result = json.loads((report / "metrics_by_history_length.json").read_text())
+    assert set(result) == {"window", "stream"}
+    assert (report / "metrics_by_history_length.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "| window | 1-3 |" in (report / "metrics_by_history_length.md").read_text()
+    # each group's metrics are those of its samples' ranks, grouped here by a literal reading of the split
+    sequences, meta = load_sequences(data, "split-3-2-5")
+    split = sequences["test"]
+    history = [j for n, ts in zip(split.lengths, split.target_start, strict=True) for j in range(ts, n)]
+    for mode in ("window", "stream"):
+        ranks = compute_ranks(model, split, meta.max_length, mode)
+        assert sum(row["num_samples"] for row in result[mode]) == len(ranks) == len(history)
+        for row in result[mode]:
+            high = row["max"] if row["max"] is not None else 10**9
+            mine = [r for r, n in zip(ranks, history, strict=True) if row["min"] <= n <= high]
+            assert row["NDCG@10"] == pytest.approx(ranking_metrics(mine)["NDCG@10"])
+            assert row["HR@50"] == pytest.approx(ranking_metrics(mine)["HR@50"])
 
 
 def test_evaluate_script_sampled_protocol(tmp_path):

@@ -14,6 +14,7 @@ from modeling_ttt4rec.data import (
     load_sequences,
     make_batches,
     prefix_units,
+    sample_history_lengths,
     sample_targets,
     stream_units,
 )
@@ -74,6 +75,7 @@ def test_prefix_units_number_samples_in_split_order(L):
                 k += 1
     assert sorted(found) == list(range(len(expected)))
     targets = sample_targets(split)
+    assert sample_history_lengths(split).tolist() == [j for _, j in expected]
     for sample_id, (r, j) in enumerate(expected):
         history, target = found[sample_id]
         assert target == seqs[r][j] == targets[sample_id]
