@@ -371,10 +371,16 @@ class TTT4RecModel(TTT4RecPreTrainedModel):
 
         The first step of each batch size compiles (seconds); later steps run as one graph instead of hundreds of
         small operations. `compile_kwargs` go to `torch.compile` (defaults: `fullgraph=True, dynamic=False`).
+        Copies and pickles of the model run eagerly until their own `compile_step()`.
         """
         compile_kwargs = {"fullgraph": True, "dynamic": False, **compile_kwargs}
-        # the unbound function, called with `self`: a copy of the model never runs the original's weights
         self._compiled_step = torch.compile(TTT4RecModel._encode, **compile_kwargs)
+
+    def __getstate__(self) -> dict:
+        # the compiled step is neither copied nor pickled: a copy runs eagerly until its own `compile_step()`
+        state = dict(super().__getstate__())
+        state["_compiled_step"] = None
+        return state
 
     def forward(
         self,

@@ -132,6 +132,18 @@ def test_compiled_step_equals_eager_and_full_forward(backbone, ttt_layer_type):
         torch.testing.assert_close(tensor, eager_cache.state_dict()[name], rtol=1e-5, atol=1e-6, msg=name)
 
 
+def test_compiled_step_is_not_copied_or_pickled(tmp_path):
+    model = copy.deepcopy(model_for("transformer", "mlp", 3))
+    model.compile_step()  # (compiles lazily, at the first step)
+    assert model.model._compiled_step is not None
+    duplicate = copy.deepcopy(model)
+    torch.save(model, tmp_path / "model.pt")
+    reloaded = torch.load(tmp_path / "model.pt", weights_only=False)
+    for other in (duplicate, reloaded):
+        assert other.model._compiled_step is None
+        torch.testing.assert_close(other(torch.tensor([[3, 4, 5]])).logits, model(torch.tensor([[3, 4, 5]])).logits)
+
+
 @pytest.mark.parametrize(("backbone", "ttt_layer_type"), VARIANTS)
 @settings(max_examples=5, deadline=None)
 @given(
