@@ -39,15 +39,22 @@ def main() -> None:
     for step, item in enumerate(args.history, start=1):
         seen.append(item)
         start = time.perf_counter()
-        out = model.recommend(
-            torch.tensor([[item]]),
-            cache_params=cache,
-            top_k=args.top_k,
-            exclude_items=torch.tensor([seen]) if args.exclude_seen else None,
-        )
+        try:
+            out = model.recommend(
+                torch.tensor([[item]]),
+                cache_params=cache,
+                top_k=args.top_k,
+                exclude_items=torch.tensor([seen]) if args.exclude_seen else None,
+            )
+        except ValueError as error:
+            parser.error(f"history item {step} ({item}): {error}")
         elapsed_ms = 1000 * (time.perf_counter() - start)
         cache = out.cache_params
-        print(f"after item {step:>4} ({item:>6}): top-{args.top_k} {out.item_ids[0].tolist()}  [{elapsed_ms:.2f} ms]")
+        note = "  (includes compiling the step)" if args.compile and step == 1 else ""
+        print(
+            f"after item {step:>4} ({item:>6}): top-{args.top_k} {out.item_ids[0].tolist()}  "
+            f"[{elapsed_ms:.2f} ms]{note}"
+        )
 
 
 if __name__ == "__main__":
