@@ -72,8 +72,10 @@ def _stream_batch(model, batch: dict[str, torch.Tensor], chunk_size: int) -> tor
     """Hidden states at every target position of each user, reading the histories `chunk_size` items at a time
     with the cache. Rows are sorted longest first, so the rows still reading are always a prefix of the batch."""
     ids, mask, target_mask = batch["input_ids"], batch["attention_mask"], batch["target_mask"]
-    lengths = mask.sum(dim=1).tolist()
     width = ids.shape[1]
+    if width <= chunk_size:  # every history fits in one chunk: one causal pass, no state to carry
+        return _window_batch(model, batch)
+    lengths = mask.sum(dim=1).tolist()
     cache = None
     full = None
     for s in range(0, width, chunk_size):
