@@ -506,6 +506,9 @@ def train(run: RunConfig) -> dict:
             shutil.rmtree(tmp)
         accelerator.wait_for_everyone()
         accelerator.save_state(str(tmp))
+        # every process writes its own part (its random state) and `save_state` does not wait for the others:
+        # move the folder only once all have written
+        accelerator.wait_for_everyone()
         if main:
             (tmp / STATE_FILE).write_text(json.dumps(state, indent=2))
             _atomic_replace(tmp, checkpoint_dir)

@@ -43,9 +43,13 @@ def test_two_process_ddp_matches_one_process(tmp_path):
     cmd += ["--batch_targets", "40", "--eval_batch_targets", str(eval_batch), "--disable_tqdm", "true"]
     env = dict(os.environ, ACCELERATE_USE_CPU="true", OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240, cwd=tmp_path)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    rank1 = "\n".join(line for line in proc.stderr.splitlines() if "rank1" in line)
+    assert proc.returncode == 0, rank1[-6000:] + proc.stdout[-3000:] + proc.stderr[-3000:]
     runtime = json.loads((out / "run_config.json").read_text())["runtime"]
     assert runtime["num_processes"] == 2 and "MULTI_CPU" in runtime["distributed_type"]
+    # the training state holds both processes' random states (each process writes its own)
+    states = {p.name for p in (out / "checkpoint").glob("random_states_*.pkl")}
+    assert states == {"random_states_0.pkl", "random_states_1.pkl"}
 
     results = json.loads((out / "results.json").read_text())
     model = load_checkpoint(str(out / "best_model"))
