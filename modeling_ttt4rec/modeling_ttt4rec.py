@@ -374,7 +374,7 @@ class TTT4RecModel(TTT4RecPreTrainedModel):
         Copies and pickles of the model run eagerly until their own `compile_step()`.
         """
         compile_kwargs = {"fullgraph": True, "dynamic": False, **compile_kwargs}
-        self._compiled_step = torch.compile(TTT4RecModel._encode, **compile_kwargs)
+        self._compiled_step = torch.compile(self._encode, **compile_kwargs)
 
     def __getstate__(self) -> dict:
         # the compiled step is neither copied nor pickled: a copy runs eagerly until its own `compile_step()`
@@ -421,10 +421,10 @@ class TTT4RecModel(TTT4RecPreTrainedModel):
 
         # Without a cache, right padding cannot influence valid positions (everything is causal): skip masking.
         valid = attention_mask.bool() if cache_params is not None else None
-        encode = TTT4RecModel._encode
+        encode = self._encode
         if self._compiled_step is not None and cache_params is not None and input_ids.shape[1] == 1:
             encode = self._compiled_step
-        hidden_states, all_hidden_states = encode(self, input_ids, valid, cache_params, bool(output_hidden_states))
+        hidden_states, all_hidden_states = encode(input_ids, valid, cache_params, bool(output_hidden_states))
 
         if not return_dict:
             return tuple(

@@ -101,16 +101,23 @@ def test_checkpoint_errors(tmp_path):
         load_checkpoint(str(tmp_path / "missing"))
 
 
-def test_evaluate_script(tmp_path):
-    seqs = random_sequences(20, 40, 3, 12, seed=5)
+def run_evaluate_script(tmp_path, model, seqs, *args: str) -> tuple[subprocess.CompletedProcess, Path]:
+    """Save `model`, write `seqs` as a data set, run `scripts/evaluate.py` on them with `args`; returns the
+    finished process (checked to have succeeded) and the data set folder."""
     data = write_split_dataset(tmp_path / "data", seqs, num_items=40, max_length=6)
-    model = tiny_model()
     model.save_pretrained(tmp_path / "model")
-    out = tmp_path / "metrics.json"
     cmd = [sys.executable, str(ROOT / "scripts" / "evaluate.py"), "--model", str(tmp_path / "model"), "--dataset"]
-    cmd += [str(data), "--eval_mode", "both", "--output_json", str(out), "--cpu"]
+    cmd += [str(data), *args, "--cpu"]
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path, timeout=300)
     assert proc.returncode == 0, proc.stderr
+    return proc, data
+
+
+def test_evaluate_script(tmp_path):
+    model = tiny_model()
+    out = tmp_path / "metrics.json"
+    seqs = random_sequences(20, 40, 3, 12, seed=5)
+    proc, data = run_evaluate_script(tmp_path, model, seqs, "--eval_mode", "both", "--output_json", str(out))
     assert "test (window): HR@10" in proc.stdout
     result = json.loads(out.read_text())
     sequences, meta = load_sequences(data, "split-3-2-5")
@@ -122,15 +129,10 @@ def test_evaluate_script(tmp_path):
 
 
 def test_evaluate_script_by_history_length(tmp_path):
-    seqs = random_sequences(25, 40, 3, 16, seed=6)
-    data = write_split_dataset(tmp_path / "data", seqs, num_items=40, max_length=6)
     model = tiny_model()
-    model.save_pretrained(tmp_path / "model")
     report = tmp_path / "by_length"
-    cmd = [sys.executable, str(ROOT / "scripts" / "evaluate.py"), "--model", str(tmp_path / "model"), "--dataset"]
-    cmd += [str(data), "--eval_mode", "both", "--by_history_length", str(report), "--cpu"]
-    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path, timeout=300)
-    assert proc.returncode == 0, proc.stderr
+    seqs = random_sequences(25, 40, 3, 16, seed=6)
+    proc, data = run_evaluate_script(tmp_path, model, seqs, "--eval_mode", "both", "--by_history_length", str(report))
     assert "| eval mode | history length | samples |" in proc.stdout
     result = json.loads((report / "metrics_by_history_length.json").read_text())
     assert set(result) == {"window", "stream"}
@@ -151,16 +153,10 @@ def test_evaluate_script_by_history_length(tmp_path):
 
 
 def test_evaluate_script_sampled_protocol(tmp_path):
-    seqs = random_sequences(20, 40, 3, 12, seed=5)
-    data = write_split_dataset(tmp_path / "data", seqs, num_items=40, max_length=6)
     model = tiny_model(item_scoring="target_mlp", target_mlp_size=8)
-    model.save_pretrained(tmp_path / "model")
     out = tmp_path / "metrics.json"
-    cmd = [sys.executable, str(ROOT / "scripts" / "evaluate.py"), "--model", str(tmp_path / "model"), "--dataset"]
-    cmd += [str(data), "--protocol", "sampled", "--num_negatives", "25", "--candidate_seed", "3"]
-    cmd += ["--output_json", str(out), "--cpu"]
-    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path, timeout=300)
-    assert proc.returncode == 0, proc.stderr
+    args = ["--protocol", "sampled", "--num_negatives", "25", "--candidate_seed", "3", "--output_json", str(out)]
+    proc, data = run_evaluate_script(tmp_path, model, random_sequences(20, 40, 3, 12, seed=5), *args)
     assert "test (window): HR@5" in proc.stdout
     result = json.loads(out.read_text())["window"]
     sequences, meta = load_sequences(data, "split-3-2-5")
