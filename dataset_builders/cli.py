@@ -17,7 +17,7 @@ from .readers import LAYOUTS
 from .registry import DATASETS, DEFAULT_RATIOS, get_dataset_spec
 from .splitting import SPLIT_NAMES
 
-__all__ = ["build_parser", "main", "summary_table"]
+__all__ = ["build_parser", "main", "recorded_arguments", "summary_table"]
 
 logger = logging.getLogger("dataset_builders")
 
@@ -26,6 +26,7 @@ def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``build_dataset.py``."""
     parser = argparse.ArgumentParser(
         prog="build_dataset.py",
+        allow_abbrev=False,  # so that no abbreviation of --token escapes recorded_arguments
         description="Build a TTT4Rec benchmark dataset (PROTOCOL.md 1-5) from a raw file and write it as a Hub "
         "dataset folder (Parquet per configuration and split, dataset card, id maps), optionally pushing it.",
     )
@@ -47,6 +48,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--skip-bad-lines", action="store_true", help="skip unreadable lines and count them")
     parser.add_argument("--download", action="store_true", help="download the official raw file into --raw first")
+    parser.add_argument(
+        "--force-download", action="store_true", help="with --download: download again even if the file is there"
+    )
     parser.add_argument("--layout", choices=LAYOUTS, help="read the raw file as this layout")
     parser.add_argument("--user-col", default="user_id", help="csv/parquet: user column (default user_id)")
     parser.add_argument("--item-col", default="item_id", help="csv/parquet: item column (default item_id)")
@@ -57,6 +61,21 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     parser.add_argument("-q", "--quiet", action="store_true", help="log warnings only")
     return parser
+
+
+def recorded_arguments(argv: Sequence[str]) -> list[str]:
+    """The arguments as recorded in the dataset card and ``metadata.json``: the value of ``--token`` hidden."""
+    recorded: list[str] = []
+    hide_next = False
+    for arg in argv:
+        if hide_next:
+            recorded.append("***")
+        elif arg.startswith("--token="):
+            recorded.append("--token=***")
+        else:
+            recorded.append(arg)
+        hide_next = arg == "--token"
+    return recorded
 
 
 def summary_table(built: BuiltDataset, output: Path, seconds: dict[str, float]) -> str:
@@ -77,8 +96,7 @@ def summary_table(built: BuiltDataset, output: Path, seconds: dict[str, float]) 
     for name, cfg in built.configs.items():
         cells = "".join(f"{f'{cfg.samples[s]:,} ({cfg.rows[s]:,})':>22}" for s in SPLIT_NAMES)
         lines.append(f"{name:<24}{cells}")
-    for line, reason in built.skipped_examples:
-        lines.insert(7, f"  e.g. line {line}: {reason}")
+    lines[7:7] = [f"  e.g. line {line}: {reason}" for line, reason in built.skipped_examples]
     timing = ", ".join(f"{step} {secs:.1f} s" for step, secs in seconds.items())
     lines += ["", f"time         {timing}", f"output       {output}"]
     return "\n".join(lines)
@@ -92,12 +110,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=logging.WARNING if args.quiet else logging.INFO, format="%(asctime)s %(levelname)s %(message)s"
     )
     try:
-        get_dataset_spec(args.dataset)
+        spec = get_dataset_spec(args.dataset)
     except DatasetBuildError as err:
         parser.error(str(err))
+    if args.push_to_hub and not args.private and not spec.redistributable:
+        parser.error(f"{spec.name} may not be redistributed ({spec.licence}); add --private to push it")
     ratios = args.ratios or [",".join(f"{r:g}" for r in ratio) for ratio in DEFAULT_RATIOS]
     time_col = None if args.time_col.lower() == "none" else args.time_col
-    command = "python scripts/build_dataset.py " + shlex.join(sys.argv[1:] if argv is None else list(argv))
+    arguments = recorded_arguments(sys.argv[1:] if argv is None else argv)
+    command = "python scripts/build_dataset.py " + shlex.join(arguments)
     seconds: dict[str, float] = {}
     start_all = time.perf_counter()
     try:
@@ -106,7 +127,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             from .download import download_raw
 
             start = time.perf_counter()
-            raw_path = download_raw(args.dataset, args.raw, progress=not args.no_progress)
+            raw_path = download_raw(args.dataset, args.raw, force=args.force_download, progress=not args.no_progress)
             seconds["download"] = time.perf_counter() - start
         logger.info("building %s from %s", args.dataset, raw_path)
         built = build_dataset(

@@ -24,7 +24,7 @@ def download_raw(name: str, dest_dir: str | Path, *, force: bool = False, progre
     Raises:
         UnknownDatasetError: ``name`` is not in the registry.
         DatasetBuildError: The data set has no direct download (Twitch-100k lives in a Google Drive folder;
-            its message says where to get it) or the download failed.
+            its message says where to get it), the download failed, or a downloaded archive is damaged.
     """
     spec = get_dataset_spec(name)
     if spec.url is None:
@@ -34,6 +34,11 @@ def download_raw(name: str, dest_dir: str | Path, *, force: bool = False, progre
             "with --raw"
         )
     dest_dir = Path(dest_dir)
+    if dest_dir.is_file():
+        raise DatasetBuildError(
+            f"{dest_dir} is a file; with --download, --raw names the folder to download into (to build from this "
+            "file, leave out --download)"
+        )
     dest_dir.mkdir(parents=True, exist_ok=True)
     archive = dest_dir / spec.url.rsplit("/", 1)[-1]
     if force or not archive.is_file():
@@ -56,6 +61,15 @@ def download_raw(name: str, dest_dir: str | Path, *, force: bool = False, progre
         return archive
     target = dest_dir / (spec.filename or Path(spec.archive_member).name)
     if force or not target.is_file():
-        with zipfile.ZipFile(archive) as zf, zf.open(spec.archive_member) as src, open(target, "wb") as out:
-            shutil.copyfileobj(src, out)
+        partial = target.with_name(target.name + ".part")
+        try:
+            with zipfile.ZipFile(archive) as zf, zf.open(spec.archive_member) as src, open(partial, "wb") as out:
+                shutil.copyfileobj(src, out)
+        except (zipfile.BadZipFile, KeyError) as err:
+            partial.unlink(missing_ok=True)
+            raise DatasetBuildError(
+                f"{archive} is damaged or not the expected archive ({err}); delete it or pass --force-download to "
+                "download it again"
+            ) from err
+        partial.replace(target)
     return target

@@ -252,7 +252,7 @@ def build_dataset(
     Raises:
         UnknownDatasetError: ``dataset`` is not in the registry (the message lists the choices).
         BadLineError: A raw line cannot be read and ``skip_bad_lines`` is off.
-        EmptyDatasetError: Nothing is left after filtering.
+        EmptyDatasetError: Nothing is left after filtering, or a split of some configuration has no samples.
     """
     spec = get_dataset_spec(dataset)
     user_min = spec.user_min if user_min is None else int(user_min)
@@ -308,6 +308,13 @@ def build_dataset(
     for name, r in zip(names, parsed, strict=True):
         tables, counts = split_tables(seq.seq_items, seq.user_offsets, seq.user_map, r, seq_times=seq.seq_times)
         samples = {split: int(counts[:, k].sum()) for k, split in enumerate(SPLIT_NAMES)}
+        empty = [split for split in SPLIT_NAMES if samples[split] == 0]
+        if empty:
+            raise EmptyDatasetError(
+                f"configuration {name}: the {' and '.join(empty)} split has no samples ({filtered.users:,} users "
+                "after filtering); an empty split cannot be published or loaded. Raise --user-min / user_min "
+                "(each user needs enough interactions to reach every split) or change the ratios"
+            )
         configs[name] = SplitConfig(name, r, tables, samples)
     seconds["split"] = time.perf_counter() - start
     steps.update()

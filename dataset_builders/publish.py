@@ -82,6 +82,7 @@ def _features(has_time: bool) -> list[dict[str, str]]:
 def _size_category(n: int) -> str:
     bounds = [(1_000, "n<1K"), (10_000, "1K<n<10K"), (100_000, "10K<n<100K"), (1_000_000, "100K<n<1M")]
     bounds += [(10_000_000, "1M<n<10M"), (100_000_000, "10M<n<100M"), (1_000_000_000, "100M<n<1B")]
+    bounds += [(10_000_000_000, "1B<n<10B"), (100_000_000_000, "10B<n<100B"), (1_000_000_000_000, "100B<n<1T")]
     return next((label for bound, label in bounds if n < bound), "n>1T")
 
 
@@ -146,6 +147,7 @@ def render_card(built: BuiltDataset, metadata: dict[str, Any] | None = None) -> 
     card_data = DatasetCardData(
         pretty_name=f"{spec.pretty_name} (TTT4Rec protocol)",
         license="other",
+        **({"license_name": f"{spec.name}-terms", "license_link": spec.homepage} if spec.homepage else {}),
         size_categories=_size_category(seq.filtered.interactions),
         tags=["recommendation", "sequential-recommendation", "ttt4rec"],
         configs=[

@@ -13,7 +13,10 @@ raises :class:`~dataset_builders.errors.BadLineError` naming the file and the li
 
 from __future__ import annotations
 
+import bz2
+import codecs
 import gzip
+import lzma
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -102,15 +105,57 @@ class RawInteractions:
     skipped_examples: list[tuple[int, str]] = field(default_factory=list)
 
 
+_DECOMPRESSORS = {b"\x1f\x8b": ("gzip", gzip.decompress), b"BZh": ("bzip2", bz2.decompress)}
+_DECOMPRESSORS[b"\xfd7zXZ\x00"] = ("xz", lzma.decompress)
+_ARCHIVES = {b"PK\x03\x04": "zip", b"PK\x05\x06": "zip", b"7z\xbc\xaf\x27\x1c": "7z"}
+_UTF8_BOM = b"\xef\xbb\xbf"
+
+
 def read_bytes(path: str | Path) -> bytes:
-    """Return the contents of ``path``, gunzipped if it is gzip (detected from its magic bytes, not its name)."""
+    """Return the contents of ``path``: decompressed if it is gzip, bzip2 or xz (told by its first bytes, not its
+    name), without a leading UTF-8 byte-order mark.
+
+    Raises:
+        DatasetBuildError: The file is an archive of several files (zip, 7z), or a damaged compressed file.
+    """
     data = Path(path).read_bytes()
-    if data[:2] == b"\x1f\x8b":
-        try:
-            data = gzip.decompress(data)
-        except (OSError, EOFError) as err:
-            raise DatasetBuildError(f"{path}: not a readable gzip file ({err})") from err
-    return data
+    for magic, kind in _ARCHIVES.items():
+        if data.startswith(magic):
+            raise DatasetBuildError(
+                f"{path} is a {kind} archive, not an interaction file: extract it and pass the interaction file "
+                "inside (e.g. MovieLens's u.data or ratings.dat), or pass --download to fetch and extract the "
+                "official file"
+            )
+    for magic, (kind, decompress) in _DECOMPRESSORS.items():
+        if data.startswith(magic):
+            try:
+                data = decompress(data)
+            except (OSError, EOFError, ValueError, lzma.LZMAError) as err:
+                raise DatasetBuildError(f"{path}: not a readable {kind} file ({err}); download it again") from err
+            break
+    return data[len(_UTF8_BOM) :] if data.startswith(_UTF8_BOM) else data
+
+
+def _is_utf8(data: bytes, block: int = 1 << 24) -> bool:
+    """Whether ``data`` is valid UTF-8 (decoded in blocks, so a large file is never held twice)."""
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    view = memoryview(data)
+    try:
+        for start in range(0, len(data), block):
+            decoder.decode(view[start : start + block])
+        decoder.decode(b"", final=True)
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
+def _not_utf8(column: str) -> pl.Expr:
+    """True where a text column holds U+FFFD: in a file that is not valid UTF-8, the mark of a replaced byte (a
+    U+FFFD written in such a file cannot be told from one, so its line counts as bad too)."""
+    return pl.col(column).str.contains("\ufffd", literal=True)
+
+
+_NOT_UTF8_REASON = "not valid UTF-8 text (re-encode the file as UTF-8, e.g. iconv -f latin1 -t utf-8)"
 
 
 def read_interactions(
@@ -145,6 +190,10 @@ def read_interactions(
     if layout not in LAYOUTS:
         raise UnknownDatasetError(f"unknown raw layout {layout!r}; choose one of: {', '.join(LAYOUTS)}")
     if not Path(path).is_file():
+        if Path(path).is_dir():
+            raise DatasetBuildError(
+                f"{path} is a folder: pass the raw file inside it, or add --download to download into it"
+            )
         raise DatasetBuildError(f"raw file not found: {path}")
     if layout == "parquet":
         return _read_parquet(path, user_col, item_col, time_col, skip_bad_lines)
@@ -208,6 +257,7 @@ def _header_layout(
 def _read_lines(path: str, data: bytes, spec: LineLayout, layout: str, skip_bad_lines: bool) -> RawInteractions:
     """Read a file of one interaction per line with fields at fixed positions (vectorised)."""
     lines = _lines_frame(path, data)
+    utf8 = _is_utf8(data)
     del data
     if spec.header:
         lines = lines.filter(pl.col("line") > 1)
@@ -228,7 +278,9 @@ def _read_lines(path: str, data: bytes, spec: LineLayout, layout: str, skip_bad_
     if spec.time_field is not None:
         frame = frame.with_columns(time=_parse_time_strings(frame["raw_time"], spec.time_kind or "auto"))
     reason = (
-        pl.when(pl.col("n_fields") != spec.num_fields)
+        pl.when(pl.lit(not utf8) & _not_utf8("text"))
+        .then(pl.lit(_NOT_UTF8_REASON))
+        .when(pl.col("n_fields") != spec.num_fields)
         .then(
             pl.format(
                 f"expected {spec.num_fields} fields separated by {sep!r}"
@@ -266,7 +318,8 @@ def _drop_bad(
 
 
 def _parse_time_strings(raw: pl.Series, kind: TimeKind) -> pl.Series:
-    """Parse a String column of times into Int64 (null where unparsable)."""
+    """Parse a String column of times into Int64 (null where unparsable); in ``auto`` mode numbers are taken as
+    Unix seconds, so they may be mixed with date-times."""
     if kind == "iso8601":
         parsed = raw.str.to_datetime(_ISO_FORMAT, strict=False, time_unit="us")
         return parsed.dt.epoch("s").alias("time")
@@ -311,13 +364,22 @@ def _check_columns(path: str, available: list[str], wanted: list[str]) -> None:
 
 
 def _table_to_raw(
-    path: str, layout: str, table: pl.DataFrame, time_col: str | None, skip_bad_lines: bool, first_line: int, unit: str
+    path: str,
+    layout: str,
+    table: pl.DataFrame,
+    time_col: str | None,
+    skip_bad_lines: bool,
+    first_line: int,
+    unit: str,
+    utf8: bool = True,
 ) -> RawInteractions:
-    """Validate a (user, item[, time]) table read by a column-aware reader (Parquet, quoted CSV)."""
+    """Validate a (user, item[, time]) table read by a column-aware reader (Parquet, quoted CSV); ``utf8``: whether
+    the source was valid UTF-8 (if not, ids holding U+FFFD came from bytes that were not)."""
     frame = table.with_row_index("line", offset=first_line).with_columns(
         pl.col("user").cast(pl.String).str.strip_chars(), pl.col("item").cast(pl.String).str.strip_chars()
     )
-    reason = pl.when(
+    reason = pl.when(pl.lit(not utf8) & (_not_utf8("user") | _not_utf8("item"))).then(pl.lit(_NOT_UTF8_REASON))
+    reason = reason.when(
         pl.col("user").is_null()
         | pl.col("item").is_null()
         | (pl.col("user").str.len_bytes() == 0)
@@ -360,4 +422,4 @@ def _read_quoted_csv(
     _check_columns(path, table.columns, wanted)
     names = {user_col: "user", item_col: "item"} | ({time_col: "raw_time"} if time_col is not None else {})
     table = table.select(wanted).rename(names)
-    return _table_to_raw(path, "csv", table, time_col, skip_bad_lines, 2, "line")
+    return _table_to_raw(path, "csv", table, time_col, skip_bad_lines, 2, "line", utf8=_is_utf8(data))

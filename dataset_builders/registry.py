@@ -53,6 +53,8 @@ class DatasetSpec:
         description: One paragraph for the dataset card.
         citation: BibTeX to cite the data.
         licence: The licence note for the dataset card.
+        redistributable: Whether a dataset built from it may be published openly (``False``: only to a private
+            repository; ``build_dataset.py --push-to-hub`` then requires ``--private``).
     """
 
     name: str
@@ -68,6 +70,7 @@ class DatasetSpec:
     description: str = ""
     citation: str = ""
     licence: str = ""
+    redistributable: bool = True
 
 
 DATASETS: dict[str, DatasetSpec] = {
@@ -154,6 +157,7 @@ DATASETS: dict[str, DatasetSpec] = {
             description="100,000 movie ratings of 943 users (GroupLens); every rating is an interaction.",
             citation=_CITE_MOVIELENS,
             licence=_LICENCE_MOVIELENS,
+            redistributable=False,
         ),
         DatasetSpec(
             name="movielens-1m",
@@ -166,6 +170,7 @@ DATASETS: dict[str, DatasetSpec] = {
             description="1,000,209 movie ratings of 6,040 users (GroupLens); every rating is an interaction.",
             citation=_CITE_MOVIELENS,
             licence=_LICENCE_MOVIELENS,
+            redistributable=False,
         ),
         DatasetSpec(
             name="csv",

@@ -59,7 +59,11 @@ def config_name(ratios: Sequence[float]) -> str:
         scaled = [r * scale for r in ratios]
         if all(abs(s - round(s)) < 1e-9 for s in scaled):
             return "split-" + "-".join(str(round(s)) for s in scaled)
-    raise DatasetBuildError(f"ratios {tuple(ratios)} have more than 6 decimals; round them")
+    shown = ", ".join(f"{r:.6g}" for r in ratios)
+    raise DatasetBuildError(
+        f"split ratios ({shown} after dividing by their sum) cannot be named: each part must have at most 6 "
+        "decimals once the parts sum to 1 (e.g. 3,2,5 or 0.25,0.25,0.5; 1,1,1 gives thirds)"
+    )
 
 
 def split_counts(t: int, ratios: Sequence[float]) -> tuple[int, int, int]:

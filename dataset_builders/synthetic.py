@@ -41,7 +41,15 @@ def write_synthetic_gowalla(
         zipf_exponent: Exponent of the location popularity law.
         seed: Seed of the random generator; the same arguments give the same file.
         compresslevel: gzip level for ``.gz`` output (1 is fast and still small enough).
+
+    Raises:
+        ValueError: ``num_rows`` is smaller than ``num_users``.
     """
+    if num_rows < num_users:
+        raise ValueError(
+            f"num_rows ({num_rows:,}) must be at least num_users ({num_users:,}): every user has a check-in; "
+            "ask for fewer users (--users)"
+        )
     rng = np.random.default_rng(seed)
     # User activity: log-normal weights, scaled so that the counts sum to num_rows and every user has one.
     weights = rng.lognormal(mean=0.0, sigma=1.3, size=num_users)

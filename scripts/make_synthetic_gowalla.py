@@ -8,18 +8,26 @@ See ``dataset_builders.synthetic.write_synthetic_gowalla`` for the distributions
 
 import argparse
 import time
+from collections.abc import Sequence
 
 from dataset_builders.synthetic import write_synthetic_gowalla
 
-if __name__ == "__main__":
+
+def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("path", help="output file (.gz for gzip)")
     parser.add_argument("--rows", type=int, default=6_400_000)
     parser.add_argument("--users", type=int, default=107_000)
     parser.add_argument("--items", type=int, default=1_280_000)
     parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
+    if args.rows < args.users:
+        parser.error(f"--rows ({args.rows:,}) must be at least --users ({args.users:,}): every user has a check-in")
     start = time.perf_counter()
     path = write_synthetic_gowalla(args.path, args.rows, args.users, args.items, seed=args.seed)
     seconds = time.perf_counter() - start
     print(f"wrote {path} ({path.stat().st_size / 2**20:.0f} MiB, {args.rows:,} rows) in {seconds:.1f} s")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,25 +1,12 @@
 """Tiny data sets in the published split format, written by the tests themselves (no downloads)."""
 
 import json
-import math
 from pathlib import Path
 
 import numpy as np
+from dataset_fixtures import reference_split_counts
 
 SPLIT_RATIOS = {"split-3-2-5": (0.3, 0.2, 0.5), "split-6-2-2": (0.6, 0.2, 0.2)}
-
-
-def split_counts(t: int, r: tuple[float, float, float]) -> list[int]:
-    """PROTOCOL.md 5, literally."""
-    c = [math.floor(r[0] * t), math.floor(r[1] * t), math.floor(r[2] * t)]
-    c[0] = t - c[1] - c[2]
-    for i in (1, 2):
-        if c[0] <= 1:
-            break
-        if 0 < r[-i] * t < 1:
-            c[-i] += 1
-            c[0] -= 1
-    return c
 
 
 def random_sequences(num_users: int, num_items: int, min_len: int, max_len: int, seed: int = 0) -> list[list[int]]:
@@ -37,7 +24,7 @@ def random_sequences(num_users: int, num_items: int, min_len: int, max_len: int,
 def split_rows(seqs: list[list[int]], ratios: tuple[float, float, float]) -> dict[str, list[dict]]:
     rows = {"train": [], "validation": [], "test": []}
     for u, s in enumerate(seqs):
-        c = split_counts(len(s) - 1, ratios)
+        c = reference_split_counts(len(s) - 1, ratios)
         bounds = {"train": (1, c[0] + 1), "validation": (c[0] + 1, c[0] + c[1] + 1), "test": (c[0] + c[1] + 1, len(s))}
         for name, (ts, end) in bounds.items():
             if end > ts:

@@ -55,3 +55,26 @@ def test_failed_download_is_a_clear_error(monkeypatch: pytest.MonkeyPatch, tmp_p
 def test_twitch_has_no_direct_download(tmp_path: Path) -> None:
     with pytest.raises(DatasetBuildError, match="fetch 100k_a.csv from https://github.com/JRappaz/liverec by hand"):
         download_raw("twitch-100k", tmp_path)
+
+
+def test_damaged_archive_is_a_clear_error_and_force_downloads_again(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    (tmp_path / "ml-100k.zip").write_bytes(b"not a zip at all")  # e.g. an interrupted or stale download
+    with pytest.raises(DatasetBuildError, match=r"ml-100k.zip is damaged .* pass --force-download"):
+        download_raw("movielens-100k", tmp_path, progress=False)
+    assert not (tmp_path / "u.data").exists() and not (tmp_path / "u.data.part").exists()
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as zf:
+        zf.writestr("ml-100k/u.data", "1\t2\t3\t4\n")
+    monkeypatch.setattr(urllib.request, "urlopen", lambda url, timeout: _FakeResponse(buffer.getvalue()))
+    path = download_raw("movielens-100k", tmp_path, force=True, progress=False)
+    assert path.read_text() == "1\t2\t3\t4\n"
+
+
+def test_download_into_a_file_is_refused(tmp_path: Path) -> None:
+    raw = tmp_path / "loc-gowalla_totalCheckins.txt.gz"
+    raw.write_bytes(b"data")
+    with pytest.raises(DatasetBuildError, match="is a file; with --download, --raw names the folder"):
+        download_raw("gowalla", raw, progress=False)
+    assert raw.read_bytes() == b"data"

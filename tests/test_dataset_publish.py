@@ -23,7 +23,7 @@ from dataset_builders import (
     push_folder_to_hub,
     write_hub_folder,
 )
-from dataset_builders.cli import main
+from dataset_builders.cli import main, summary_table
 
 USER_MIN, ITEM_MIN, L = 4, 2, 5  # small settings for the fixture
 
@@ -285,3 +285,79 @@ def test_loaders_read_a_cached_hub_repo_offline(published: tuple[Path, list]) ->
     assert load_metadata("someone/ttt4rec-fixture") == load_metadata(out)
     ds = load_splits("someone/ttt4rec-fixture", "split-6-2-2")
     assert ds["test"]["item_ids"][:] == load_splits(out, "split-6-2-2")["test"]["item_ids"][:]
+
+
+def test_the_recorded_command_never_holds_the_token(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    import dataset_builders.cli as cli
+
+    pushed: list[dict] = []
+    monkeypatch.setattr(cli, "push_folder_to_hub", lambda folder, repo_id, **kw: pushed.append(kw) or "url")
+    records = [(f"u{u}", f"i{(u + k) % 7}", k) for u in range(8) for k in range(12)]
+    raw = write_raw(tmp_path / "my.csv", format_lines(records, "csv"))
+    out = tmp_path / "out"
+    base = ["--dataset", "csv", "--raw", str(raw), "--output", str(out), "--no-progress", "-q"]
+    base += ["--push-to-hub", "me/x"]
+    for token_args in (["--token", "hf_SECRET1"], ["--token=hf_SECRET2"]):
+        assert main([*base, *token_args]) == 0
+        assert pushed[-1]["token"] == token_args[-1].removeprefix("--token=")  # the token is used ...
+        card, metadata = (out / "README.md").read_text(), (out / "metadata.json").read_text()
+        assert "SECRET" not in card + metadata and "***" in card and "***" in load_metadata(out)["build_command"]
+    with pytest.raises(SystemExit):  # an abbreviation would escape the redaction, so none is accepted
+        main([*base, "--tok", "hf_SECRET3"])
+
+
+def test_movielens_is_pushed_only_to_a_private_repo(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    import dataset_builders.cli as cli
+
+    pushed: list[dict] = []
+    monkeypatch.setattr(cli, "push_folder_to_hub", lambda folder, repo_id, **kw: pushed.append(kw) or "url")
+    records = [(f"{u}", f"{(u + k) % 9}", k) for u in range(1, 9) for k in range(12)]
+    raw = write_raw(tmp_path / "u.data", format_lines(records, "movielens-100k"))
+    args = ["--dataset", "movielens-100k", "--raw", str(raw), "--output", str(tmp_path / "o"), "-q", "--no-progress"]
+    with pytest.raises(SystemExit) as info:
+        main([*args, "--push-to-hub", "me/ml"])
+    assert info.value.code == 2 and "may not be redistributed" in capsys.readouterr().err and not pushed
+    assert main([*args, "--push-to-hub", "me/ml", "--private"]) == 0
+    assert pushed == [{"token": None, "private": True}]
+
+
+def test_an_empty_split_is_refused_before_anything_is_written(tmp_path: Path) -> None:
+    records = [(f"u{u}", f"i{k}", k) for u in range(3) for k in range(2)]  # one sample per user: all in train
+    raw = write_raw(tmp_path / "my.csv", format_lines(records, "csv"))
+    with pytest.raises(EmptyDatasetError, match="split-3-2-5: the validation and test split has no samples"):
+        build_dataset("csv", raw, user_min=1, item_min=1)
+    assert main(["--dataset", "csv", "--raw", str(raw), "--output", str(tmp_path / "o"), "-q", "--user-min", "1"]) == 1
+    assert not (tmp_path / "o").exists()
+
+
+def test_ratios_that_cannot_be_named_say_why(tmp_path: Path) -> None:
+    records = [(f"u{u}", f"i{(u + k) % 7}", k) for u in range(8) for k in range(12)]
+    raw = write_raw(tmp_path / "my.csv", format_lines(records, "csv"))
+    with pytest.raises(ValueError, match=r"split ratios \(0.333333, 0.333333, 0.333333 after dividing by their sum\)"):
+        build_dataset("csv", raw, ratios=["1,1,1"])
+
+
+def test_skipped_line_examples_are_listed_in_file_order(tmp_path: Path) -> None:
+    records = [(f"u{u}", f"i{(u + k) % 7}", k) for u in range(8) for k in range(12)]
+    lines = format_lines(records, "csv")
+    for n in (3, 10, 20):
+        lines[n] = "broken"
+    built = build_dataset("csv", write_raw(tmp_path / "my.csv", lines), skip_bad_lines=True)
+    summary = summary_table(built, tmp_path, {})
+    shown = [line.split()[2] for line in summary.splitlines() if line.strip().startswith("e.g. line")]
+    assert shown == ["4:", "11:", "21:"]
+
+
+def test_size_categories_follow_the_hub_labels() -> None:
+    from dataset_builders.publish import _size_category
+
+    assert [_size_category(n) for n in (999, 1_000, 5 * 10**8, 2 * 10**9, 5 * 10**11, 2 * 10**12)] == [
+        "n<1K",
+        "1K<n<10K",
+        "100M<n<1B",
+        "1B<n<10B",
+        "100B<n<1T",
+        "n>1T",
+    ]

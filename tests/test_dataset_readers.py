@@ -126,6 +126,58 @@ def test_unknown_layout_lists_choices(tmp_path: Path) -> None:
 def test_missing_file(tmp_path: Path) -> None:
     with pytest.raises(DatasetBuildError, match="not found"):
         read_interactions(tmp_path / "nope.csv", "amazon-ratings")
+    with pytest.raises(DatasetBuildError, match="is a folder: pass the raw file inside it, or add --download"):
+        read_interactions(tmp_path, "amazon-ratings")
+
+
+@pytest.mark.parametrize("layout", ["amazon-ratings", "csv"])
+def test_bytes_that_are_not_utf8_are_bad_lines_not_merged_ids(tmp_path: Path, layout: str) -> None:
+    """Two users whose ids differ only in bytes that are not UTF-8 must not silently become one user."""
+    rows = [b"a\xff,x,5.0,1", b"a\xfe,y,5.0,2", b"b,x,5.0,3", b"caf\xc3\xa9,y,5.0,4", b"c\xef\xbf\xbd,x,5.0,5"]
+    header = b"user_id,item_id,rating,timestamp\n" if layout == "csv" else b""
+    if layout == "csv":
+        rows[2] = b'"b",x,5.0,3'  # a quoted field: the CSV parser path
+    path = tmp_path / "latin1.csv"
+    path.write_bytes(header + b"\n".join(rows) + b"\n")
+    first = 2 if layout == "csv" else 1
+    with pytest.raises(BadLineError, match=rf"line {first}: not valid UTF-8 text \(re-encode the file as UTF-8"):
+        read_interactions(path, layout)
+    raw = read_interactions(path, layout, skip_bad_lines=True)
+    # In a file that is not UTF-8, a U+FFFD cannot be told from a replaced byte: that line is bad as well.
+    assert raw.frame["user"].to_list() == ["b", "café"] and raw.skipped_lines == 3
+    valid = tmp_path / "valid.csv"
+    valid.write_bytes(header + b"c\xef\xbf\xbd,x,5.0,5\n")  # a real U+FFFD in a UTF-8 file is an ordinary character
+    assert read_interactions(valid, layout).frame["user"].to_list() == ["c\ufffd"]
+
+
+@pytest.mark.parametrize("kind", ["bz2", "xz"])
+def test_bzip2_and_xz_are_decompressed(tmp_path: Path, kind: str) -> None:
+    import bz2
+    import lzma
+
+    data = "\n".join(format_lines([("u", "i", 7), ("u", "j", 8)], "amazon-ratings")).encode()
+    path = tmp_path / "ratings.csv.compressed"
+    path.write_bytes(bz2.compress(data) if kind == "bz2" else lzma.compress(data))
+    assert read_interactions(path, "amazon-ratings").frame.rows() == [("u", "i", 7), ("u", "j", 8)]
+    path.write_bytes(path.read_bytes()[:20])
+    with pytest.raises(DatasetBuildError, match=f"not a readable {'bzip2' if kind == 'bz2' else 'xz'} file"):
+        read_interactions(path, "amazon-ratings")
+
+
+def test_a_zip_archive_is_refused_with_what_to_do(tmp_path: Path) -> None:
+    import zipfile
+
+    path = tmp_path / "ml-100k.zip"
+    with zipfile.ZipFile(path, "w") as zf:
+        zf.writestr("ml-100k/u.data", "1\t2\t3\t4\n")
+    with pytest.raises(DatasetBuildError, match="is a zip archive, not an interaction file: extract it .* --download"):
+        read_interactions(path, "movielens")
+
+
+def test_a_utf8_byte_order_mark_is_ignored(tmp_path: Path) -> None:
+    path = tmp_path / "excel.csv"
+    path.write_bytes(b"\xef\xbb\xbfuser_id,item_id,timestamp\na,x,1\n")
+    assert read_interactions(path, "csv").frame.rows() == [("a", "x", 1)]
 
 
 def test_generic_csv_named_columns_and_datetimes(tmp_path: Path) -> None:
@@ -166,3 +218,13 @@ def test_generic_parquet(tmp_path: Path) -> None:
         {"user_id": ["a"], "item_id": ["x"], "timestamp": pl.Series(["2020-01-01"]).str.to_date()}
     ).write_parquet(dated)
     assert read_interactions(dated, "parquet").frame["time"].to_list() == [1577836800]
+
+
+def test_synthetic_generator_needs_a_row_per_user(tmp_path: Path) -> None:
+    from dataset_builders.synthetic import write_synthetic_gowalla
+
+    with pytest.raises(ValueError, match=r"num_rows \(1,000\) must be at least num_users \(5,000\)"):
+        write_synthetic_gowalla(tmp_path / "s.txt", num_rows=1_000, num_users=5_000)
+    path = write_synthetic_gowalla(tmp_path / "s.txt", num_rows=1_000, num_users=100, num_items=500)
+    raw = read_interactions(path, "gowalla")
+    assert raw.frame.height == 1_000 and raw.frame["user"].n_unique() == 100
