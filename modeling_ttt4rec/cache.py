@@ -66,9 +66,20 @@ class TTT4RecCache:
         conv = [{k: fn(v) for k, v in c.items()} for c in self.conv_states]
         return TTT4RecCache(inner, conv, fn(self.seen), fn(self.last_hidden_state), dict(self.config_dict))
 
-    def select(self, indices: torch.Tensor | list[int]) -> "TTT4RecCache":
-        """Rows `indices`, in that order: selects, reorders, repeats or drops rows (e.g. `cache.select([2, 0])`)."""
-        indices = torch.as_tensor(indices, dtype=torch.long, device=self.device)
+    def select(self, indices: torch.Tensor | list[int] | list[bool]) -> "TTT4RecCache":
+        """Rows `indices`, in that order: selects, reorders, repeats or drops rows (e.g. `cache.select([2, 0])`);
+        a boolean mask of length `batch_size` keeps the rows where it is True."""
+        indices = torch.as_tensor(indices, device=self.device)
+        if indices.dtype == torch.bool:
+            if indices.shape != (self.batch_size,):
+                raise ValueError(
+                    f"A boolean row mask must have one entry per row ({self.batch_size}), got shape "
+                    f"{tuple(indices.shape)}."
+                )
+            indices = indices.nonzero().flatten()
+        elif indices.is_floating_point() or indices.is_complex():
+            raise ValueError(f"Row indices must be integers (or a boolean mask), got dtype {indices.dtype}.")
+        indices = indices.long()
         if indices.dim() != 1:
             raise ValueError(f"`indices` must be a 1-D list of row numbers, got shape {tuple(indices.shape)}.")
         if indices.numel() and (indices.min() < -self.batch_size or indices.max() >= self.batch_size):
@@ -81,7 +92,10 @@ class TTT4RecCache:
 
     def drop(self, rows: list[int]) -> "TTT4RecCache":
         """All rows but `rows`."""
-        drop = set(int(r) for r in rows)
+        drop = {int(r) for r in rows}
+        outside = sorted(r for r in drop if not 0 <= r < self.batch_size)
+        if outside:
+            raise IndexError(f"Rows {outside} to drop are not in [0, {self.batch_size}).")
         return self.select([i for i in range(self.batch_size) if i not in drop])
 
     @classmethod
@@ -139,19 +153,25 @@ class TTT4RecCache:
     @classmethod
     def load(cls, path: str | os.PathLike, config=None, device=None) -> "TTT4RecCache":
         """Read a cache written by `save`. With `config` (the model's), check that the cache belongs to it."""
-        from safetensors import safe_open
+        from safetensors import SafetensorError, safe_open
 
-        with safe_open(str(path), framework="pt") as f:
-            metadata = f.metadata() or {}
-        if "ttt4rec_config" not in metadata:
-            raise ValueError(f"{path} is not a TTT4Rec cache file (no `ttt4rec_config` in its metadata).")
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                metadata = f.metadata() or {}
+            if "ttt4rec_config" not in metadata:
+                raise ValueError(f"{path} is not a TTT4Rec cache file (no `ttt4rec_config` in its metadata).")
+            flat = load_file(str(path), device=str(device) if device is not None else "cpu")
+        except SafetensorError as error:
+            raise OSError(
+                f"The cache file {path} could not be read ({error}); it is probably truncated or corrupted: save "
+                "the cache again, or rebuild it by reading the histories."
+            ) from error
         config_dict = json.loads(metadata["ttt4rec_config"])
         if config is not None:
             check_config(config_dict, cache_config_dict(config))
-        flat = load_file(str(path), device=str(device) if device is not None else "cpu")
-        num_layers = 1 + max(int(k.split(".")[1]) for k in flat if k.startswith("layers."))
+        _check_layout(path, flat, config_dict)
         inner, conv = [], []
-        for i in range(num_layers):
+        for i in range(config_dict["num_hidden_layers"]):
 
             def part(kind, i=i):
                 prefix = f"layers.{i}.{kind}."
@@ -160,6 +180,32 @@ class TTT4RecCache:
             inner.append(InnerState(weights=part("weights"), pending=part("pending")))
             conv.append(part("conv"))
         return cls(inner, conv, flat["seen"], flat["last_hidden_state"], config_dict)
+
+
+def _expected_tensors(config_dict: dict) -> list[str]:
+    """The tensor names of a cache of a model with this configuration (see `TTT4RecCache.state_dict`)."""
+    inner = ["W1", "b1"] + (["W2", "b2"] if config_dict["ttt_layer_type"] == "mlp" else [])
+    conv = list(CONV_NAMES) if config_dict["backbone"] == "mamba" else []
+    names = ["seen", "last_hidden_state"]
+    for i in range(config_dict["num_hidden_layers"]):
+        names += [f"layers.{i}.{kind}.{k}" for kind in ("weights", "pending") for k in inner]
+        names += [f"layers.{i}.conv.{k}" for k in conv]
+    return names
+
+
+def _check_layout(path, flat: dict[str, torch.Tensor], config_dict: dict) -> None:
+    """Raise a `ValueError` if a loaded cache lacks tensors, has extra ones, or its tensors disagree on the rows."""
+    expected = _expected_tensors(config_dict)
+    missing = sorted(set(expected) - set(flat))
+    extra = sorted(set(flat) - set(expected))
+    if missing or extra:
+        raise ValueError(
+            f"{path} does not hold the tensors of a cache of this configuration (missing: {missing}, unexpected: "
+            f"{extra}); it is damaged or was written by other code. Save the cache again."
+        )
+    rows = {name: tensor.shape[0] if tensor.dim() else None for name, tensor in flat.items()}
+    if len(set(rows.values())) != 1:
+        raise ValueError(f"{path}: the cache's tensors disagree on the number of rows ({rows}); save the cache again.")
 
 
 # The configuration fields that decide the shape and meaning of a cache.

@@ -2,6 +2,7 @@
 
 from huggingface_hub.dataclasses import strict
 from transformers import PreTrainedConfig
+from transformers.activations import ACT2FN
 
 BACKBONES = ("transformer", "mamba")
 TTT_LAYER_TYPES = ("linear", "mlp")
@@ -17,7 +18,8 @@ class TTT4RecConfig(PreTrainedConfig):
 
     Args:
         num_items (`int`, *optional*, defaults to 10673):
-            Size of the item vocabulary, **padding id included**: real items have ids `1 .. num_items - 1`.
+            Size of the item vocabulary, **padding id included**: real items have ids `1 .. num_items - 1`. Also
+            readable and settable as `vocab_size` (what `resize_token_embeddings` sets).
         hidden_size (`int`, *optional*, defaults to 64):
             Dimension of the item embeddings and hidden states (the paper's embedding size `D`).
         intermediate_size (`int`, *optional*, defaults to 256):
@@ -83,6 +85,8 @@ class TTT4RecConfig(PreTrainedConfig):
 
     model_type = "ttt4rec"
     keys_to_ignore_at_inference = ["cache_params"]
+    # the item vocabulary is transformers' `vocab_size` (e.g. `resize_token_embeddings` sets it)
+    attribute_map = {"vocab_size": "num_items"}
 
     num_items: int = 10673
     hidden_size: int = 64
@@ -109,15 +113,16 @@ class TTT4RecConfig(PreTrainedConfig):
     use_cache: bool = True
 
     def __post_init__(self, **kwargs):
-        self._check_arguments()
+        self.check_arguments()
         super().__post_init__(**kwargs)
 
     @property
     def head_dim(self) -> int:
         return self.hidden_size // self.num_attention_heads
 
-    def _check_arguments(self) -> None:
-        """Raise a `ValueError` naming the argument for any setting the model cannot be built with."""
+    def check_arguments(self) -> None:
+        """Raise a `ValueError` naming the argument for any setting the model cannot be built with (run when the
+        config is made and again when a model is built from it)."""
         positive = ("num_items", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads")
         for name in (*positive, "mini_batch_size", "conv_kernel", "ttt_mlp_expansion", "target_mlp_size"):
             if getattr(self, name) < 1:
@@ -140,6 +145,11 @@ class TTT4RecConfig(PreTrainedConfig):
             raise ValueError(f"Unknown `ttt_layer_type` {self.ttt_layer_type!r}; choose one of {TTT_LAYER_TYPES}.")
         if self.item_scoring not in ITEM_SCORINGS:
             raise ValueError(f"Unknown `item_scoring` {self.item_scoring!r}; choose one of {ITEM_SCORINGS}.")
+        for name in ("ttt_base_lr", "rope_theta", "layer_norm_eps", "rms_norm_eps", "ttt_norm_eps"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"`{name}` must be > 0, got {getattr(self, name)}.")
+        if self.hidden_act not in ACT2FN:
+            raise ValueError(f"Unknown `hidden_act` {self.hidden_act!r}; use an activation of transformers' ACT2FN.")
         if not 0.0 <= self.hidden_dropout_prob < 1.0:
             raise ValueError(f"`hidden_dropout_prob` must be in [0, 1), got {self.hidden_dropout_prob}.")
         if self.pad_token_id is not None and not 0 <= self.pad_token_id < self.num_items:

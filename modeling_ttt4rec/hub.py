@@ -13,8 +13,8 @@ from pathlib import Path
 
 from .metrics import metric_names
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-DEFAULT_TEMPLATE = REPO_ROOT / "model_card.md"
+# the repository's model_card.md (linked into the package, so an installed wheel has it too)
+DEFAULT_TEMPLATE = Path(__file__).resolve().parent / "model_card.md"
 
 
 class HubError(RuntimeError):
@@ -141,7 +141,18 @@ def prepare_hub_folder(
     for required in ("config.json", "model.safetensors"):
         if not (checkpoint_dir / required).is_file():
             raise FileNotFoundError(f"{checkpoint_dir} is not a complete checkpoint: {required} is missing.")
+    source, target = checkpoint_dir.resolve(), upload_dir.resolve()
+    if target == source or target in source.parents or source in target.parents:
+        raise ValueError(
+            f"`upload_dir` ({upload_dir}) must be a folder apart from the checkpoint ({checkpoint_dir}), neither it "
+            "nor inside it nor around it: it is replaced by a fresh copy of the upload."
+        )
     if upload_dir.exists():
+        if any(upload_dir.iterdir()) and not (upload_dir / "config.json").is_file():
+            raise ValueError(
+                f"`upload_dir` ({upload_dir}) is a non-empty folder that does not hold an earlier upload; it would be "
+                "replaced. Choose a new folder."
+            )
         shutil.rmtree(upload_dir)
     shutil.copytree(checkpoint_dir, upload_dir, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
     card = build_model_card(checkpoint_dir, repo_id, results, template_path, training)

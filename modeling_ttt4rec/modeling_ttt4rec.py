@@ -17,6 +17,7 @@ The sequence-modeling block projects the input to the TTT views and runs the TTT
   followed by one causal depthwise convolution each; the TTT output is gated by `gelu(g(x))`.
 """
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -295,6 +296,10 @@ class TTT4RecPreTrainedModel(PreTrainedModel):
     _no_split_modules = ["TTT4RecBlock"]
     _is_stateful = True
 
+    def __init__(self, config: TTT4RecConfig, *inputs, **kwargs):
+        config.check_arguments()  # settings changed after the config was made are checked here too
+        super().__init__(config, *inputs, **kwargs)
+
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
         """As `PreTrainedModel.from_pretrained`; an unreadable weights file is an `OSError` that says what to do."""
@@ -309,6 +314,13 @@ class TTT4RecPreTrainedModel(PreTrainedModel):
 
     @torch.no_grad()
     def _init_weights(self, module: nn.Module) -> None:
+        if isinstance(module, TTT4RecCausalConv):
+            # PyTorch's own Conv1d initialisation, which the official code keeps (it re-initialises only linear and
+            # embedding layers): uniform in +-1/sqrt(fan_in), fan_in = kernel size for a depthwise convolution
+            bound = 1.0 / math.sqrt(module.kernel_size[0] * module.in_channels // module.groups)
+            init.kaiming_uniform_(module.weight, a=math.sqrt(5))
+            init.uniform_(module.bias, -bound, bound)
+            return
         super()._init_weights(module)
         std = self.config.initializer_range
         if isinstance(module, TTTLayer):
@@ -336,8 +348,6 @@ class TTT4RecModel(TTT4RecPreTrainedModel):
         self.layers = nn.ModuleList([TTT4RecBlock(config, i) for i in range(config.num_hidden_layers)])
         self.norm = TTT4RecRMSNorm(config.hidden_size, eps=config.rms_norm_eps)
         self._compiled_step = None
-        # what a cache of this model must match (read once: the blocks took their sizes from the config at init)
-        self._cache_config = cache_config_dict(config)
         self.post_init()
 
     def get_input_embeddings(self) -> nn.Embedding:
@@ -362,7 +372,7 @@ class TTT4RecModel(TTT4RecPreTrainedModel):
             conv_states=conv,
             seen=torch.zeros(batch_size, dtype=torch.long, device=device),
             last_hidden_state=torch.zeros(batch_size, self.config.hidden_size, device=device, dtype=dtype),
-            config_dict=dict(self._cache_config),
+            config_dict=cache_config_dict(self.config),
         )
 
     def compile_step(self, **compile_kwargs) -> None:
@@ -407,7 +417,14 @@ class TTT4RecModel(TTT4RecPreTrainedModel):
             output_hidden_states if output_hidden_states is not None else self.config.output_hidden_states
         )
         return_dict = return_dict if return_dict is not None else self.config.return_dict
-        use_cache = use_cache if use_cache is not None else (self.config.use_cache and not self.training)
+        if use_cache is None:
+            use_cache = cache_params is not None or (self.config.use_cache and not self.training)
+        elif not use_cache and cache_params is not None:
+            raise ValueError(
+                "`cache_params` was given with `use_cache=False`: the cache would be advanced but not returned. "
+                "Leave `use_cache` unset (or True) to continue from the cache, or drop `cache_params` to read "
+                "`input_ids` as whole histories."
+            )
         if kwargs:
             raise TypeError(f"TTT4RecModel.forward() got unexpected arguments: {sorted(kwargs)}.")
         attention_mask = self._check_inputs(input_ids, attention_mask, cache_params, use_cache)
@@ -419,12 +436,9 @@ class TTT4RecModel(TTT4RecPreTrainedModel):
         if use_cache and cache_params is None:
             cache_params = self.init_cache(input_ids.shape[0])
 
-        # Without a cache, right padding cannot influence valid positions (everything is causal): skip masking.
-        valid = attention_mask.bool() if cache_params is not None else None
-        encode = self._encode
-        if self._compiled_step is not None and cache_params is not None and input_ids.shape[1] == 1:
-            encode = self._compiled_step
-        hidden_states, all_hidden_states = encode(input_ids, valid, cache_params, bool(output_hidden_states))
+        hidden_states, all_hidden_states = self._run(
+            input_ids, attention_mask, cache_params, bool(output_hidden_states)
+        )
 
         if not return_dict:
             return tuple(
@@ -435,6 +449,22 @@ class TTT4RecModel(TTT4RecPreTrainedModel):
             cache_params=cache_params if use_cache else None,
             hidden_states=all_hidden_states,
         )
+
+    def _run(
+        self,
+        input_ids: torch.LongTensor,
+        attention_mask: torch.Tensor,
+        cache_params: TTT4RecCache | None,
+        output_hidden_states: bool,
+    ) -> tuple[torch.Tensor, tuple[torch.Tensor, ...] | None]:
+        """The encoder on inputs already checked by `_check_inputs`: the compiled step for one-item cached steps
+        (after `compile_step()`), else eager."""
+        # Without a cache, right padding cannot influence valid positions (everything is causal): skip masking.
+        valid = attention_mask.bool() if cache_params is not None else None
+        encode = self._encode
+        if self._compiled_step is not None and cache_params is not None and input_ids.shape[1] == 1:
+            encode = self._compiled_step
+        return encode(input_ids, valid, cache_params, output_hidden_states)
 
     def _encode(
         self,
@@ -498,6 +528,7 @@ class TTT4RecModel(TTT4RecPreTrainedModel):
                 f"{self.config.pad_token_id} included). Map unknown items to known ids or drop them before calling "
                 "the model."
             )
+        attention_mask_given = attention_mask is not None
         if attention_mask is None:
             attention_mask = default_attention_mask(input_ids, self.config.pad_token_id)
         elif attention_mask.shape != input_ids.shape:
@@ -507,8 +538,15 @@ class TTT4RecModel(TTT4RecPreTrainedModel):
             )
         mask = attention_mask.bool()
         if mask.shape[1] > 1 and (mask[:, 1:] & ~mask[:, :-1]).any():
+            row = int((mask[:, 1:] & ~mask[:, :-1]).any(dim=1).nonzero()[0])
+            if attention_mask_given:
+                raise ValueError(
+                    f"`attention_mask` must be right-padded (row {row} is not): in each row, all items come first "
+                    "and padding after."
+                )
             raise ValueError(
-                "`attention_mask` must be right-padded: in each row, all items come first and padding after."
+                f"The padding id {self.config.pad_token_id} appears before an item in row {row} of `input_ids`: "
+                "histories must be right-padded (all items first, then padding)."
             )
         if self.config.pad_token_id is not None and (input_ids.eq(self.config.pad_token_id) & mask).any():
             raise ValueError(
@@ -521,9 +559,17 @@ class TTT4RecModel(TTT4RecPreTrainedModel):
                     f"`input_ids` has {input_ids.shape[0]} rows but the cache holds {cache_params.batch_size}; "
                     "select the cache's rows to match (`cache.select(rows)`) or start a new cache."
                 )
-            check_config(cache_params.config_dict, self._cache_config)
+            check_config(cache_params.config_dict, cache_config_dict(self.config))
+            weight = self.item_embeddings.weight
+            state = cache_params.last_hidden_state
+            if state.device != weight.device or state.dtype != weight.dtype:
+                raise ValueError(
+                    f"The cache is on {state.device} in {state.dtype} but the model is on {weight.device} in "
+                    f"{weight.dtype}; move it with `cache = cache.to({str(weight.device)!r}, {weight.dtype})`."
+                )
         elif not use_cache:
-            # (with a cache, a row may receive no item in a step: it keeps its state)
+            # (with a cache, a row may receive no item in a step: it keeps its state, or stays empty until its first
+            # item; `recommend` refuses rows that have read nothing)
             empty = (~mask.any(dim=1)).nonzero().flatten()
             if empty.numel():
                 raise ValueError(
@@ -537,6 +583,8 @@ class TTT4RecForNextItemPrediction(TTT4RecPreTrainedModel):
     (tied) item embedding, or `h . MLP(e_i)` with `item_scoring="target_mlp"`."""
 
     _tied_weights_keys = {"item_head.weight": "model.item_embeddings.weight"}
+    # the loss is a mean over the batch's targets; `Trainer` must not pass `num_items_in_batch`
+    accepts_loss_kwargs = False
 
     def __init__(self, config: TTT4RecConfig):
         super().__init__(config)
@@ -633,19 +681,14 @@ class TTT4RecForNextItemPrediction(TTT4RecPreTrainedModel):
             **kwargs,
         )
         hidden_states = outputs.last_hidden_state
-        if outputs.cache_params is not None:
-            newest = outputs.cache_params.last_hidden_state.to(hidden_states.dtype)
-        else:
-            mask = attention_mask
-            if mask is None:
-                mask = default_attention_mask(input_ids, self.config.pad_token_id)
-            last = mask.long().sum(dim=1) - 1
-            newest = hidden_states[torch.arange(hidden_states.shape[0], device=hidden_states.device), last]
-        logits = self.score_items(newest)
+        mask = attention_mask
+        if mask is None:
+            mask = default_attention_mask(input_ids, self.config.pad_token_id)
+        logits = self.score_items(self._newest(hidden_states, mask, outputs.cache_params))
 
         loss = None
         if labels is not None:
-            loss = self._loss(hidden_states, logits, labels, input_ids.shape)
+            loss = self._loss(hidden_states, logits, labels, mask.bool())
 
         if not return_dict:
             out = (logits, hidden_states, outputs.cache_params, outputs.hidden_states)
@@ -690,59 +733,116 @@ class TTT4RecForNextItemPrediction(TTT4RecPreTrainedModel):
         """
         if input_ids is None and cache_params is None:
             raise ValueError("Pass `input_ids` (a history), `cache_params` (a state), or both.")
+        # Everything is checked before the cache is advanced, so a call that fails has read nothing.
         if input_ids is not None:
-            use_cache = cache_params is not None
-            outputs = self(input_ids, attention_mask=attention_mask, cache_params=cache_params, use_cache=use_cache)
-            logits, cache_params = outputs.logits, outputs.cache_params
-        else:
-            logits = self.score_items(cache_params.last_hidden_state)
-        if cache_params is not None and (cache_params.seen == 0).any():
-            empty = (cache_params.seen == 0).nonzero().flatten().tolist()
-            raise ValueError(f"Row(s) {empty} have read no item yet: there is nothing to recommend from.")
-
-        lowest = torch.finfo(logits.dtype).min
-        if candidates is not None:
-            candidates = torch.as_tensor(candidates, device=logits.device).long()
-            if candidates.dim() == 1:
-                candidates = candidates.expand(logits.shape[0], -1)
-            if candidates.shape[0] != logits.shape[0]:
-                raise ValueError(f"`candidates` has {candidates.shape[0]} rows but there are {logits.shape[0]}.")
-            if candidates.min() < 1 or candidates.max() >= self.config.num_items:
-                raise ValueError(f"`candidates` must be item ids in [1, {self.config.num_items}).")
-            allowed = torch.zeros_like(logits, dtype=torch.bool).scatter_(1, candidates, True)
-            logits = logits.masked_fill(~allowed, lowest)
-        excluded = []
-        if exclude_seen and input_ids is not None:
-            excluded.append(input_ids)
-        if exclude_items is not None:
-            excluded.append(torch.as_tensor(exclude_items, device=logits.device).long())
-        for items in excluded:
-            if items.shape[0] != logits.shape[0]:
-                raise ValueError(
-                    f"Items to exclude are given for {items.shape[0]} rows but there are {logits.shape[0]}."
-                )
-            logits = logits.scatter(1, items.clamp(0, self.config.num_items - 1), lowest)
-
-        if candidates is None and not excluded:  # every item but the padding id (which `score_items` ruled out)
+            attention_mask = self.model._check_inputs(input_ids, attention_mask, cache_params, use_cache=True)
+        batch_size = cache_params.batch_size if cache_params is not None else input_ids.shape[0]
+        device = self.item_head.weight.device
+        seen = input_ids if exclude_seen else None
+        allowed = self._allowed_items(batch_size, device, candidates, exclude_items, seen)
+        if allowed is None:  # every item but the padding id (which `score_items` rules out)
             available = self.config.num_items - (self.config.pad_token_id is not None)
         else:
-            available = int((logits > lowest).sum(dim=1).min())
+            available = int(allowed.sum(dim=1).min())
         if top_k < 1 or top_k > available:
             raise ValueError(f"`top_k` must be in [1, {available}] (the items left to recommend), got {top_k}.")
+        if cache_params is not None:
+            new_items = attention_mask.sum(dim=1) if input_ids is not None else 0
+            empty = ((cache_params.seen + new_items) == 0).nonzero().flatten().tolist()
+            if empty:
+                raise ValueError(f"Row(s) {empty} have read no item yet: there is nothing to recommend from.")
+
+        if input_ids is not None:  # (the encoder itself: the inputs were checked above)
+            hidden_states, _ = self.model._run(input_ids, attention_mask, cache_params, False)
+            logits = self.score_items(self._newest(hidden_states, attention_mask, cache_params))
+        else:
+            logits = self.score_items(cache_params.last_hidden_state)
+        if allowed is not None:
+            logits = logits.masked_fill(~allowed, torch.finfo(logits.dtype).min)
         scores, item_ids = logits.topk(top_k, dim=1)
         original_ids = None
         if item_map is not None:
-            original_ids = [[item_map[i] for i in row] for row in item_ids.tolist()]
+            try:
+                original_ids = [[item_map[i] for i in row] for row in item_ids.tolist()]
+            except (KeyError, IndexError) as error:
+                raise ValueError(
+                    f"`item_map` has no entry for item id {error.args[0] if error.args else ''}: it must map every "
+                    f"id in [0, {self.config.num_items}) (e.g. the data set's `item_map.parquet`)."
+                ) from error
         return TTT4RecRecommendations(
             item_ids=item_ids, scores=scores, cache_params=cache_params, original_ids=original_ids
         )
 
+    @staticmethod
+    def _newest(
+        hidden_states: torch.Tensor, attention_mask: torch.Tensor, cache_params: TTT4RecCache | None
+    ) -> torch.Tensor:
+        """`[batch, hidden]`: each row's hidden state after its newest item (kept by the cache when there is one,
+        since a row may get no new item in a step)."""
+        if cache_params is not None:
+            return cache_params.last_hidden_state.to(hidden_states.dtype)
+        last = attention_mask.long().sum(dim=1) - 1
+        return hidden_states[torch.arange(hidden_states.shape[0], device=hidden_states.device), last]
+
+    def _allowed_items(
+        self,
+        batch_size: int,
+        device: torch.device,
+        candidates: torch.LongTensor | None,
+        exclude_items: torch.LongTensor | None,
+        seen: torch.LongTensor | None,
+    ) -> torch.Tensor | None:
+        """`[batch, num_items]`: True for the items `recommend` may return (never the padding id); `None` when
+        nothing is filtered."""
+        if candidates is None and exclude_items is None and seen is None:
+            return None
+        num_items, pad = self.config.num_items, self.config.pad_token_id
+        if candidates is None:
+            allowed = torch.ones(batch_size, num_items, dtype=torch.bool, device=device)
+        else:
+            candidates = torch.as_tensor(candidates, device=device).long()
+            if candidates.dim() == 1:
+                candidates = candidates.expand(batch_size, -1)
+            if candidates.dim() != 2 or candidates.shape[0] != batch_size:
+                raise ValueError(
+                    f"`candidates` must have shape (n,) or ({batch_size}, n) for {batch_size} rows, got "
+                    f"{tuple(candidates.shape)}."
+                )
+            if candidates.numel() and (candidates.min() < 0 or candidates.max() >= num_items):
+                raise ValueError(f"`candidates` must be item ids in [0, {num_items}).")
+            allowed = torch.zeros(batch_size, num_items, dtype=torch.bool, device=device)
+            allowed.scatter_(1, candidates, True)
+        if pad is not None:
+            allowed[:, pad] = False
+        if exclude_items is not None:
+            exclude_items = torch.as_tensor(exclude_items, device=device).long()
+            if exclude_items.dim() != 2 or exclude_items.shape[0] != batch_size:
+                raise ValueError(
+                    f"`exclude_items` must have shape ({batch_size}, n): a row of item ids for each of the "
+                    f"{batch_size} rows (pad short rows with the padding id), got {tuple(exclude_items.shape)}."
+                )
+            if exclude_items.numel() and (exclude_items.min() < 0 or exclude_items.max() >= num_items):
+                raise ValueError(
+                    f"`exclude_items` must be item ids in [0, {num_items}); got values in "
+                    f"[{int(exclude_items.min())}, {int(exclude_items.max())}]."
+                )
+            allowed.scatter_(1, exclude_items, False)
+        if seen is not None:
+            allowed.scatter_(1, seen.to(device), False)
+        return allowed
+
     def _loss(
-        self, hidden_states: torch.Tensor, logits: torch.Tensor, labels: torch.Tensor, input_shape: torch.Size
+        self, hidden_states: torch.Tensor, logits: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor
     ) -> torch.Tensor:
         """Cross-entropy over all items for each target, without scoring positions that have no target."""
+        input_shape = mask.shape
         if labels.shape == input_shape:
             targeted = labels != -100
+            if (targeted & ~mask).any():
+                raise ValueError(
+                    "`labels` has a target at a padding position; set `labels` to -100 wherever `input_ids` is "
+                    "padding."
+                )
             scores = self.score_items(hidden_states[targeted])
             targets = labels[targeted]
         elif labels.shape == input_shape[:1]:

@@ -289,3 +289,99 @@ def test_recommend_with_cache_and_errors():
         model.recommend(cache_params=step.cache_params, top_k=NUM_ITEMS)
     with pytest.raises(ValueError, match="Pass `input_ids`"):
         model.recommend()
+
+
+def test_a_recommend_call_that_fails_reads_nothing():
+    """Every argument of `recommend` is checked before the cache advances: a failed call can be retried."""
+    model = model_for("transformer", "linear", 3)
+    cache = model(torch.tensor([[3], [4]]), use_cache=True).cache_params
+    before = {k: v.clone() for k, v in cache.state_dict().items()}
+    bad_calls = [
+        ({"top_k": NUM_ITEMS + 5}, "`top_k` must be in"),
+        ({"exclude_items": torch.tensor([1, 2])}, r"`exclude_items` must have shape \(2, n\)"),
+        ({"exclude_items": torch.tensor([[1], [NUM_ITEMS + 7]])}, r"`exclude_items` must be item ids in \[0, 30\)"),
+        ({"candidates": torch.ones(2, 2, 2, dtype=torch.long)}, r"`candidates` must have shape \(n,\) or \(2, n\)"),
+        ({"candidates": torch.tensor([-1, 4])}, r"`candidates` must be item ids in \[0, 30\)"),
+    ]
+    for kwargs, message in bad_calls:
+        with pytest.raises(ValueError, match=message):
+            model.recommend(torch.tensor([[7], [8]]), cache_params=cache, **kwargs)
+        for name, tensor in cache.state_dict().items():
+            torch.testing.assert_close(tensor, before[name], rtol=0, atol=0, msg=name)
+    fresh = model.init_cache(2)
+    with pytest.raises(ValueError, match=r"Row\(s\) \[1\] have read no item yet"):
+        model.recommend(torch.tensor([[7], [0]]), cache_params=fresh)
+    assert fresh.seen.tolist() == [0, 0]  # row 0 did not read item 7 either
+    with pytest.raises(ValueError, match="`item_map` has no entry for item id"):
+        model.recommend(torch.tensor([[7], [8]]), cache_params=cache, item_map={})
+    assert cache.seen.tolist() == [2, 2]  # (the map is applied to the result: this call did read its items)
+
+
+def test_exclude_items_never_clamps_and_candidates_may_be_item_zero_without_padding():
+    model = model_for("transformer", "linear", 3)
+    history = torch.tensor([[4, 9, 2]])
+    logits = model(history, use_cache=False).logits
+    best = int(logits.argmax())
+    top = model.recommend(history, top_k=3, exclude_items=torch.tensor([[best, 0]]))
+    assert best not in top.item_ids.tolist()[0]
+    assert top.item_ids.tolist()[0] == logits[0, 1:].topk(4).indices.add(1).tolist()[1:]
+
+    config = TTT4RecConfig(**{**model.config.to_dict(), "pad_token_id": None})
+    no_pad = TTT4RecForNextItemPrediction(config).eval()
+    among = no_pad.recommend(history, top_k=2, candidates=torch.tensor([0, 5, 6]))
+    assert set(among.item_ids.flatten().tolist()) <= {0, 5, 6}
+
+
+def test_cache_given_with_use_cache_false_is_refused():
+    model = model_for("transformer", "linear", 3)
+    cache = model(torch.tensor([[1, 2]]), use_cache=True).cache_params
+    with pytest.raises(ValueError, match="`cache_params` was given with `use_cache=False`"):
+        model(torch.tensor([[3]]), cache_params=cache, use_cache=False)
+    assert cache.seen.tolist() == [2]
+    continued = model(torch.tensor([[3]]), cache_params=cache)  # use_cache unset: continue from the cache
+    assert continued.cache_params is cache and cache.seen.tolist() == [3]
+
+
+def test_cache_in_another_dtype_is_a_clear_error():
+    model = model_for("transformer", "linear", 3)
+    cache = model(torch.tensor([[1, 2]]), use_cache=True).cache_params.to(dtype=torch.bfloat16)
+    with pytest.raises(ValueError, match=r"cache = cache.to\('cpu', torch.float32\)"):
+        model(torch.tensor([[3]]), cache_params=cache)
+
+
+def test_select_takes_a_boolean_mask_and_refuses_fractions():
+    model = model_for("transformer", "linear", 3)
+    _, cache = feed(model, [[1, 2], [3, 4, 5], [6]], [[2], [3], [1]])
+    assert cache.select(torch.tensor([True, False, True])).seen.tolist() == [2, 1]
+    assert cache.select([False, True, False]).seen.tolist() == [3]
+    with pytest.raises(ValueError, match="one entry per row"):
+        cache.select([True, False])
+    with pytest.raises(ValueError, match="must be integers"):
+        cache.select(torch.tensor([0.7]))
+    with pytest.raises(IndexError, match=r"Rows \[5\] to drop are not in \[0, 3\)"):
+        cache.drop([5])
+
+
+@pytest.mark.parametrize("damage", ["truncated", "missing tensor", "rows disagree"])
+def test_damaged_cache_file_is_a_clear_error(tmp_path, damage):
+    from safetensors.torch import load_file, save_file
+
+    model = model_for("mamba", "mlp", 3)
+    cache = model(torch.tensor([[1, 2], [3, 4]]), use_cache=True).cache_params
+    path = tmp_path / "cache.safetensors"
+    cache.save(path)
+    metadata = {"ttt4rec_config": __import__("json").dumps(cache.config_dict)}
+    tensors = load_file(str(path))
+    if damage == "truncated":
+        path.write_bytes(path.read_bytes()[:100])
+        error, message = OSError, "could not be read .* probably truncated or corrupted"
+    elif damage == "missing tensor":
+        del tensors["layers.0.weights.W2"]
+        save_file(tensors, str(path), metadata=metadata)
+        error, message = ValueError, r"missing: \['layers.0.weights.W2'\]"
+    else:
+        tensors["seen"] = tensors["seen"][:1]
+        save_file(tensors, str(path), metadata=metadata)
+        error, message = ValueError, "disagree on the number of rows"
+    with pytest.raises(error, match=message):
+        TTT4RecCache.load(path, config=model.config)

@@ -197,3 +197,28 @@ def test_train_push_to_hub_dry_run_and_offline_error(tmp_path):
         train(parse_args([*argv, "--output_dir", str(tmp_path / "real")]))
     AcceleratorState._reset_state(reset_partial_state=True)
     assert (tmp_path / "real" / "best_model" / "model.safetensors").is_file()  # the run itself is kept
+
+
+def test_upload_folder_never_replaces_the_checkpoint_or_a_foreign_folder(checkpoint, tmp_path):
+    for upload_dir in (checkpoint, checkpoint / "upload", checkpoint.parent):
+        with pytest.raises(ValueError, match="must be a folder apart from the checkpoint"):
+            prepare_hub_folder(checkpoint, upload_dir, "me/ttt4rec", RESULTS)
+    assert (checkpoint / "model.safetensors").is_file()
+    foreign = tmp_path / "my-notes"
+    foreign.mkdir()
+    (foreign / "notes.txt").write_text("keep")
+    with pytest.raises(ValueError, match="does not hold an earlier upload"):
+        prepare_hub_folder(checkpoint, foreign, "me/ttt4rec", RESULTS)
+    assert (foreign / "notes.txt").read_text() == "keep"
+    prepare_hub_folder(checkpoint, tmp_path / "upload", "me/ttt4rec", RESULTS)
+    assert "model.safetensors" in prepare_hub_folder(checkpoint, tmp_path / "upload", "me/ttt4rec", RESULTS)
+
+
+def test_the_model_card_template_ships_inside_the_package():
+    """An installed wheel has no repository around it: the template is linked into the package (package data)."""
+    from modeling_ttt4rec.hub import DEFAULT_TEMPLATE
+
+    assert DEFAULT_TEMPLATE.parent == ROOT / "modeling_ttt4rec"
+    assert DEFAULT_TEMPLATE.read_text() == (ROOT / "model_card.md").read_text()
+    pyproject = (ROOT / "pyproject.toml").read_text()
+    assert 'modeling_ttt4rec = ["model_card.md", "ranking_metrics/*.py"]' in pyproject

@@ -180,11 +180,22 @@ def test_training_reduces_loss():
         ({"hidden_size": 12, "num_attention_heads": 4}, "must be even"),
         ({"item_scoring": "dot"}, "Unknown `item_scoring` 'dot'"),
         ({"target_mlp_size": 0}, "`target_mlp_size` must be >= 1"),
+        ({"hidden_act": "foo"}, "Unknown `hidden_act` 'foo'"),
+        ({"rope_theta": 0.0}, "`rope_theta` must be > 0"),
+        ({"ttt_norm_eps": -1e-6}, "`ttt_norm_eps` must be > 0"),
+        ({"ttt_base_lr": 0.0}, "`ttt_base_lr` must be > 0"),
     ],
 )
 def test_config_rejects_bad_arguments(kwargs, message):
     with pytest.raises(ValueError, match=message):
         TTT4RecConfig(**kwargs)
+
+
+def test_settings_changed_after_the_config_was_made_are_checked_when_a_model_is_built():
+    config = TTT4RecConfig(num_items=40, hidden_size=16, num_attention_heads=2)
+    config.num_attention_heads = 3
+    with pytest.raises(ValueError, match="divisible by `num_attention_heads`"):
+        TTT4RecForNextItemPrediction(config)
 
 
 def test_config_defaults_are_the_papers():
@@ -212,6 +223,7 @@ def test_config_defaults_are_the_papers():
         (lambda: (torch.tensor([[1, 2, 3]]), torch.tensor([[0, 1, 1]])), "must be right-padded"),
         (lambda: (torch.tensor([[1, 2], [0, 0]]), None), r"Row\(s\) \[1\] contain no items"),
         (lambda: (torch.tensor([[1, 0, 3]]), torch.ones(1, 3)), "padding id 0 appears"),
+        (lambda: (torch.tensor([[1, 0, 3]]), None), r"padding id 0 appears before an item in row 0 of `input_ids`"),
         (lambda: ([[1, 2]], None), "must be a torch.LongTensor"),
     ],
 )
@@ -229,14 +241,58 @@ def test_bad_input_raises_clear_value_error(make_input, message):
         (torch.tensor([[2, 3, 41]]), r"must be item ids in \[1, 40\)"),
         (torch.tensor([[-100, -100, -100]]), "holds no target"),
         (torch.tensor([[1, 2]]), "`labels` must have shape"),
+        (torch.tensor([[2, 3, 4], [5, 6, 7]]), "`labels` has a target at a padding position"),
     ],
 )
 def test_bad_labels_raise_clear_value_error(labels, message):
     with pytest.raises(ValueError, match=message):
-        small_model()(torch.tensor([[1, 2, 3]]), labels=labels, use_cache=False)
+        ids = torch.tensor([[1, 2, 3]]) if len(labels) == 1 else torch.tensor([[1, 2, 3], [4, 0, 0]])
+        small_model()(ids, labels=labels, use_cache=False)
 
 
 def test_base_model_has_no_head():
     model = TTT4RecModel(TTT4RecConfig(num_items=20, hidden_size=8, num_attention_heads=2, intermediate_size=8))
     out = model(torch.tensor([[1, 2, 3]]), use_cache=False)
     assert out.last_hidden_state.shape == (1, 3, 8)
+
+
+def test_resize_token_embeddings_grows_the_catalogue():
+    """New items: `resize_token_embeddings` sets `num_items` (as `vocab_size`), and caches and checkpoints follow."""
+    model = small_model()
+    model.resize_token_embeddings(50, mean_resizing=False)
+    assert model.config.num_items == model.config.vocab_size == 50
+    out = model(torch.tensor([[3, 45]]), use_cache=True)
+    assert out.logits.shape == (1, 50)
+    model(torch.tensor([[47]]), cache_params=out.cache_params)  # the cache of the resized model is accepted
+    assert model.init_cache(1).config_dict["num_items"] == 50
+
+
+def test_mamba_convolutions_start_from_pytorchs_default_as_the_official_code():
+    """The official code re-initialises only linear and embedding layers; its convolutions keep PyTorch's
+    uniform(+-1/sqrt(fan_in)) start (fan_in = kernel size 4 for these depthwise convolutions: bound 0.5)."""
+    torch.manual_seed(0)
+    model = TTT4RecForNextItemPrediction(TTT4RecConfig(num_items=40, hidden_size=64, backbone="mamba"))
+    conv = model.model.layers[0].seq_modeling_block.conv_q
+    for tensor in (conv.weight, conv.bias):
+        assert 0.4 < tensor.abs().max() <= 0.5 and tensor.std() > 0.2  # not N(0, 0.02), not zero
+
+
+def test_one_step_of_the_transformers_trainer(tmp_path):
+    """The HF `Trainer` trains the model from a plain list of examples with a collator."""
+    from transformers import Trainer, TrainingArguments
+
+    model = small_model().train()
+    examples = [{"input_ids": [1 + (i + j) % 39 for j in range(6)]} for i in range(8)]
+
+    def collate(batch):
+        ids = torch.tensor([example["input_ids"] for example in batch])
+        labels = torch.cat([ids[:, 1:], torch.full((len(batch), 1), -100)], dim=1)
+        return {"input_ids": ids, "labels": labels, "use_cache": False}
+
+    args = TrainingArguments(
+        output_dir=str(tmp_path), per_device_train_batch_size=4, max_steps=2, report_to=[], use_cpu=True
+    )
+    before = model.model.item_embeddings.weight.detach().clone()
+    result = Trainer(model=model, args=args, train_dataset=examples, data_collator=collate).train()
+    assert result.global_step == 2 and torch.isfinite(torch.tensor(result.training_loss))
+    assert not torch.equal(before, model.model.item_embeddings.weight)
