@@ -143,7 +143,7 @@ def compute_ranks(
     batches = make_batches(units, max_targets=batch_targets, max_tokens=batch_tokens)
     rank_id, world = (0, 1) if accelerator is None else (accelerator.process_index, accelerator.num_processes)
     device = model.device if accelerator is None else accelerator.device
-    autocast = accelerator.autocast() if accelerator is not None else contextlib.nullcontext()
+    autocast = accelerator.autocast if accelerator is not None else contextlib.nullcontext
     was_training = model.training
     model.eval()
     mine = batches[rank_id::world]
@@ -154,25 +154,34 @@ def compute_ranks(
         iterator = tqdm(mine, desc=f"eval ({mode})", leave=False)
     sample_ids, ranks = [], []
     encode_seconds = score_seconds = 0.0
-    with autocast:
+
+    # Only the encoder runs in mixed precision: scores are compared in float32, since in bfloat16 many items tie
+    # with the target and the ranks (and metrics) come out wrong.
+    def full_precision() -> torch.autocast:
+        return torch.autocast(device.type, enabled=False)
+
+    with full_precision():
         items_t = scoring_matrix(model.item_features()) if candidates is None else None
-        for index in iterator:
-            batch = collate(units, index, device)
-            start = time.perf_counter()
+    for index in iterator:
+        batch = collate(units, index, device)
+        start = time.perf_counter()
+        with autocast():
             if mode == "window":
                 hidden = _window_batch(model, batch)
             else:
                 hidden = _stream_batch(model, batch, stream_chunk_size)
-            encoded = time.perf_counter()
-            encode_seconds += encoded - start
+        encoded = time.perf_counter()
+        encode_seconds += encoded - start
+        with full_precision():
+            hidden = hidden.float()
             if candidates is None:
                 ranks.append(score_ranks(hidden, items_t, batch["targets"], score_chunk_size))
             else:
                 # column 0 of every sample's candidates is its target
                 scores = model.score_candidates(hidden, candidates[batch["sample_ids"].cpu()].to(hidden.device))
                 ranks.append(ranks_from_scores(scores, torch.zeros_like(batch["targets"]), ties="pessimistic"))
-            sample_ids.append(batch["sample_ids"])
-            score_seconds += time.perf_counter() - encoded
+        sample_ids.append(batch["sample_ids"])
+        score_seconds += time.perf_counter() - encoded
     model.train(was_training)
     if timings is not None:
         timings.update(encode_seconds=encode_seconds, score_seconds=score_seconds)
@@ -222,6 +231,8 @@ def load_checkpoint(path: str, device=None):
     from .modeling_ttt4rec import TTT4RecForNextItemPrediction
 
     local = Path(path)
+    if not local.exists() and (str(path).startswith((".", "/", "~")) or str(path).count("/") > 1):
+        raise ValueError(f"{path}: no such checkpoint folder (and not a Hub model id USER/NAME).")
     if local.exists():
         if not (local / "config.json").is_file():
             raise ValueError(f"{path} is not a TTT4Rec checkpoint: config.json is missing.")
@@ -254,16 +265,18 @@ def run_evaluation(args) -> dict:
 
     from .data import load_sequences
 
+    if getattr(args, "torch_threads", None):
+        torch.set_num_threads(args.torch_threads)
     accelerator = Accelerator(mixed_precision=args.mixed_precision, cpu=args.cpu)
     model = load_checkpoint(args.model, accelerator.device)
-    # ids are checked against the model's item vocabulary
     sequences, meta = load_sequences(
-        args.dataset,
-        args.dataset_config,
-        num_items=model.config.num_items,
-        max_length=args.max_length,
-        splits=(args.split,),
+        args.dataset, args.dataset_config, max_length=args.max_length, splits=(args.split,)
     )
+    if meta.num_items != model.config.num_items:
+        raise ValueError(
+            f"The model scores {model.config.num_items} item ids but the data set {meta.name} has {meta.num_items}: "
+            "its item ids are not the model's. Evaluate a model trained on this data set."
+        )
     modes = list(EVAL_MODES) if args.eval_mode == "both" else [args.eval_mode]
     split = sequences[args.split]
     results, by_length = {}, {}

@@ -55,7 +55,13 @@ def run_grid(
             args += ["--initializer_range", str(r), "--mini_batch_size", str(b)]
             results = train(parse_args(args))
             print(f"    {time.perf_counter() - start:.0f} s")
-        row = next(x for x in results["rows"] if x["split"] == split and x["mode"] == mode)
+        row = next((x for x in results["rows"] if x["split"] == split and x["mode"] == mode), None)
+        if row is None:
+            reported = sorted({(x["split"], x["mode"]) for x in results["rows"]})
+            raise ValueError(
+                f"The run in {folder} reports no {split} metrics in {mode} mode (it has {reported}); pass "
+                f"--split / eval modes that the training flags produce (e.g. --test_eval_modes {mode})."
+            )
         metrics = {k2: v for k2, v in row.items() if "@" in k2}
         rows.append({"initializer_range": r, "mini_batch_size": b, "best_epoch": results["best_epoch"], **metrics})
     (output_dir / "grid.json").write_text(json.dumps(rows, indent=2))

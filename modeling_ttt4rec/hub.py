@@ -124,8 +124,18 @@ def build_model_card(
         learning_rate=training.get("learning_rate", 1e-3),
         batch_targets=training.get("batch_targets", 2048),
         patience=training.get("patience", 5),
+        max_epochs=training.get("max_epochs", 300),
+        early_stopping_metric=training.get("early_stopping_metric", "NDCG@10"),
+        loss_description=_loss_description(results.get("loss_type", training.get("loss_type", "full_ce")), training),
         item_id_map_note=note,
     )
+
+
+def _loss_description(loss_type: str, training: dict) -> str:
+    if loss_type == "sampled_bce":
+        negatives = training.get("num_negatives", 4)
+        return f"Binary cross-entropy of each target against {negatives} uniformly sampled negatives"
+    return "Cross-entropy over all items"
 
 
 def prepare_hub_folder(

@@ -46,7 +46,8 @@ def ranks_from_scores(scores: torch.Tensor, targets: torch.Tensor, ties: str = "
         ties: how candidates scoring exactly as the target count.
 
     Returns:
-        `[batch]` int64 ranks (0 = the target scored highest).
+        `[batch]` int64 ranks (0 = the target scored highest; `num_candidates` when the target's score is not
+        finite).
     """
     if ties not in ("optimistic", "pessimistic"):
         raise ValueError(f"`ties` must be 'optimistic' or 'pessimistic', got {ties!r}.")
@@ -64,7 +65,9 @@ def ranks_from_scores(scores: torch.Tensor, targets: torch.Tensor, ties: str = "
         # every candidate >= the target, except the target itself
         higher = torch.ge(scores, target_scores).scatter_(1, targets[:, None].long(), False)
     # (counting in int32 is ~2x faster on CPU than the default int64 sum of bools, and exact below 2**31 items)
-    return higher.sum(dim=1, dtype=torch.int32).long()
+    ranks = higher.sum(dim=1, dtype=torch.int32).long()
+    # a target score that is NaN or infinite (a diverged model) compares as nothing: it ranks last, not first
+    return ranks.masked_fill(~torch.isfinite(target_scores[:, 0]), scores.shape[1])
 
 
 def ranking_metrics(

@@ -384,6 +384,10 @@ class TTT4RecModel(TTT4RecPreTrainedModel):
         Copies and pickles of the model run eagerly until their own `compile_step()`.
         """
         compile_kwargs = {"fullgraph": True, "dynamic": False, **compile_kwargs}
+        # the rotary tables are filled on first use: fill them now, or the second step would compile again
+        weight = self.item_embeddings.weight
+        for block in self.layers:
+            block.seq_modeling_block.ttt.rotary_table(weight.device, weight.dtype)
         self._compiled_step = torch.compile(self._encode, **compile_kwargs)
 
     def __getstate__(self) -> dict:

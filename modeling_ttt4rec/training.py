@@ -104,10 +104,10 @@ class DataArguments:
     dataset_config: str = field(default=DEFAULT_CONFIG_NAME, metadata={"help": "Split configuration name"})
     dataset_revision: str | None = field(default=None, metadata={"help": "Hub revision of the data set"})
     num_items: int | None = field(
-        default=None, metadata={"help": "Item ids incl. padding (default: from the data set's metadata)"}
+        default=None, metadata={"help": "Item ids incl. padding (unset: the data set's metadata)"}
     )
     max_length: int | None = field(
-        default=None, metadata={"help": "Maximum history length L (default: from the data set's metadata)"}
+        default=None, metadata={"help": "Maximum history length L (unset: the data set's metadata)"}
     )
 
 
@@ -171,7 +171,58 @@ class RunConfig:
     training: TrainingArguments
 
     def to_dict(self) -> dict:
-        return {"model": asdict(self.model), "data": asdict(self.data), "training": asdict(self.training)}
+        """All settings, as written to `run_config.json` (a Hub token is never written)."""
+        training = asdict(self.training)
+        if training["hub_token"] is not None:
+            training["hub_token"] = "<HUB_TOKEN>"
+        return {"model": asdict(self.model), "data": asdict(self.data), "training": training}
+
+
+# Settings that change what a run computes: a resumed run must have the same ones (the others, such as
+# `max_epochs`, `patience`, output, speed and Hub options, may change between sessions).
+RESUME_FIXED = {
+    "model": [f.name for f in dataclasses.fields(ModelArguments)],
+    "data": ["dataset", "dataset_config", "dataset_revision", "num_items", "max_length"],
+    "training": [
+        "learning_rate",
+        "weight_decay",
+        "batch_targets",
+        "loss_type",
+        "num_negatives",
+        "gradient_accumulation_steps",
+        "early_stopping_metric",
+        "seed",
+        "eval_mode",
+        "eval_protocol",
+        "eval_num_negatives",
+        "candidate_seed",
+        "eval_every",
+    ],
+}
+
+
+def resume_settings(run: "RunConfig") -> dict:
+    """The settings a resumed run must share with the run it continues (stored in the training state)."""
+    values = run.to_dict()
+    return {section: {name: values[section][name] for name in names} for section, names in RESUME_FIXED.items()}
+
+
+def check_resume_settings(saved: dict | None, current: dict) -> None:
+    """Raise a `ValueError` naming every setting that differs from the run being resumed."""
+    if saved is None:  # a state written before the settings were stored
+        return
+    changed = [
+        f"--{name}: {saved[section].get(name)!r} -> {value!r}"
+        for section, names in current.items()
+        for name, value in names.items()
+        if saved.get(section, {}).get(name) != value
+    ]
+    if changed:
+        raise ValueError(
+            "The run to resume was trained with other settings (" + "; ".join(changed) + "). Resume with the same "
+            "settings (only --max_epochs, --patience, output, speed and Hub options may change), or start a new run "
+            "in another --output_dir."
+        )
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -186,22 +237,37 @@ def parse_args(argv: list[str] | None = None) -> RunConfig:
 
     argv = list(sys.argv[1:] if argv is None else argv)
     file_values: dict = {}
-    if "--config_file" in argv:
-        i = argv.index("--config_file")
-        if i + 1 >= len(argv):
-            raise SystemExit("--config_file needs a path")
-        file_values = read_config_file(argv[i + 1])
-        del argv[i : i + 2]
+    for i, arg in enumerate(argv):
+        if arg == "--config_file" or arg.startswith("--config_file="):
+            path = arg.partition("=")[2] if "=" in arg else (argv[i + 1] if i + 1 < len(argv) else None)
+            if not path:
+                raise SystemExit("--config_file needs a path")
+            file_values = read_config_file(path)
+            del argv[i : i + (1 if "=" in arg else 2)]
+            break
     parser = HfArgumentParser((ModelArguments, DataArguments, TrainingArguments))
-    known = {f.name for cls in (ModelArguments, DataArguments, TrainingArguments) for f in dataclasses.fields(cls)}
-    unknown = sorted(set(file_values) - known)
+    fields = {f.name: f for cls in (ModelArguments, DataArguments, TrainingArguments) for f in dataclasses.fields(cls)}
+    unknown = sorted(set(file_values) - set(fields))
     if unknown:
         raise SystemExit(f"Unknown setting(s) in the config file: {unknown}")
+    for name, value in file_values.items():
+        _check_file_value(name, value, fields[name].type)
     parser.set_defaults(**file_values)
     model_args, data_args, training_args = parser.parse_args_into_dataclasses(args=argv)
     if not data_args.dataset:
         raise SystemExit("--dataset is required (a data set folder from dataset_builders or a Hub dataset repo id)")
     return RunConfig(model_args, data_args, training_args)
+
+
+def _check_file_value(name: str, value, annotation) -> None:
+    """A config-file value must have its setting's type (argparse converts only command-line strings)."""
+    kinds = {"int": (int,), "float": (int, float), "str": (str,), "bool": (bool,)}
+    text = annotation if isinstance(annotation, str) else getattr(annotation, "__name__", str(annotation))
+    allowed = tuple(t for part in text.replace(" ", "").split("|") for t in kinds.get(part, ()))
+    if value is None and "None" in text:
+        return
+    if allowed and (not isinstance(value, allowed) or (isinstance(value, bool) and bool not in allowed)):
+        raise SystemExit(f"Config file: {name} must be of type {text}, got {value!r}")
 
 
 def read_config_file(path: str | os.PathLike) -> dict:
@@ -210,12 +276,15 @@ def read_config_file(path: str | os.PathLike) -> dict:
     if not path.is_file():
         raise SystemExit(f"Config file {path} not found")
     text = path.read_text()
-    if path.suffix in (".yaml", ".yml"):
-        import yaml
+    try:
+        if path.suffix in (".yaml", ".yml"):
+            import yaml
 
-        values = yaml.safe_load(text) or {}
-    else:
-        values = json.loads(text)
+            values = yaml.safe_load(text) or {}
+        else:
+            values = json.loads(text)
+    except Exception as err:  # json.JSONDecodeError, yaml.YAMLError
+        raise SystemExit(f"Config file {path} cannot be parsed: {err}") from err
     if not isinstance(values, dict):
         raise SystemExit(f"Config file {path} must hold a mapping of settings")
     flat = {}
@@ -242,7 +311,9 @@ def peak_memory_mb(device: torch.device) -> float:
 def build_model(model_args: ModelArguments, num_items: int) -> TTT4RecForNextItemPrediction:
     """A new model with the given settings, or the checkpoint `model_name_or_path`."""
     if model_args.model_name_or_path:
-        model = TTT4RecForNextItemPrediction.from_pretrained(model_args.model_name_or_path)
+        from .evaluation import load_checkpoint
+
+        model = load_checkpoint(model_args.model_name_or_path)
         if model.config.num_items != num_items:
             raise ValueError(
                 f"The checkpoint {model_args.model_name_or_path} has num_items={model.config.num_items} but the "
@@ -356,6 +427,9 @@ def train(run: RunConfig) -> dict:
     resume_dir = None
     if args.resume_from_checkpoint:
         resume_dir = checkpoint_dir if args.resume_from_checkpoint == "latest" else Path(args.resume_from_checkpoint)
+        previous = resume_dir.with_name(resume_dir.name + ".old")  # a run killed between the two renames
+        if not (resume_dir / STATE_FILE).is_file() and (previous / STATE_FILE).is_file():
+            resume_dir = previous
         if not (resume_dir / STATE_FILE).is_file():
             raise FileNotFoundError(
                 f"No training state to resume from in {resume_dir} (expected {STATE_FILE} written by a previous run)."
@@ -375,6 +449,9 @@ def train(run: RunConfig) -> dict:
     main = accelerator.is_main_process
     logging.basicConfig(level=logging.INFO if main else logging.WARNING, format="%(message)s")
     logging.getLogger("accelerate").setLevel(logging.WARNING)
+    # `save_state` warns on every checkpoint that the tied item head shares the embedding's tensor: it is meant to
+    # (the weights are tied) and `load_state` restores it; the resume test checks the restored run
+    logging.getLogger("accelerate.utils.other").setLevel(logging.ERROR)
     if args.disable_tqdm:
         from transformers.utils import logging as hf_logging
 
@@ -382,8 +459,10 @@ def train(run: RunConfig) -> dict:
     if main:
         output_dir.mkdir(parents=True, exist_ok=True)
         if not resume_dir and args.overwrite_output_dir:
-            for name in ("log.jsonl", "results.json", "results.md"):
+            for name in ("log.jsonl", "results.json", "results.md", "run_config.json", "training_curves.png"):
                 (output_dir / name).unlink(missing_ok=True)
+            for name in ("checkpoint", "checkpoint.tmp", "checkpoint.old", "best_model", "tensorboard", "hub_upload"):
+                shutil.rmtree(output_dir / name, ignore_errors=True)
     accelerator.wait_for_everyone()
 
     sequences, meta = load_sequences(
@@ -423,9 +502,14 @@ def train(run: RunConfig) -> dict:
     world, rank = accelerator.num_processes, accelerator.process_index
 
     state = {"epoch": 0, "best_metric": -math.inf, "best_epoch": 0, "bad_epochs": 0, "history": [], "done": False}
+    state["settings"] = resume_settings(run)
     if resume_dir is not None:
+        saved = json.loads((resume_dir / STATE_FILE).read_text())
+        check_resume_settings(saved.get("settings"), state["settings"])
         accelerator.load_state(str(resume_dir))
-        state = json.loads((resume_dir / STATE_FILE).read_text())
+        state = {**saved, "settings": state["settings"]}
+        # --max_epochs / --patience may have changed since: is the run finished under the current ones?
+        state["done"] = state["bad_epochs"] >= args.patience or state["epoch"] >= args.max_epochs
         logger.info("Resumed from %s after epoch %d", resume_dir, state["epoch"])
     if main:
         accelerator.init_trackers("ttt4rec")
@@ -447,7 +531,8 @@ def train(run: RunConfig) -> dict:
     while not state["done"] and epoch < args.max_epochs:
         epoch += 1
         t0 = time.perf_counter()
-        torch.manual_seed(args.seed + epoch)  # dropout: the same after a resume
+        # dropout and sampled negatives: the same after a resume, different on each process
+        torch.manual_seed(args.seed + epoch * world + rank)
         batches = make_batches(units, args.batch_targets, shuffle=True, seed=args.seed + epoch, min_rows=world)
         module.train()
         loss_sum = torch.zeros((), dtype=torch.float64, device=accelerator.device)
@@ -473,6 +558,11 @@ def train(run: RunConfig) -> dict:
                 bar.set_postfix(loss=f"{ce_sum.item() / max(1, int(batch['targets'].numel())):.4f}")
         train_seconds = time.perf_counter() - t0
         loss_sum = accelerator.reduce(loss_sum, reduction="sum")
+        if not torch.isfinite(loss_sum):
+            raise FloatingPointError(
+                f"The training loss is {float(loss_sum)} in epoch {epoch}: training diverged. Lower --learning_rate "
+                "(or use --mixed_precision bf16 instead of fp16); the checkpoint of the last finished epoch is kept."
+            )
         record = {
             "epoch": epoch,
             "train_loss": float(loss_sum) / units.total_targets,
@@ -586,7 +676,7 @@ def train(run: RunConfig) -> dict:
                 token=args.hub_token,
                 private=args.hub_private,
                 dry_run=args.hub_dry_run,
-                training=asdict(args),
+                training=run.to_dict()["training"],
             )
     # every process waits here before the process group is torn down: a rank that destroys it while another is
     # still writing the results can leave the launcher waiting forever

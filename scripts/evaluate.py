@@ -19,6 +19,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from modeling_ttt4rec.data import DEFAULT_CONFIG_NAME  # noqa: E402
 from modeling_ttt4rec.evaluation import EVAL_MODES, EVAL_PROTOCOLS  # noqa: E402
 
 
@@ -26,7 +27,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", required=True, help="Checkpoint folder or Hub model id")
     parser.add_argument("--dataset", required=True, help="Data set folder or Hub dataset id")
-    parser.add_argument("--dataset_config", default="split-3-2-5")
+    parser.add_argument("--dataset_config", default=DEFAULT_CONFIG_NAME)
     parser.add_argument("--split", default="test", choices=["validation", "test"])
     parser.add_argument("--eval_mode", default="window", choices=[*EVAL_MODES, "both"])
     parser.add_argument("--protocol", default="full", choices=EVAL_PROTOCOLS, help="full ranking or 1 + N sampled")
@@ -38,6 +39,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--stream_chunk_size", type=int, default=64)
     parser.add_argument("--mixed_precision", default=None, choices=["no", "bf16", "fp16"])
     parser.add_argument("--cpu", action="store_true")
+    parser.add_argument(
+        "--torch_threads", type=int, default=None, help="torch.set_num_threads on CPU (1 is fastest on a busy machine)"
+    )
     parser.add_argument("--output_json", default=None)
     parser.add_argument(
         "--by_history_length",

@@ -7,6 +7,9 @@
 
 Everything after `--` goes to `scripts/train.py` for every cell. Writes `grid.json`, `grid.md` (a table per metric)
 and `grid_heatmap.png` in the output folder; finished cells are not trained again.
+
+The default `--split test` is a sensitivity analysis like the paper's Figure 3; to choose settings, compare the
+cells with `--split validation` (choosing on test metrics would leak the test set into the choice).
 """
 
 import argparse
@@ -22,7 +25,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--initializer_range", default="0.002,0.02,0.2", help="Comma-separated values")
     parser.add_argument("--mini_batch_size", default="1,5,10", help="Comma-separated values")
     parser.add_argument("--metric", default="NDCG@10", help="Metric of the heat map")
-    parser.add_argument("--split", default="test", choices=["validation", "test"])
+    parser.add_argument(
+        "--split", default="test", choices=["validation", "test"], help="test: sensitivity; validation: selection"
+    )
     return parser
 
 

@@ -385,3 +385,15 @@ def test_damaged_cache_file_is_a_clear_error(tmp_path, damage):
         error, message = ValueError, "disagree on the number of rows"
     with pytest.raises(error, match=message):
         TTT4RecCache.load(path, config=model.config)
+
+
+def test_compiled_step_compiles_once_per_batch_size():
+    """After the first compiled step, later steps (every position of the inner mini-batch) reuse the graph."""
+    model = model_for("transformer", "mlp", 3)
+    model.compile_step()
+    cache = model(torch.tensor([[1, 2], [3, 4]]), use_cache=True).cache_params
+    model.recommend(torch.tensor([[5], [6]]), cache_params=cache)
+    with torch._dynamo.config.patch(error_on_recompile=True):
+        for item in range(7, 14):
+            model.recommend(torch.tensor([[item], [item + 1]]), cache_params=cache)
+    assert cache.seen.tolist() == [10, 10]

@@ -99,6 +99,45 @@ def test_checkpoint_errors(tmp_path):
     save_file(tensors, tmp_path / "missing" / "model.safetensors", metadata={"format": "pt"})
     with pytest.raises(ValueError, match="incomplete"):
         load_checkpoint(str(tmp_path / "missing"))
+    with pytest.raises(ValueError, match="no such checkpoint folder"):
+        load_checkpoint("./typo-of-a-folder")
+
+
+def test_mixed_precision_encodes_in_bf16_but_scores_in_float32(monkeypatch):
+    """In bfloat16 many items tie with the target, which changes the ranks: scoring must run in float32."""
+    from accelerate import Accelerator
+    from accelerate.state import AcceleratorState
+
+    import modeling_ttt4rec.evaluation as evaluation
+
+    seen = []
+    original = evaluation.score_ranks
+
+    def recording(hidden, items_t, targets, chunk_size=64):
+        seen.append((torch.is_autocast_enabled("cpu"), hidden.dtype, items_t.dtype))
+        return original(hidden, items_t, targets, chunk_size)
+
+    monkeypatch.setattr(evaluation, "score_ranks", recording)
+    seqs = random_sequences(12, 40, 2, 9, seed=3)
+    split = SplitSequences.from_rows(seqs, [max(1, len(s) // 2) for s in seqs])
+    model = tiny_model()
+    AcceleratorState._reset_state(reset_partial_state=True)
+    try:
+        accelerator = Accelerator(mixed_precision="bf16", cpu=True)
+        ranks = compute_ranks(model, split, 8, mode="window", accelerator=accelerator, batch_targets=7)
+    finally:
+        AcceleratorState._reset_state(reset_partial_state=True)
+    assert seen and all(entry == (False, torch.float32, torch.float32) for entry in seen)
+    assert len(ranks) == split.num_samples
+
+
+def test_evaluate_script_refuses_a_model_of_another_data_set(tmp_path):
+    data = write_split_dataset(tmp_path / "data", random_sequences(20, 40, 3, 12, seed=5), num_items=40, max_length=6)
+    tiny_model(num_items=60).save_pretrained(tmp_path / "model")
+    cmd = [sys.executable, str(ROOT / "scripts" / "evaluate.py"), "--model", str(tmp_path / "model"), "--dataset"]
+    proc = subprocess.run([*cmd, str(data), "--cpu"], capture_output=True, text=True, timeout=300)
+    assert proc.returncode != 0
+    assert "The model scores 60 item ids but the data set" in proc.stderr and "has 40" in proc.stderr
 
 
 def run_evaluate_script(tmp_path, model, seqs, *args: str) -> tuple[subprocess.CompletedProcess, Path]:

@@ -83,9 +83,13 @@ def test_model_card_of_the_sampled_protocol(tmp_path):
     results = {
         **{k: v for k, v in RESULTS.items() if k != "rows"},
         "eval_protocol": "sampled",
+        "loss_type": "sampled_bce",
         "rows": [{"split": "test", "mode": "window", **row}],
     }
-    prepare_hub_folder(tmp_path / "best_model", tmp_path / "upload", "someone/ttt4rec-linear", results)
+    training = {"early_stopping_metric": "NDCG@5", "num_negatives": 4, "max_epochs": 10, "patience": 10}
+    prepare_hub_folder(
+        tmp_path / "best_model", tmp_path / "upload", "someone/ttt4rec-linear", results, training=training
+    )
     card = (tmp_path / "upload" / "README.md").read_text()
     _, front, body = card.split("---\n", 2)
     metrics = yaml.safe_load(front)["model-index"][0]["results"][0]["metrics"]
@@ -98,6 +102,9 @@ def test_model_card_of_the_sampled_protocol(tmp_path):
     assert "| test | window | 0.3100 | 0.4500 | 0.2000 | 0.2500 |" in body
     assert "99 fixed random negatives" in body and "target MLP tower" in body
     assert "Full ranking" not in body and "{{" not in card
+    assert "Binary cross-entropy of each target against 4 uniformly sampled negatives" in body
+    assert "Cross-entropy over all items" not in body
+    assert "early stopping on\nvalidation NDCG@5 with patience 10 (at most 10 epochs)" in body
 
 
 def test_incomplete_checkpoint_is_refused(tmp_path):

@@ -14,6 +14,7 @@ from helpers import random_sequences, write_split_dataset
 from modeling_ttt4rec import TTT4RecConfig, TTT4RecForNextItemPrediction
 from modeling_ttt4rec.data import SplitSequences, load_sequences
 from modeling_ttt4rec.evaluation import compute_ranks, evaluate_split, load_checkpoint
+from modeling_ttt4rec.grid import run_grid
 from modeling_ttt4rec.losses import NextItemTrainingModule, full_item_cross_entropy, sampled_binary_cross_entropy
 from modeling_ttt4rec.metrics import ranking_metrics
 from modeling_ttt4rec.sampling import evaluation_candidates, sample_negatives
@@ -334,3 +335,5 @@ def test_grid_search_script_writes_table_and_heat_map_and_resumes(tmp_path, caps
         grid_main([*argv[: -len(train_args) - 1], "--metric", "HR@50", "--", *train_args])
     with pytest.raises(ValueError, match="--mini_batch_size is set by the grid"):
         grid_main(["--output_dir", str(out), "--", *train_args, "--mini_batch_size", "2"])
+    with pytest.raises(ValueError, match=r"reports no test metrics in stream mode \(it has \[\('test', 'window'\)"):
+        run_grid(train_args, [0.02], [1], out, mode="stream")

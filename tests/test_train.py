@@ -156,3 +156,81 @@ def test_resume_errors(data, tmp_path):
         train(parse_args(["--dataset", str(data), "--output_dir", str(tmp_path / "x"), "--eval_mode", "full"]))
     with pytest.raises(SystemExit):
         parse_args(["--output_dir", str(tmp_path)])
+
+
+def test_resume_refuses_changed_settings_and_continues_with_more_epochs(data, tmp_path):
+    out = tmp_path / "run"
+    common = ["--dataset", str(data), "--output_dir", str(out), "--patience", "10", "--test_eval_modes", "window"]
+    common += [*TINY, *FAST]
+    first = train(parse_args([*common, "--max_epochs", "1", "--hub_token", "hf_SECRET"]))
+    assert first["epochs"] == 1
+    assert "hf_SECRET" not in (out / "run_config.json").read_text()  # a token is never written
+    resume = [*common, "--resume_from_checkpoint", "latest"]
+    with pytest.raises(ValueError, match=r"--learning_rate: 0.001 -> 0.5.*Resume with the same settings"):
+        train(parse_args([*resume, "--max_epochs", "3", "--learning_rate", "0.5"]))
+    with pytest.raises(ValueError, match=r"--hidden_size: 16 -> 32"):
+        train(parse_args([*resume, "--max_epochs", "3", "--hidden_size", "32"]))
+    more = train(parse_args([*resume, "--max_epochs", "3"]))  # the finished run goes on: only max_epochs changed
+    assert more["epochs"] == 3
+    log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in log if "epoch" in r] == [1, 2, 3]
+
+
+def test_resume_from_a_run_killed_between_the_two_renames(data, tmp_path):
+    out = tmp_path / "run"
+    common = ["--dataset", str(data), "--output_dir", str(out), "--test_eval_modes", "window", *TINY, *FAST]
+    train(parse_args([*common, "--max_epochs", "1"]))
+    (out / "checkpoint").rename(out / "checkpoint.old")  # the state of the window where only `.old` exists
+    assert train(parse_args([*common, "--max_epochs", "2", "--resume_from_checkpoint", "latest"]))["epochs"] == 2
+
+
+def test_overwrite_output_dir_starts_from_nothing(data, tmp_path):
+    out = tmp_path / "run"
+    common = ["--dataset", str(data), "--output_dir", str(out), "--test_eval_modes", "window", *TINY, *FAST]
+    train(parse_args([*common, "--max_epochs", "1"]))
+    (out / "checkpoint" / "marker").write_text("old run")
+    train(parse_args([*common, "--max_epochs", "1", "--overwrite_output_dir", "true", "--seed", "3"]))
+    assert not (out / "checkpoint" / "marker").exists()
+    state = json.loads((out / "checkpoint" / "trainer_state.json").read_text())
+    assert state["settings"]["training"]["seed"] == 3
+
+
+def test_a_diverged_run_stops_with_a_clear_error_and_nan_ranks_last(data, tmp_path, monkeypatch):
+    from modeling_ttt4rec.metrics import ranks_from_scores
+
+    scores = torch.tensor([[0.5, float("nan"), 0.2], [float("nan"), 1.0, 2.0], [0.1, float("inf"), 0.3]])
+    assert ranks_from_scores(scores, torch.tensor([0, 0, 1])).tolist() == [0, 3, 3]
+
+    def nan_loss(self, *args, **kwargs):
+        loss, ce_sum = original(self, *args, **kwargs)
+        return loss, ce_sum * float("nan")
+
+    original = NextItemTrainingModule.forward
+    monkeypatch.setattr(NextItemTrainingModule, "forward", nan_loss)
+    argv = ["--dataset", str(data), "--output_dir", str(tmp_path / "run"), "--max_epochs", "2", *TINY, *FAST]
+    with pytest.raises(FloatingPointError, match="The training loss is nan in epoch 1: training diverged"):
+        train(parse_args(argv))
+    assert not (tmp_path / "run" / "best_model").exists()
+
+
+@pytest.mark.parametrize(
+    ("name", "text", "message"),
+    [
+        ("bad.json", '{"max_epochs": 3,', "cannot be parsed"),
+        ("bad.yaml", "model: [unclosed", "cannot be parsed"),
+        ("types.json", '{"batch_targets": 12.5}', "batch_targets must be of type int, got 12.5"),
+        ("bool.json", '{"patience": true}', "patience must be of type int, got True"),
+    ],
+)
+def test_bad_config_files_are_clear_errors(tmp_path, name, text, message):
+    path = tmp_path / name
+    path.write_text(text)
+    with pytest.raises(SystemExit, match=message):
+        parse_args(["--config_file", str(path), "--dataset", "x"])
+
+
+def test_config_file_with_equals_sign(tmp_path):
+    path = tmp_path / "run.yaml"
+    path.write_text("training:\n  max_epochs: 7\n  learning_rate: 0.01\n")
+    run = parse_args([f"--config_file={path}", "--dataset", "x"])
+    assert run.training.max_epochs == 7 and run.training.learning_rate == 0.01
