@@ -151,17 +151,11 @@ def metrics_by_history_length(
     return rows
 
 
-def format_metrics(metrics: dict[str, float], digits: int = 4) -> str:
-    """`HR@10 0.0879 | HR@50 ... ` for logs."""
-    return " | ".join(f"{k} {v:.{digits}f}" for k, v in metrics.items() if k != "num_samples")
-
-
 __all__ = [
     "DEFAULT_KS",
     "HISTORY_LENGTH_EDGES",
     "METRIC_NAMES",
     "PROTOCOL_KS",
-    "format_metrics",
     "metric_names",
     "metrics_by_history_length",
     "ranking_metrics",

@@ -27,14 +27,11 @@ from torch import nn
 from transformers import PreTrainedModel
 from transformers import initialization as init
 from transformers.activations import ACT2FN
-from transformers.utils import ModelOutput, logging
+from transformers.utils import ModelOutput
 
 from .cache import CONV_NAMES, TTT4RecCache, cache_config_dict, check_config
 from .configuration_ttt4rec import TTT4RecConfig
 from .ttt import InnerState, TTTLayer
-
-logger = logging.get_logger(__name__)
-
 
 # ----------------------------------------------------------------------------------------------------------------
 # Outputs
@@ -105,6 +102,8 @@ class TTT4RecRecommendations(ModelOutput):
 
 
 class TTT4RecRMSNorm(nn.Module):
+    """RMSNorm `x / sqrt(mean(x^2) + eps) * weight` over the hidden dimension (the norm of the residual blocks)."""
+
     def __init__(self, hidden_size: int, eps: float):
         super().__init__()
         self.weight = nn.Parameter(torch.ones(hidden_size))
@@ -415,7 +414,12 @@ class TTT4RecModel(TTT4RecPreTrainedModel):
             cache_params ([`TTT4RecCache`], *optional*):
                 The state after the items read so far; `input_ids` then holds each row's next items.
             use_cache (`bool`, *optional*):
-                Return the updated cache. Defaults to `config.use_cache` when not training.
+                Return the updated cache. Defaults to True when `cache_params` is given, else to `config.use_cache`
+                when not training.
+            output_hidden_states (`bool`, *optional*):
+                Also return the hidden states after the embeddings and after each block.
+            return_dict (`bool`, *optional*):
+                Return a [`TTT4RecModelOutput`] instead of a tuple.
         """
         output_hidden_states = (
             output_hidden_states if output_hidden_states is not None else self.config.output_hidden_states
@@ -668,7 +672,8 @@ class TTT4RecForNextItemPrediction(TTT4RecPreTrainedModel):
     ) -> TTT4RecNextItemOutput | tuple:
         r"""
         Args:
-            input_ids, attention_mask, cache_params, use_cache: see [`TTT4RecModel.forward`].
+            input_ids, attention_mask, cache_params, use_cache, output_hidden_states, return_dict: see
+                [`TTT4RecModel.forward`].
             labels (`torch.LongTensor`, *optional*):
                 Either `(batch_size, sequence_length)`: the next item after each position (`-100` where there is no
                 target), which trains on every prefix at once; or `(batch_size,)`: the next item after each row's
@@ -869,4 +874,11 @@ class TTT4RecForNextItemPrediction(TTT4RecPreTrainedModel):
         return F.cross_entropy(scores, targets)
 
 
-__all__ = ["TTT4RecPreTrainedModel", "TTT4RecModel", "TTT4RecForNextItemPrediction", "TTT4RecRecommendations"]
+__all__ = [
+    "TTT4RecPreTrainedModel",
+    "TTT4RecModel",
+    "TTT4RecForNextItemPrediction",
+    "TTT4RecModelOutput",
+    "TTT4RecNextItemOutput",
+    "TTT4RecRecommendations",
+]

@@ -24,6 +24,7 @@ at every target position, plus a separate window for each target beyond `L` (see
 batch of 2048 samples), grouped by length to avoid padding.
 """
 
+import contextlib
 import dataclasses
 import json
 import logging
@@ -118,7 +119,9 @@ class TrainingArguments:
     output_dir: str = field(default="outputs/ttt4rec", metadata={"help": "Where everything of the run is written"})
     learning_rate: float = field(default=1e-3, metadata={"help": "Adam learning rate"})
     weight_decay: float = field(default=0.0, metadata={"help": "Adam weight decay"})
-    batch_targets: int = field(default=2048, metadata={"help": "Targets (samples) per optimizer step"})
+    batch_targets: int = field(
+        default=2048, metadata={"help": "Targets per batch; an optimizer step takes gradient_accumulation_steps"}
+    )
     loss_type: str = field(
         default="full_ce", metadata={"help": "full_ce (softmax over all items) or sampled_bce (the second paper's)"}
     )
@@ -418,6 +421,9 @@ def train(run: RunConfig) -> dict:
     for mode in test_modes:
         if mode not in EVAL_MODES:
             raise ValueError(f"Unknown test eval mode {mode!r}; choose from {EVAL_MODES}.")
+    for name in ("max_epochs", "patience", "eval_every", "batch_targets", "gradient_accumulation_steps"):
+        if getattr(args, name) < 1:
+            raise ValueError(f"--{name} must be at least 1, got {getattr(args, name)}.")
     if args.push_to_hub and not args.hub_model_id:
         raise ValueError("--push_to_hub needs --hub_model_id USER/NAME.")
     if args.torch_threads:
@@ -546,7 +552,7 @@ def train(run: RunConfig) -> dict:
             mine = index[rank::world]
             batch = collate(units, mine, accelerator.device)
             sync = (step + 1) % accum == 0 or step + 1 == steps
-            ctx = accelerator.no_sync(module) if not sync and world > 1 else _null()
+            ctx = accelerator.no_sync(module) if not sync and world > 1 else contextlib.nullcontext()
             with ctx:
                 loss, ce_sum = module(**batch, loss_scale=world / group_targets)
                 accelerator.backward(loss)
@@ -683,14 +689,6 @@ def train(run: RunConfig) -> dict:
     accelerator.wait_for_everyone()
     accelerator.end_training()
     return results
-
-
-class _null:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
 
 
 __all__ = ["DataArguments", "ModelArguments", "RunConfig", "TrainingArguments", "parse_args", "train"]

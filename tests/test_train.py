@@ -154,6 +154,8 @@ def test_resume_errors(data, tmp_path):
         )
     with pytest.raises(ValueError, match="Unknown --eval_mode"):
         train(parse_args(["--dataset", str(data), "--output_dir", str(tmp_path / "x"), "--eval_mode", "full"]))
+    with pytest.raises(ValueError, match="--eval_every must be at least 1, got 0"):
+        train(parse_args(["--dataset", str(data), "--output_dir", str(tmp_path / "x"), "--eval_every", "0"]))
     with pytest.raises(SystemExit):
         parse_args(["--output_dir", str(tmp_path)])
 
