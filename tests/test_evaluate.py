@@ -132,23 +132,22 @@ def test_mixed_precision_encodes_in_bf16_but_scores_in_float32(monkeypatch):
 
 
 def test_evaluate_script_refuses_a_model_of_another_data_set(tmp_path):
-    data = write_split_dataset(tmp_path / "data", random_sequences(20, 40, 3, 12, seed=5), num_items=40, max_length=6)
-    tiny_model(num_items=60).save_pretrained(tmp_path / "model")
-    cmd = [sys.executable, str(ROOT / "scripts" / "evaluate.py"), "--model", str(tmp_path / "model"), "--dataset"]
-    proc = subprocess.run([*cmd, str(data), "--cpu"], capture_output=True, text=True, timeout=300)
-    assert proc.returncode != 0
+    seqs = random_sequences(20, 40, 3, 12, seed=5)
+    proc, _ = run_evaluate_script(tmp_path, tiny_model(num_items=60), seqs, succeed=False)
     assert "The model scores 60 item ids but the data set" in proc.stderr and "has 40" in proc.stderr
 
 
-def run_evaluate_script(tmp_path, model, seqs, *args: str) -> tuple[subprocess.CompletedProcess, Path]:
+def run_evaluate_script(
+    tmp_path, model, seqs, *args: str, succeed: bool = True
+) -> tuple[subprocess.CompletedProcess, Path]:
     """Save `model`, write `seqs` as a data set, run `scripts/evaluate.py` on them with `args`; returns the
-    finished process (checked to have succeeded) and the data set folder."""
+    finished process (checked to have succeeded, or failed with `succeed=False`) and the data set folder."""
     data = write_split_dataset(tmp_path / "data", seqs, num_items=40, max_length=6)
     model.save_pretrained(tmp_path / "model")
     cmd = [sys.executable, str(ROOT / "scripts" / "evaluate.py"), "--model", str(tmp_path / "model"), "--dataset"]
     cmd += [str(data), *args, "--cpu"]
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path, timeout=300)
-    assert proc.returncode == 0, proc.stderr
+    assert (proc.returncode == 0) == succeed, proc.stderr
     return proc, data
 
 
