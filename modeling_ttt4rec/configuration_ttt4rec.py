@@ -55,11 +55,16 @@ class TTT4RecConfig(PreTrainedConfig):
         ttt_norm_eps (`float`, *optional*, defaults to 1e-6):
             Epsilon of the LayerNorm inside the inner model and of the LayerNorm after the TTT layer.
         initializer_range (`float`, *optional*, defaults to 0.02):
-            Standard deviation of the normal initialisation of all weight matrices, embeddings and inner weights.
+            Standard deviation of the normal initialisation of the linear layers, the item embeddings, the inner
+            weights `W1` (`W2`) and the inner learning-rate gate (at the default 0.02 the official code's
+            initialisation: it fixes the last two at 0.02). The inner biases start at 0, the convolutions at
+            PyTorch's default.
         pad_token_id (`int`, *optional*, defaults to 0):
             The padding item id. It never receives probability.
         tie_word_embeddings (`bool`, *optional*, defaults to `True`):
-            Score items with the item embedding matrix itself (`logits = h E^T`), as the paper does.
+            Score items with the item embedding matrix itself (`logits = h E^T`), as the official code does (the
+            paper's text writes a separate matrix `M`). `item_scoring="target_mlp"` requires it: the target tower
+            reads the input embedding table.
         item_scoring (`str`, *optional*, defaults to `"embedding"`):
             How an item is scored from the user's hidden state `h`: `"embedding"` is `h . e_i` with the (tied) item
             embedding (Yang, Wang and Ge, 2024); `"target_mlp"` is `h . MLP(e_i)`, the target item's embedding passed
@@ -152,6 +157,11 @@ class TTT4RecConfig(PreTrainedConfig):
             raise ValueError(f"Unknown `hidden_act` {self.hidden_act!r}; use an activation of transformers' ACT2FN.")
         if not 0.0 <= self.hidden_dropout_prob < 1.0:
             raise ValueError(f"`hidden_dropout_prob` must be in [0, 1), got {self.hidden_dropout_prob}.")
+        if self.item_scoring == "target_mlp" and not self.tie_word_embeddings:
+            raise ValueError(
+                "`item_scoring='target_mlp'` passes the input item embeddings through the target tower (one table "
+                "for input and target items, as in Zhan et al.); it needs `tie_word_embeddings=True`."
+            )
         if self.pad_token_id is not None and not 0 <= self.pad_token_id < self.num_items:
             raise ValueError(f"`pad_token_id` ({self.pad_token_id}) must be an item id in [0, {self.num_items}).")
 

@@ -268,6 +268,10 @@ def run_evaluation(args) -> dict:
     if getattr(args, "torch_threads", None):
         torch.set_num_threads(args.torch_threads)
     accelerator = Accelerator(mixed_precision=args.mixed_precision, cpu=args.cpu)
+    if not accelerator.is_main_process:  # one set of progress bars: the main process's
+        import datasets
+
+        datasets.disable_progress_bars()
     model = load_checkpoint(args.model, accelerator.device)
     sequences, meta = load_sequences(
         args.dataset, args.dataset_config, max_length=args.max_length, splits=(args.split,)

@@ -632,13 +632,15 @@ class TTT4RecForNextItemPrediction(TTT4RecPreTrainedModel):
             features = self.target_mlp(features)
         return features
 
-    def score_items(self, hidden_states: torch.Tensor) -> torch.Tensor:
+    def score_items(self, hidden_states: torch.Tensor, item_features: torch.Tensor | None = None) -> torch.Tensor:
         """Scores `[..., num_items]` of every item for hidden states `[..., hidden]`; the padding id gets the
-        lowest representable score so it is never predicted."""
+        lowest representable score so it is never predicted. `item_features`: `self.item_features()` if already
+        computed (with `item_scoring="target_mlp"` it runs the target tower over every item)."""
         if self.target_mlp is None:
             logits = self.item_head(hidden_states).float()
         else:
-            logits = (hidden_states @ self.item_features().T).float()
+            features = self.item_features() if item_features is None else item_features
+            logits = (hidden_states @ features.T).float()
         if self.config.pad_token_id is not None:
             logits[..., self.config.pad_token_id] = torch.finfo(logits.dtype).min
         return logits
@@ -693,11 +695,13 @@ class TTT4RecForNextItemPrediction(TTT4RecPreTrainedModel):
         mask = attention_mask
         if mask is None:
             mask = default_attention_mask(input_ids, self.config.pad_token_id)
-        logits = self.score_items(self._newest(hidden_states, mask, outputs.cache_params))
+        # the target tower runs over every item once per forward, for the logits and the loss
+        item_features = self.item_features() if self.target_mlp is not None else None
+        logits = self.score_items(self._newest(hidden_states, mask, outputs.cache_params), item_features)
 
         loss = None
         if labels is not None:
-            loss = self._loss(hidden_states, logits, labels, mask.bool())
+            loss = self._loss(hidden_states, logits, labels, mask.bool(), item_features)
 
         if not return_dict:
             out = (logits, hidden_states, outputs.cache_params, outputs.hidden_states)
@@ -841,7 +845,12 @@ class TTT4RecForNextItemPrediction(TTT4RecPreTrainedModel):
         return allowed
 
     def _loss(
-        self, hidden_states: torch.Tensor, logits: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor
+        self,
+        hidden_states: torch.Tensor,
+        logits: torch.Tensor,
+        labels: torch.Tensor,
+        mask: torch.Tensor,
+        item_features: torch.Tensor | None,
     ) -> torch.Tensor:
         """Cross-entropy over all items for each target, without scoring positions that have no target."""
         input_shape = mask.shape
@@ -852,7 +861,7 @@ class TTT4RecForNextItemPrediction(TTT4RecPreTrainedModel):
                     "`labels` has a target at a padding position; set `labels` to -100 wherever `input_ids` is "
                     "padding."
                 )
-            scores = self.score_items(hidden_states[targeted])
+            scores = self.score_items(hidden_states[targeted], item_features)
             targets = labels[targeted]
         elif labels.shape == input_shape[:1]:
             scores, targets = logits, labels

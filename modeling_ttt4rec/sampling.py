@@ -6,6 +6,10 @@
 * Evaluation: each sample is ranked among itself and `num_negatives` (99) distinct items, none of them the
   positive or the padding id. The candidates depend only on the split's targets and a seed, never on the model,
   the batch size or the number of processes, so every model compared is ranked against the same candidates.
+
+Negatives are not filtered against the user's history: an item the user interacted with before (but not the
+target) can be drawn. The second paper does not say whether it filters; not filtering keeps the candidates a
+function of the targets alone, and matches the full protocol, which does not mask seen items either.
 """
 
 import numpy as np

@@ -462,6 +462,10 @@ def train(run: RunConfig) -> dict:
         from transformers.utils import logging as hf_logging
 
         hf_logging.disable_progress_bar()
+    if args.disable_tqdm or not main:  # one set of progress bars: the main process's
+        import datasets
+
+        datasets.disable_progress_bars()
     if main:
         output_dir.mkdir(parents=True, exist_ok=True)
         if not resume_dir and args.overwrite_output_dir:

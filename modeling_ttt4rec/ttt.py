@@ -257,6 +257,25 @@ class TTTLayer(nn.Module):
         gate = gate + self.learnable_ttt_lr_bias
         return self.ttt_base_lr * torch.sigmoid(gate) / self.head_dim
 
+    def views(
+        self,
+        hidden_states: torch.Tensor,
+        XQ: torch.Tensor,
+        XK: torch.Tensor,
+        XV: torch.Tensor,
+        valid: torch.Tensor | None,
+        cos: torch.Tensor,
+        sin: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The views heads first, `[batch, heads, seq, head_dim]`, with the rotary angles `cos, sin` applied to
+        `XQ` and `XK`, and the per-token inner learning rate `[batch, heads, seq, 1]` (zero on padding)."""
+        XQ, XK, XV = (x.transpose(1, 2) for x in (XQ, XK, XV))
+        XQ, XK = apply_rotary(XQ, cos, sin), apply_rotary(XK, cos, sin)
+        lr = self.inner_lr(hidden_states)
+        if valid is not None:
+            lr = lr * valid[:, None, :].to(lr.dtype)
+        return XQ, XK, XV, lr.unsqueeze(-1)
+
     def mini_batch(
         self,
         state: InnerState,
@@ -360,18 +379,14 @@ class TTTLayer(nn.Module):
         The same mini-batch math as `scan` with a one-slot mini-batch whose position differs per row, so that no
         row pays for the slots before its position. Arguments as `forward`, with `seq = 1`.
         """
-        # [batch, heads, 1, head_dim]
-        XQ, XK, XV = (x.transpose(1, 2) for x in (XQ, XK, XV))
         cos, sin = self.rotary_table(XQ.device, XQ.dtype)
         # [batch, 1, 1, head_dim // 2]: each row's angle at its position
         cos, sin = cos[offsets][:, None, None], sin[offsets][:, None, None]
-        XQ, XK = apply_rotary(XQ, cos, sin), apply_rotary(XK, cos, sin)
-        lr = self.inner_lr(hidden_states)
-        if valid is not None:
-            lr = lr * valid[:, None, :].to(lr.dtype)
+        # [batch, heads, 1, head_dim] and [batch, heads, 1, 1]
+        XQ, XK, XV, lr = self.views(hidden_states, XQ, XK, XV, valid, cos, sin)
         # [batch, 1, 1, 1]: each row's token_eta at its position
         token_eta = self.token_eta(self.mini_batch_size, XQ.device).to(XQ.dtype)[offsets][:, None, None]
-        out, summed = self.mini_batch(state, XQ, XK, XV, lr.unsqueeze(-1), token_eta)
+        out, summed = self.mini_batch(state, XQ, XK, XV, lr, token_eta)
         finished = offsets == self.mini_batch_size - 1
         if valid is not None:
             finished = finished & valid[:, 0]
@@ -390,15 +405,9 @@ class TTTLayer(nn.Module):
         batch_size, seq_len = XQ.shape[:2]
         if state is None:
             state = self.initial_state(batch_size)
-        # [batch, heads, seq, head_dim]
-        XQ, XK, XV = (x.transpose(1, 2) for x in (XQ, XK, XV))
         cos, sin = rotary_cos_sin(seq_len, self.head_dim, self.rope_theta, self.mini_batch_size, XQ.device, XQ.dtype)
-        XQ, XK = apply_rotary(XQ, cos, sin), apply_rotary(XK, cos, sin)
-        # [batch, heads, seq, 1]
-        lr = self.inner_lr(hidden_states)
-        if valid is not None:
-            lr = lr * valid[:, None, :].to(lr.dtype)
-        lr = lr.unsqueeze(-1)
+        # [batch, heads, seq, head_dim] and [batch, heads, seq, 1]
+        XQ, XK, XV, lr = self.views(hidden_states, XQ, XK, XV, valid, cos, sin)
         full_token_eta = self.token_eta(self.mini_batch_size, XQ.device).to(XQ.dtype)
 
         outputs = []

@@ -184,6 +184,7 @@ def test_training_reduces_loss():
         ({"rope_theta": 0.0}, "`rope_theta` must be > 0"),
         ({"ttt_norm_eps": -1e-6}, "`ttt_norm_eps` must be > 0"),
         ({"ttt_base_lr": 0.0}, "`ttt_base_lr` must be > 0"),
+        ({"item_scoring": "target_mlp", "tie_word_embeddings": False}, "needs `tie_word_embeddings=True`"),
     ],
 )
 def test_config_rejects_bad_arguments(kwargs, message):

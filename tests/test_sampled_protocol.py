@@ -337,3 +337,19 @@ def test_grid_search_script_writes_table_and_heat_map_and_resumes(tmp_path, caps
         grid_main(["--output_dir", str(out), "--", *train_args, "--mini_batch_size", "2"])
     with pytest.raises(ValueError, match=r"reports no test metrics in stream mode \(it has \[\('test', 'window'\)"):
         run_grid(train_args, [0.02], [1], out, mode="stream")
+
+
+def test_forward_with_per_position_labels_runs_the_target_tower_once_and_gives_the_formula_loss():
+    model = tower_model(dtype=torch.float64)
+    input_ids = torch.tensor([[3, 7, 1, 9, 12], [5, 2, 8, 0, 0]])
+    labels = torch.tensor([[7, 1, 9, 12, 4], [2, 8, 6, -100, -100]])
+    calls = []
+    model.target_mlp.register_forward_hook(lambda *args: calls.append(1))
+    out = model(input_ids, labels=labels)
+    assert len(calls) == 1  # shared by the logits and the loss
+    embeddings = model.get_input_embeddings().weight
+    features = model.target_mlp.fc2(torch.relu(model.target_mlp.fc1(embeddings)))
+    scores = out.last_hidden_state[labels != -100] @ features.T
+    scores[:, 0] = torch.finfo(scores.dtype).min
+    expected = F.cross_entropy(scores.float(), labels[labels != -100])
+    torch.testing.assert_close(out.loss, expected)

@@ -40,13 +40,18 @@ def test_two_process_ddp_matches_one_process(tmp_path):
     cmd += ["--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(free_port())]
     cmd += [str(ROOT / "scripts" / "train.py"), "--dataset", str(data), "--output_dir", str(out), "--max_epochs", "2"]
     cmd += ["--hidden_size", "16", "--intermediate_size", "32", "--mini_batch_size", "4", "--num_attention_heads", "2"]
-    cmd += ["--batch_targets", "40", "--eval_batch_targets", str(eval_batch), "--disable_tqdm", "true"]
+    cmd += ["--batch_targets", "40", "--eval_batch_targets", str(eval_batch)]
+    # a fresh datasets cache: both processes prepare the data set (and would both show its progress bars)
     env = dict(os.environ, ACCELERATE_USE_CPU="true", OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
+    env["HF_DATASETS_CACHE"] = str(tmp_path / "datasets_cache")
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240, cwd=tmp_path)
     rank1 = "\n".join(line for line in proc.stderr.splitlines() if "rank1" in line)
     assert proc.returncode == 0, rank1[-6000:] + proc.stdout[-3000:] + proc.stderr[-3000:]
     runtime = json.loads((out / "run_config.json").read_text())["runtime"]
     assert runtime["num_processes"] == 2 and "MULTI_CPU" in runtime["distributed_type"]
+    # progress bars come from the main process only: each finished bar once, not once per process
+    finished = [line for line in proc.stderr.replace("\r", "\n").splitlines() if "Generating train split: 45" in line]
+    assert len(finished) == 1, finished
     # the training state holds both processes' random states (each process writes its own)
     states = {p.name for p in (out / "checkpoint").glob("random_states_*.pkl")}
     assert states == {"random_states_0.pkl", "random_states_1.pkl"}
