@@ -28,8 +28,11 @@ class TTT4RecCache:
         seen: `[batch]`, how many items each row has read.
         last_hidden_state: `[batch, hidden]`, the final hidden state at each row's newest item (what the next-item
             scores are computed from), zeros for rows that have read nothing.
-        config_dict: the model configuration the cache belongs to (`model.config.to_dict()` without bookkeeping
-            keys); loading a cache into a model with another configuration is an error.
+        config_dict: the configuration fields the cache's shapes and meaning depend on
+            (`cache_config_dict(model.config)`); using or loading a cache with a model of another configuration is
+            an error. Only the configuration is checked, not the weights: a cache made by another checkpoint of the
+            same configuration is accepted and gives wrong scores, so keep caches next to the checkpoint that made
+            them.
     """
 
     inner_states: list[InnerState]
