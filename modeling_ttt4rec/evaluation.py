@@ -244,7 +244,9 @@ def load_checkpoint(path: str, device=None):
         raise ValueError(f"Could not load the checkpoint {path}: {err}") from err
     except Exception as err:  # e.g. safetensors' header errors for a truncated file
         raise ValueError(f"Could not load the checkpoint {path} (damaged or truncated weights?): {err}") from err
-    missing = [k for k in info.get("missing_keys", []) if k != "item_head.weight"]
+    # a tied item head is the item embedding, not stored separately
+    tied = model.config.tie_word_embeddings
+    missing = [k for k in info.get("missing_keys", []) if not (tied and k == "item_head.weight")]
     if missing or info.get("mismatched_keys"):
         raise ValueError(
             f"The checkpoint {path} is incomplete: missing weights {sorted(missing)[:10]}"

@@ -435,7 +435,7 @@ class TTT4RecModel(TTT4RecPreTrainedModel):
             )
         if kwargs:
             raise TypeError(f"TTT4RecModel.forward() got unexpected arguments: {sorted(kwargs)}.")
-        attention_mask = self._check_inputs(input_ids, attention_mask, cache_params, use_cache)
+        attention_mask = self._check_inputs(input_ids, attention_mask, cache_params)
         if use_cache and self.training and torch.is_grad_enabled():
             raise ValueError(
                 "`use_cache=True` is for inference: the cache does not carry gradients between calls. Call "
@@ -511,7 +511,6 @@ class TTT4RecModel(TTT4RecPreTrainedModel):
         input_ids: torch.Tensor,
         attention_mask: torch.Tensor | None,
         cache_params: TTT4RecCache | None,
-        use_cache: bool,
     ) -> torch.Tensor:
         """Validate the inputs and return the attention mask; every problem is a `ValueError` that names it."""
         if not isinstance(input_ids, torch.Tensor):
@@ -567,23 +566,30 @@ class TTT4RecModel(TTT4RecPreTrainedModel):
                     f"`input_ids` has {input_ids.shape[0]} rows but the cache holds {cache_params.batch_size}; "
                     "select the cache's rows to match (`cache.select(rows)`) or start a new cache."
                 )
-            check_config(cache_params.config_dict, cache_config_dict(self.config))
-            weight = self.item_embeddings.weight
-            state = cache_params.last_hidden_state
-            if state.device != weight.device or state.dtype != weight.dtype:
-                raise ValueError(
-                    f"The cache is on {state.device} in {state.dtype} but the model is on {weight.device} in "
-                    f"{weight.dtype}; move it with `cache = cache.to({str(weight.device)!r}, {weight.dtype})`."
-                )
-        elif not use_cache:
+            self._check_cache(cache_params)
+        else:
             # (with a cache, a row may receive no item in a step: it keeps its state, or stays empty until its first
             # item; `recommend` refuses rows that have read nothing)
             empty = (~mask.any(dim=1)).nonzero().flatten()
             if empty.numel():
                 raise ValueError(
-                    f"Row(s) {empty.tolist()} contain no items (all padding); every row needs at least one item."
+                    f"Row(s) {empty.tolist()} contain no items (all padding); every row needs at least one item. "
+                    "(To keep a state for users who have no item yet, start from "
+                    "`cache_params=model.init_cache(batch_size)`.)"
                 )
         return attention_mask
+
+    def _check_cache(self, cache_params: TTT4RecCache) -> None:
+        """Raise a `ValueError` if `cache_params` was made by a model of another configuration, or is on another
+        device or in another dtype than this model."""
+        check_config(cache_params.config_dict, cache_config_dict(self.config))
+        weight = self.item_embeddings.weight
+        state = cache_params.last_hidden_state
+        if state.device != weight.device or state.dtype != weight.dtype:
+            raise ValueError(
+                f"The cache is on {state.device} in {state.dtype} but the model is on {weight.device} in "
+                f"{weight.dtype}; move it with `cache = cache.to({str(weight.device)!r}, {weight.dtype})`."
+            )
 
 
 class TTT4RecForNextItemPrediction(TTT4RecPreTrainedModel):
@@ -748,7 +754,9 @@ class TTT4RecForNextItemPrediction(TTT4RecPreTrainedModel):
             raise ValueError("Pass `input_ids` (a history), `cache_params` (a state), or both.")
         # Everything is checked before the cache is advanced, so a call that fails has read nothing.
         if input_ids is not None:
-            attention_mask = self.model._check_inputs(input_ids, attention_mask, cache_params, use_cache=True)
+            attention_mask = self.model._check_inputs(input_ids, attention_mask, cache_params)
+        else:
+            self.model._check_cache(cache_params)
         batch_size = cache_params.batch_size if cache_params is not None else input_ids.shape[0]
         device = self.item_head.weight.device
         seen = input_ids if exclude_seen else None

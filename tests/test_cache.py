@@ -62,6 +62,8 @@ def feed(model, rows, chunk_sizes, cache=None):
             size = chunk_sizes[i][step] if step < len(chunk_sizes[i]) else len(row)
             chunk.append(row[starts[i] : starts[i] + size])
         ids, mask = padded(chunk)
+        if cache is None and not mask.any(dim=1).all():  # a row with no item yet needs a cache to start from
+            cache = model.init_cache(len(rows))
         with torch.no_grad():
             out = model(ids, attention_mask=mask, cache_params=cache, use_cache=True)
         cache = out.cache_params
@@ -216,6 +218,8 @@ def test_cache_from_another_config(tmp_path):
     cache = other(torch.tensor([[1, 2]]), use_cache=True).cache_params
     with pytest.raises(ValueError, match="mini_batch_size: cache has 8, model has 3"):
         model(torch.tensor([[3]]), cache_params=cache, use_cache=True)
+    with pytest.raises(ValueError, match="mini_batch_size: cache has 8, model has 3"):
+        model.recommend(cache_params=cache)  # no new items: the cache's state is scored as it is
     cache.save(tmp_path / "c.safetensors")
     with pytest.raises(ValueError, match="another configuration"):
         TTT4RecCache.load(tmp_path / "c.safetensors", config=model.config)
@@ -347,6 +351,8 @@ def test_cache_in_another_dtype_is_a_clear_error():
     cache = model(torch.tensor([[1, 2]]), use_cache=True).cache_params.to(dtype=torch.bfloat16)
     with pytest.raises(ValueError, match=r"cache = cache.to\('cpu', torch.float32\)"):
         model(torch.tensor([[3]]), cache_params=cache)
+    with pytest.raises(ValueError, match=r"cache = cache.to\('cpu', torch.float32\)"):
+        model.recommend(cache_params=cache)
 
 
 def test_select_takes_a_boolean_mask_and_refuses_fractions():
@@ -362,7 +368,7 @@ def test_select_takes_a_boolean_mask_and_refuses_fractions():
         cache.drop([5])
 
 
-@pytest.mark.parametrize("damage", ["truncated", "missing tensor", "rows disagree"])
+@pytest.mark.parametrize("damage", ["truncated", "missing tensor", "extra tensor", "rows disagree"])
 def test_damaged_cache_file_is_a_clear_error(tmp_path, damage):
     from safetensors.torch import load_file, save_file
 
@@ -379,6 +385,10 @@ def test_damaged_cache_file_is_a_clear_error(tmp_path, damage):
         del tensors["layers.0.weights.W2"]
         save_file(tensors, str(path), metadata=metadata)
         error, message = ValueError, r"missing: \['layers.0.weights.W2'\]"
+    elif damage == "extra tensor":
+        tensors["layers.0.weights.W3"] = tensors["layers.0.weights.W1"].clone()
+        save_file(tensors, str(path), metadata=metadata)
+        error, message = ValueError, r"unexpected: \['layers.0.weights.W3'\]"
     else:
         tensors["seen"] = tensors["seen"][:1]
         save_file(tensors, str(path), metadata=metadata)
@@ -389,7 +399,7 @@ def test_damaged_cache_file_is_a_clear_error(tmp_path, damage):
 
 def test_compiled_step_compiles_once_per_batch_size():
     """After the first compiled step, later steps (every position of the inner mini-batch) reuse the graph."""
-    model = model_for("transformer", "mlp", 3)
+    model = copy.deepcopy(model_for("transformer", "mlp", 3))  # the shared test model stays eager
     model.compile_step()
     cache = model(torch.tensor([[1, 2], [3, 4]]), use_cache=True).cache_params
     model.recommend(torch.tensor([[5], [6]]), cache_params=cache)

@@ -1,6 +1,7 @@
 """Full-ranking evaluation: window and stream modes against a brute-force reference, errors, the CLI."""
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -44,8 +45,9 @@ def test_window_and_stream_match_brute_force_and_agree_without_long_histories(ba
     split = SplitSequences.from_rows(seqs, [max(1, len(s) // 2) for s in seqs])
     model = tiny_model(backbone=backbone, ttt_layer_type=layer)
     reference = brute_force_ranks(model, split, 8)
-    window = compute_ranks(model, split, 8, mode="window", batch_targets=7)
-    stream = compute_ranks(model, split, 8, mode="stream", batch_targets=7, stream_chunk_size=4)
+    # scores 3 rows at a time: every batch of 7 targets is scored in several chunks
+    window = compute_ranks(model, split, 8, mode="window", batch_targets=7, score_chunk_size=3)
+    stream = compute_ranks(model, split, 8, mode="stream", batch_targets=7, stream_chunk_size=4, score_chunk_size=3)
     assert window.tolist() == reference
     assert stream.tolist() == reference
     window_metrics = evaluate_split(model, split, 8, "window")
@@ -58,8 +60,8 @@ def test_long_histories_window_truncates_stream_reads_everything():
     seqs = random_sequences(6, 40, 14, 30, seed=4)
     split = SplitSequences.from_rows(seqs, [len(s) // 2 for s in seqs])
     model = tiny_model()
-    window = compute_ranks(model, split, 5, mode="window", batch_targets=9, batch_tokens=40)
-    stream = compute_ranks(model, split, 5, mode="stream", batch_targets=9, stream_chunk_size=8)
+    window = compute_ranks(model, split, 5, mode="window", batch_targets=9, batch_tokens=40, score_chunk_size=4)
+    stream = compute_ranks(model, split, 5, mode="stream", batch_targets=9, stream_chunk_size=8, score_chunk_size=4)
     assert window.tolist() == brute_force_ranks(model, split, 5)
     assert stream.tolist() == brute_force_ranks(model, split, None)
     assert window.tolist() != stream.tolist()
@@ -87,7 +89,7 @@ def test_checkpoint_errors(tmp_path):
     shutil.copytree(tmp_path / "ok", tmp_path / "truncated")
     data = (tmp_path / "ok" / "model.safetensors").read_bytes()
     (tmp_path / "truncated" / "model.safetensors").write_bytes(data[: len(data) // 2])
-    with pytest.raises(ValueError, match="truncated|Could not load"):
+    with pytest.raises(ValueError, match="probably truncated or corrupted"):
         load_checkpoint(str(tmp_path / "truncated"))
     # a weights file with a tensor missing
     from safetensors.torch import load_file, save_file
@@ -101,6 +103,15 @@ def test_checkpoint_errors(tmp_path):
         load_checkpoint(str(tmp_path / "missing"))
     with pytest.raises(ValueError, match="no such checkpoint folder"):
         load_checkpoint("./typo-of-a-folder")
+    # an untied item head is a weight of its own: without it the checkpoint is incomplete
+    untied = tiny_model(tie_word_embeddings=False)
+    untied.save_pretrained(tmp_path / "untied")
+    assert load_checkpoint(str(tmp_path / "untied")).config.tie_word_embeddings is False
+    tensors = load_file(tmp_path / "untied" / "model.safetensors")
+    del tensors["item_head.weight"]
+    save_file(tensors, tmp_path / "untied" / "model.safetensors", metadata={"format": "pt"})
+    with pytest.raises(ValueError, match=r"incomplete: missing weights \['item_head.weight'\]"):
+        load_checkpoint(str(tmp_path / "untied"))
 
 
 def test_mixed_precision_encodes_in_bf16_but_scores_in_float32(monkeypatch):
@@ -146,7 +157,8 @@ def run_evaluate_script(
     model.save_pretrained(tmp_path / "model")
     cmd = [sys.executable, str(ROOT / "scripts" / "evaluate.py"), "--model", str(tmp_path / "model"), "--dataset"]
     cmd += [str(data), *args, "--cpu"]
-    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path, timeout=300)
+    env = dict(os.environ, PYTHONPATH=str(ROOT))  # this checkout, not an installed copy
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path, timeout=600, env=env)
     assert (proc.returncode == 0) == succeed, proc.stderr
     return proc, data
 

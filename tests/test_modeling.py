@@ -228,11 +228,20 @@ def test_config_defaults_are_the_papers():
         (lambda: ([[1, 2]], None), "must be a torch.LongTensor"),
     ],
 )
-def test_bad_input_raises_clear_value_error(make_input, message):
-    model = small_model()
+@pytest.mark.parametrize("use_cache", [False, None])  # None: the default, which returns a cache in eval mode
+def test_bad_input_raises_clear_value_error(make_input, message, use_cache):
+    model = small_model().eval()
     input_ids, attention_mask = make_input()
     with pytest.raises(ValueError, match=message):
-        model(input_ids, attention_mask=attention_mask, use_cache=False)
+        model(input_ids, attention_mask=attention_mask, use_cache=use_cache)
+
+
+def test_rows_without_items_need_a_cache_to_start_from():
+    model = small_model().eval()
+    with pytest.raises(ValueError, match=r"model.init_cache\(batch_size\)"):
+        model(torch.tensor([[1, 2], [0, 0]]), use_cache=True)
+    out = model(torch.tensor([[1, 2], [0, 0]]), cache_params=model.init_cache(2))
+    assert out.cache_params.seen.tolist() == [2, 0]
 
 
 @pytest.mark.parametrize(

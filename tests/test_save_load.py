@@ -74,8 +74,11 @@ def test_load_in_bfloat16(tmp_path):
     loaded = AutoModel.from_pretrained(tmp_path, dtype=torch.bfloat16)
     assert loaded.model.item_embeddings.weight.dtype == torch.bfloat16
     with torch.no_grad():
-        logits = loaded(IDS, use_cache=False).logits
-    assert torch.isfinite(logits[:, 1:]).all()
+        logits = loaded(IDS, use_cache=False).logits[:, 1:]
+        reference = model(IDS, use_cache=False).logits[:, 1:]
+    # the same model, rounded to bfloat16 (8 significant bits): close to the float32 scores, relative to their scale
+    error = (logits.float() - reference).abs().max() / reference.abs().max()
+    assert error < 0.05, error
 
 
 def test_truncated_checkpoint_is_a_clear_error(tmp_path):
