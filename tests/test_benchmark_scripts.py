@@ -1,17 +1,22 @@
 """The benchmark scripts behind docs/benchmarks.md still run and print what the document quotes (tiny sizes)."""
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
 
 from helpers import random_sequences, write_split_dataset
 
-SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPTS = ROOT / "scripts"
 
 
 def run_script(name: str, *args: str) -> str:
-    result = subprocess.run([sys.executable, str(SCRIPTS / name), *args], capture_output=True, text=True, timeout=600)
+    # the scripts import `modeling_ttt4rec` from this checkout, not from an installed copy
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
+    cmd = [sys.executable, str(SCRIPTS / name), *args]
+    result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr
     return result.stdout
 

@@ -25,6 +25,16 @@ class _FakeResponse(io.BytesIO):
         self.close()
 
 
+@pytest.fixture(autouse=True)
+def no_real_download(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A test that reaches a real download fails (tests that fake one replace this in turn)."""
+
+    def refuse(url: object, *args: object, **kwargs: object) -> None:
+        raise AssertionError(f"a test tried to download {getattr(url, 'full_url', url)}")
+
+    monkeypatch.setattr(urllib.request, "urlopen", refuse)
+
+
 def test_movielens_zip_is_fetched_and_unpacked(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w") as zf:

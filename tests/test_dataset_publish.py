@@ -269,14 +269,19 @@ def test_push_uploads_the_folder(monkeypatch: pytest.MonkeyPatch, published: tup
     assert upload["repo_type"] == "dataset" and upload["folder_path"] == str(out) and upload["repo_id"] == "me/x"
 
 
-def test_loaders_read_a_cached_hub_repo_offline(published: tuple[Path, list]) -> None:
+def test_loaders_read_a_cached_hub_repo_offline(
+    published: tuple[Path, list], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
     """``load_splits`` / ``load_item_map`` / ``load_metadata`` with a repo id, from the hub cache, offline."""
     import shutil
 
     from huggingface_hub import constants
 
     out, _ = published
-    repo = Path(constants.HF_HUB_CACHE) / "datasets--someone--ttt4rec-fixture"
+    # a cache of this test's own: the session-wide one would already hold the repo when the test runs again
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    repo = tmp_path / "hub" / "datasets--someone--ttt4rec-fixture"
     commit = "0123456789abcdef0123456789abcdef01234567"
     shutil.copytree(out, repo / "snapshots" / commit)
     (repo / "refs").mkdir()

@@ -121,7 +121,10 @@ def test_push_errors_offline_and_without_token(checkpoint, tmp_path, monkeypatch
     with pytest.raises(HubError, match="offline mode"):
         push_folder(checkpoint, "someone/x", token="hf_fake")
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    # `get_token()` reads both variables (and the token files, moved away below): with offline mode off, a real
+    # token would make a real upload
     monkeypatch.delenv("HF_TOKEN", raising=False)
+    monkeypatch.delenv("HUGGING_FACE_HUB_TOKEN", raising=False)
     monkeypatch.setattr(constants, "HF_TOKEN_PATH", str(tmp_path / "no-token"))
     monkeypatch.setattr(constants, "HF_STORED_TOKENS_PATH", str(tmp_path / "no-tokens"))
     with pytest.raises(HubError, match="no token"):
@@ -139,7 +142,7 @@ def test_push_error_when_the_hub_is_unreachable(checkpoint, tmp_path):
         """
     )
     env = dict(os.environ, HF_ENDPOINT="http://127.0.0.1:9", HF_HUB_OFFLINE="0", PYTHONPATH=str(ROOT))
-    proc = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120)
+    proc = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=600)
     assert "HubError: Cannot reach the Hub at http://127.0.0.1:9" in proc.stdout, proc.stdout + proc.stderr
 
 
@@ -176,7 +179,7 @@ def test_load_by_repo_id_from_the_cache_offline_in_a_fresh_process(checkpoint, t
     if import_package:
         env["PYTHONPATH"] = str(ROOT)
     proc = subprocess.run(
-        [sys.executable, "-c", script], env=env, capture_output=True, text=True, cwd=tmp_path, timeout=300
+        [sys.executable, "-c", script], env=env, capture_output=True, text=True, cwd=tmp_path, timeout=600
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = json.loads(proc.stdout.strip().splitlines()[-1])

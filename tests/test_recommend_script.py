@@ -1,5 +1,6 @@
 """`scripts/recommend.py` replays a history one item at a time and prints what a full re-read would recommend."""
 
+import os
 import re
 import subprocess
 import sys
@@ -10,8 +11,14 @@ import torch
 
 from modeling_ttt4rec import TTT4RecConfig, TTT4RecForNextItemPrediction
 
-SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "recommend.py"
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPT = ROOT / "scripts" / "recommend.py"
 LINE = re.compile(r"after item +(\d+) \( *(\d+)\): top-(\d+) \[([\d, ]+)\]  \[(\d+\.\d+) ms\](  \(.*\))?")
+
+
+def script_env() -> dict[str, str]:
+    """The script imports `modeling_ttt4rec` from this checkout, not from an installed copy."""
+    return dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
 
 
 @pytest.fixture(scope="module")
@@ -32,6 +39,7 @@ def test_replay_prints_the_full_history_recommendations(checkpoint, extra):
         [sys.executable, str(SCRIPT), "--checkpoint", str(checkpoint), "--top_k", "4", "--history"]
         + [str(i) for i in history]
         + extra,
+        env=script_env(),
         capture_output=True,
         text=True,
         timeout=600,
@@ -52,9 +60,10 @@ def test_replay_prints_the_full_history_recommendations(checkpoint, extra):
 def test_unknown_item_is_a_clear_error(checkpoint):
     result = subprocess.run(
         [sys.executable, str(SCRIPT), "--checkpoint", str(checkpoint), "--history", "3", "50"],
+        env=script_env(),
         capture_output=True,
         text=True,
-        timeout=300,
+        timeout=600,
     )
     assert result.returncode == 2
     assert "error: history item 2 (50): Item id 50 is outside [0, 50)" in result.stderr
