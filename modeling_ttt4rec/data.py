@@ -1,9 +1,10 @@
 """Reading the published split data sets and turning them into the protocol's samples (PROTOCOL.md 4-5).
 
 A data set (a local folder or a Hub dataset repository, as `dataset_builders` publish them) has one configuration
-per split ratio (`split-3-2-5`, `split-6-2-2`) with `train` / `validation` / `test` splits and one row per user per
-split: `user_id`, `item_ids` (the user's items from the first interaction through the last target of this split)
-and `target_start` (this split's targets are `item_ids[target_start:]`). Sample `j` of a row has target
+per split ratio (`split-3-2-5`, `split-6-2-2`) with `train` / `validation` / `test` splits and one row per user with
+a target in the split: `user_id`, `item_ids` (the user's items from the first interaction through the last target of
+this split) and `target_start` (this split's targets are `item_ids[target_start:]`, at least one; a user with no
+target in a split has no row there). Sample `j` of a row has target
 `item_ids[j]` and history `item_ids[max(0, j - L):j]`.
 
 Everything the model reads is described as **units**: a contiguous slice `values[start : start + length]` of the
@@ -58,7 +59,10 @@ def resolve_dataset_dir(dataset: str | os.PathLike, revision: str | None = None,
     path = Path(dataset).expanduser()
     if path.exists():
         if not path.is_dir():
-            raise DataError(f"The data set {str(dataset)!r} is a file; pass the folder that holds its README.md.")
+            raise DataError(
+                f"The data set {str(dataset)!r} is a file, not a folder; pass the folder that holds its README.md "
+                "(or a Hub dataset repository id)."
+            )
         return path
     text = str(dataset)
     if text.startswith((".", "/", "~")) or text.count("/") > 1 or os.sep in text.replace("/", ""):
@@ -108,9 +112,20 @@ def read_metadata_file(local_dir: Path, config_name: str) -> dict:
             path = folder / name
             if path.is_file():
                 try:
-                    return json.loads(path.read_text())
+                    meta = json.loads(path.read_text())
                 except json.JSONDecodeError as err:
-                    raise DataError(f"{path} is not valid JSON: {err}") from err
+                    raise DataError(
+                        f"The data set's metadata file {path} is not valid JSON ({err}). Fix or rebuild it (it is a "
+                        'JSON object such as {"num_items": 1001, "max_length": 50}), or delete it and pass '
+                        "--num_items and --max_length."
+                    ) from err
+                if not isinstance(meta, dict):
+                    raise DataError(
+                        f"The data set's metadata file {path} holds a JSON {type(meta).__name__}, not an object. Fix "
+                        'or rebuild it (e.g. {"num_items": 1001, "max_length": 50}), or delete it and pass '
+                        "--num_items and --max_length."
+                    )
+                return meta
     return {}
 
 
@@ -169,29 +184,57 @@ class SplitSequences:
                 f"set needs {list(REQUIRED_COLUMNS)} (see dataset_builders)."
             )
         table = dataset.data.table if hasattr(dataset.data, "table") else dataset.data
+        user_ids = table.column("user_id").to_pylist()
+        rebuild = "Rebuild the data set with dataset_builders (see its README for the row format)."
         column = table.column("item_ids")
         if not (pa.types.is_list(column.type) or pa.types.is_large_list(column.type)):
-            raise DataError(f"Column 'item_ids' of the {split!r} split must be a list of item ids, got {column.type}.")
+            raise DataError(
+                f"Column 'item_ids' of the {split!r} split must be a list of integer item ids per row, got "
+                f"{column.type}. {rebuild}"
+            )
         if not pa.types.is_integer(column.type.value_type):
             raise DataError(
-                f"Column 'item_ids' of the {split!r} split must hold integer ids, got {column.type.value_type}."
+                f"Column 'item_ids' of the {split!r} split must hold integer item ids, got lists of "
+                f"{column.type.value_type}. {rebuild}"
             )
         array = column.combine_chunks() if column.num_chunks != 1 else column.chunk(0)
         if array.null_count:
-            raise DataError(f"Column 'item_ids' of the {split!r} split has missing (null) rows.")
-        raw_offsets = array.offsets.to_numpy().astype(np.int64)
-        values = array.values.to_numpy(zero_copy_only=False)[raw_offsets[0] : raw_offsets[-1]].astype(np.int64)
-        offsets = raw_offsets - raw_offsets[0]
-        target_start = np.asarray(table.column("target_start").to_numpy(zero_copy_only=False))
-        if not np.issubdtype(target_start.dtype, np.integer):
+            r = int(np.flatnonzero(array.is_null().to_numpy(zero_copy_only=False))[0])
             raise DataError(
-                f"Column 'target_start' of the {split!r} split must be integers, got {target_start.dtype}."
+                f"Row {r} (user {user_ids[r]!r}) of the {split!r} split has a missing (null) 'item_ids' "
+                f"({array.null_count} such row(s)). Every row needs its list of item ids: drop those rows, or "
+                "rebuild the data set with dataset_builders."
             )
-        user_ids = table.column("user_id").to_pylist()
-        return cls(values, offsets, target_start.astype(np.int64), user_ids)
+        raw_offsets = array.offsets.to_numpy().astype(np.int64)
+        flat = array.values.slice(int(raw_offsets[0]), int(raw_offsets[-1] - raw_offsets[0]))
+        if flat.null_count:
+            raise DataError(
+                f"Column 'item_ids' of the {split!r} split has {flat.null_count} missing (null) item id(s) inside "
+                f"its lists; every item id must be an integer in [1, num_items - 1]. {rebuild}"
+            )
+        values = flat.to_numpy(zero_copy_only=False).astype(np.int64)
+        offsets = raw_offsets - raw_offsets[0]
+        starts = table.column("target_start")
+        if not pa.types.is_integer(starts.type):
+            raise DataError(
+                f"Column 'target_start' of the {split!r} split must be integers (the index of each row's first "
+                f"target in 'item_ids'), got {starts.type}. {rebuild}"
+            )
+        if starts.null_count:
+            r = int(np.flatnonzero(starts.is_null().to_numpy(zero_copy_only=False))[0])
+            raise DataError(
+                f"Row {r} (user {user_ids[r]!r}) of the {split!r} split has a missing (null) 'target_start'. {rebuild}"
+            )
+        target_start = np.asarray(starts.to_numpy(), dtype=np.int64)
+        return cls(values, offsets, target_start, user_ids)
 
     def validate(self, num_items: int, split: str = "?") -> None:
-        """Raise `DataError` if ids or target starts are out of range."""
+        """Raise `DataError` if ids or target starts are out of range.
+
+        A row must have at least one target: `1 <= target_start <= len(item_ids) - 1`. The builders publish a row
+        only for a user with a target in the split (a user with no target there has no row), and
+        `dataset_builders.WindowedSamples` rejects a row without one, so such a row means a malformed data set.
+        """
         lengths = self.lengths
         if self.values.size:
             low, high = int(self.values.min()), int(self.values.max())
@@ -201,12 +244,14 @@ class SplitSequences:
                     f"(num_items = {num_items} counts the padding id 0). Pass the right --num_items or rebuild the "
                     "data set."
                 )
-        bad = np.flatnonzero((self.target_start < 1) | (self.target_start > lengths))
+        bad = np.flatnonzero((self.target_start < 1) | (self.target_start >= lengths))
         if bad.size:
             r = int(bad[0])
             raise DataError(
                 f"Row {r} (user {self.user_ids[r]!r}) of the {split!r} split has target_start "
-                f"{int(self.target_start[r])} for {int(lengths[r])} items; it must be in [1, len(item_ids)]."
+                f"{int(self.target_start[r])} for {int(lengths[r])} items; it must be in [1, len(item_ids) - 1] "
+                "(the first item is only history, and every row needs at least one target; a user with no target "
+                "in a split has no row there). Rebuild the data set with dataset_builders."
             )
 
 
@@ -250,12 +295,21 @@ def load_sequences(
     # Read the parquet files into memory with a throw-away cache: `datasets` keys its cache on the folder's name and
     # file times and can hand back stale rows (or a stale schema) for a data set rebuilt into a same-named folder.
     with tempfile.TemporaryDirectory(prefix="ttt4rec-datasets-") as cache_dir:
-        dataset_dict = datasets.load_dataset(str(local_dir), config_name, cache_dir=cache_dir, keep_in_memory=True)
+        try:
+            dataset_dict = datasets.load_dataset(str(local_dir), config_name, cache_dir=cache_dir, keep_in_memory=True)
+        except (datasets.exceptions.DatasetsError, pa.ArrowException) as err:
+            cause = err.__cause__ or err.__context__ or err
+            raise DataError(
+                f"Could not read configuration {config_name!r} of the data set at {local_dir}: "
+                f"{' '.join(str(cause).split())}. Its parquet files must all have the published columns (user_id: "
+                "string, item_ids: list of int64, target_start: int64); rebuild the data set with dataset_builders."
+            ) from err
         missing = [s for s in splits if s not in dataset_dict]
         if missing:
             raise DataError(
                 f"Configuration {config_name!r} of {str(dataset)!r} lacks the split(s) {missing}; it has "
-                f"{list(dataset_dict)}."
+                f"{list(dataset_dict)}. Add them to the `configs` of its README.md (dataset_builders publish "
+                f"{list(SPLITS)}), or load only the splits it has (`splits=`)."
             )
         sequences = {s: SplitSequences.from_dataset(dataset_dict[s], s) for s in splits}
 

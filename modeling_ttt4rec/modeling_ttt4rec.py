@@ -101,6 +101,11 @@ class TTT4RecRecommendations(ModelOutput):
 # ----------------------------------------------------------------------------------------------------------------
 
 
+def at_least_float32(dtype: torch.dtype) -> torch.dtype:
+    """float32 for the half-precision dtypes, the dtype itself otherwise (float64 is never rounded down)."""
+    return torch.promote_types(dtype, torch.float32)
+
+
 class TTT4RecRMSNorm(nn.Module):
     """RMSNorm `x / sqrt(mean(x^2) + eps) * weight` over the hidden dimension (the norm of the residual blocks)."""
 
@@ -110,8 +115,11 @@ class TTT4RecRMSNorm(nn.Module):
         self.eps = eps
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
-        # x / sqrt(mean(x^2) + eps), computed in float32, then the scale in the input's dtype
-        normalized = F.rms_norm(hidden_states.float(), hidden_states.shape[-1:], eps=self.eps)
+        # x / sqrt(mean(x^2) + eps), computed in float32 at least (float16/bfloat16 inputs are upcast, float64 kept),
+        # then the scale in the input's dtype
+        normalized = F.rms_norm(
+            hidden_states.to(at_least_float32(hidden_states.dtype)), hidden_states.shape[-1:], eps=self.eps
+        )
         return self.weight * normalized.to(hidden_states.dtype)
 
 
@@ -643,10 +651,11 @@ class TTT4RecForNextItemPrediction(TTT4RecPreTrainedModel):
         lowest representable score so it is never predicted. `item_features`: `self.item_features()` if already
         computed (with `item_scoring="target_mlp"` it runs the target tower over every item)."""
         if self.target_mlp is None:
-            logits = self.item_head(hidden_states).float()
+            logits = self.item_head(hidden_states)
         else:
             features = self.item_features() if item_features is None else item_features
-            logits = (hidden_states @ features.T).float()
+            logits = hidden_states @ features.T
+        logits = logits.to(at_least_float32(logits.dtype))
         if self.config.pad_token_id is not None:
             logits[..., self.config.pad_token_id] = torch.finfo(logits.dtype).min
         return logits
@@ -665,7 +674,8 @@ class TTT4RecForNextItemPrediction(TTT4RecPreTrainedModel):
                 f"[{int(candidate_ids.min())}, {int(candidate_ids.max())}]. Map unknown items to known ids first."
             )
         features = self.item_features(candidate_ids)  # [batch, num_candidates, hidden]
-        return torch.einsum("bh,bch->bc", hidden_states, features.to(hidden_states.dtype)).float()
+        scores = torch.einsum("bh,bch->bc", hidden_states, features.to(hidden_states.dtype))
+        return scores.to(at_least_float32(scores.dtype))
 
     def forward(
         self,

@@ -7,6 +7,7 @@ import gzip
 import math
 from collections import Counter, defaultdict
 from datetime import datetime, timezone
+from fractions import Fraction
 from pathlib import Path
 
 # (user, item, time) records; time is Unix seconds (or the layout's integer unit).
@@ -60,7 +61,12 @@ def reference_kcore(records: list[Record], user_min: int, item_min: int) -> list
 
 
 def reference_split_counts(t: int, r: tuple[float, float, float]) -> list[int]:
-    """PROTOCOL 5, transcribed literally."""
+    """PROTOCOL 5's pseudo-code transcribed line by line, in floats as RecBole computes it.
+
+    This is the same formula as `dataset_builders.splitting.split_counts`, so it only checks the builder's
+    vectorised copy (and any ratio, where float rounding matters); `protocol_split_labels` and the hand-computed
+    cases in test_dataset_splitting.py are the independent references for the 3:2:5 and 6:2:2 splits.
+    """
     c = [math.floor(r[0] * t), math.floor(r[1] * t), math.floor(r[2] * t)]
     c[0] = t - c[1] - c[2]
     for i in (1, 2):  # looks at r2 first, then r1
@@ -70,6 +76,38 @@ def reference_split_counts(t: int, r: tuple[float, float, float]) -> list[int]:
             c[-i] += 1
             c[0] -= 1
     return c
+
+
+def protocol_split_labels(n: int, ratios: tuple[float, float, float]) -> list[str | None]:
+    """The split of each of a user's `n` interactions, from PROTOCOL 5's rule in words, independently of the
+    builders: exact decimal fractions (0.3 is 3/10, not a float) and the interactions enumerated one by one.
+
+    Interaction 0 is never a target (`None`); interaction `j` (1 <= j <= n - 1) is the target of sample `j`.
+    With t = n - 1 samples, validation gets floor(r1 * t) and test floor(r2 * t), train the rest. Then, test
+    first and validation second, a part whose exact share r * t is a fraction of one sample (0 < r * t < 1) takes
+    one sample from train, but only while train still has more than one. Train takes the first samples, then
+    validation, then test. (For 3:2:5 and 6:2:2 the floors agree with RecBole's float ones for every t below two
+    million; test_dataset_splitting.py checks it.)
+    """
+    r = [Fraction(str(x)) for x in ratios]
+    r = [x / sum(r) for x in r]
+    t = max(n - 1, 0)
+    validation = math.floor(r[1] * t)
+    test = math.floor(r[2] * t)
+    train = t - validation - test
+    if train > 1 and 0 < r[2] * t < 1:
+        test, train = test + 1, train - 1
+    if train > 1 and 0 < r[1] * t < 1:
+        validation, train = validation + 1, train - 1
+    labels: list[str | None] = [None]
+    for j in range(1, n):
+        if j <= train:
+            labels.append("train")
+        elif j <= train + validation:
+            labels.append("validation")
+        else:
+            labels.append("test")
+    return labels[:n]
 
 
 def reference_samples(
@@ -83,9 +121,7 @@ def reference_samples(
     out: dict[str, list[tuple[str, list[str], str]]] = {"train": [], "validation": [], "test": []}
     for u, events in by_user.items():
         s = [i for _, _, i in sorted(events)]
-        t = len(s) - 1
-        c = reference_split_counts(t, ratios)
-        names = ["train"] * c[0] + ["validation"] * c[1] + ["test"] * c[2]
+        labels = protocol_split_labels(len(s), ratios)
         for j in range(1, len(s)):
-            out[names[j - 1]].append((u, s[max(0, j - max_length) : j], s[j]))
+            out[labels[j]].append((u, s[max(0, j - max_length) : j], s[j]))
     return out

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pyarrow as pa
 import pytest
-from dataset_fixtures import reference_samples, reference_split_counts
+from dataset_fixtures import protocol_split_labels, reference_samples, reference_split_counts
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -25,20 +25,71 @@ from dataset_builders.readers import RawInteractions
 RATIOS = [(0.3, 0.2, 0.5), (0.6, 0.2, 0.2)]
 
 
+# PROTOCOL.md 5 worked by hand: t = n - 1 samples; validation = floor(r1 * t), test = floor(r2 * t), train = the
+# rest; then test first, validation second: a part with 0 < r * t < 1 takes one sample from train while train > 1.
+HAND_CASES = [
+    # 3:2:5 (validation 0.2 t, test 0.5 t)
+    ((0.3, 0.2, 0.5), 1, (0, 0, 0)),  # t = 0: no samples
+    ((0.3, 0.2, 0.5), 2, (1, 0, 0)),  # t = 1: floor(.2) = 0, floor(.5) = 0, train 1 -> no bump
+    ((0.3, 0.2, 0.5), 3, (1, 0, 1)),  # t = 2: floor(.4) = 0, floor(1.0) = 1, train 1 -> no bump
+    ((0.3, 0.2, 0.5), 4, (1, 1, 1)),  # t = 3: floor(.6) = 0, floor(1.5) = 1, train 2; 0 < .6 < 1 -> validation + 1
+    ((0.3, 0.2, 0.5), 5, (1, 1, 2)),  # t = 4: floor(.8) = 0, floor(2.0) = 2, train 2; .8 -> validation + 1
+    ((0.3, 0.2, 0.5), 6, (2, 1, 2)),  # t = 5: floor(1.0) = 1, floor(2.5) = 2, train 2; no part below 1
+    ((0.3, 0.2, 0.5), 7, (2, 1, 3)),  # t = 6: floor(1.2) = 1, floor(3.0) = 3, train 2
+    ((0.3, 0.2, 0.5), 8, (3, 1, 3)),  # t = 7: floor(1.4) = 1, floor(3.5) = 3, train 3
+    ((0.3, 0.2, 0.5), 11, (3, 2, 5)),  # t = 10: 2, 5, train 3
+    ((0.3, 0.2, 0.5), 12, (4, 2, 5)),  # t = 11: floor(2.2) = 2, floor(5.5) = 5, train 4
+    ((0.3, 0.2, 0.5), 21, (6, 4, 10)),  # t = 20: 4, 10, train 6
+    ((0.3, 0.2, 0.5), 100, (31, 19, 49)),  # t = 99: floor(19.8) = 19, floor(49.5) = 49, train 99 - 68 = 31
+    ((0.3, 0.2, 0.5), 101, (30, 20, 50)),  # t = 100: 20, 50, train 30
+    # 6:2:2 (validation 0.2 t, test 0.2 t)
+    ((0.6, 0.2, 0.2), 1, (0, 0, 0)),  # t = 0
+    ((0.6, 0.2, 0.2), 2, (1, 0, 0)),  # t = 1: floors 0, 0, train 1 -> no bump
+    ((0.6, 0.2, 0.2), 3, (1, 0, 1)),  # t = 2: floors 0, 0, train 2; .4 -> test + 1, train 1 -> stop before validation
+    ((0.6, 0.2, 0.2), 4, (1, 1, 1)),  # t = 3: floors 0, 0, train 3; .6 -> test + 1 (train 2), .6 -> validation + 1
+    ((0.6, 0.2, 0.2), 5, (2, 1, 1)),  # t = 4: floors 0, 0, train 4; .8 -> test + 1, .8 -> validation + 1
+    ((0.6, 0.2, 0.2), 6, (3, 1, 1)),  # t = 5: floor(1.0) = 1 twice, train 3; no part below 1
+    ((0.6, 0.2, 0.2), 7, (4, 1, 1)),  # t = 6: floor(1.2) = 1 twice, train 4
+    ((0.6, 0.2, 0.2), 10, (7, 1, 1)),  # t = 9: floor(1.8) = 1 twice, train 7
+    ((0.6, 0.2, 0.2), 11, (6, 2, 2)),  # t = 10: 2, 2, train 6
+    ((0.6, 0.2, 0.2), 12, (7, 2, 2)),  # t = 11: floor(2.2) = 2 twice, train 7
+    ((0.6, 0.2, 0.2), 100, (61, 19, 19)),  # t = 99: floor(19.8) = 19 twice, train 99 - 38 = 61
+    ((0.6, 0.2, 0.2), 101, (60, 20, 20)),  # t = 100: 20, 20, train 60
+]
+
+
+@pytest.mark.parametrize(("ratios", "n", "expected"), HAND_CASES)
+def test_split_counts_hand_computed(ratios: tuple[float, ...], n: int, expected: tuple[int, int, int]) -> None:
+    assert split_counts(n - 1, ratios) == expected
+    assert split_counts_array(np.array([n - 1]), ratios).tolist() == [list(expected)]
+    # the independent reference agrees with the hand arithmetic too
+    labels = protocol_split_labels(n, ratios)
+    assert tuple(labels.count(name) for name in ("train", "validation", "test")) == expected
+
+
+def _label_counts(n: int, ratios: tuple[float, float, float]) -> list[int]:
+    labels = protocol_split_labels(n, ratios)
+    return [labels.count(name) for name in ("train", "validation", "test")]
+
+
 @pytest.mark.parametrize("ratios", RATIOS, ids=["3-2-5", "6-2-2"])
-@pytest.mark.parametrize("n", range(2, 31))
-def test_split_counts_match_the_protocol_formula(n: int, ratios: tuple[float, float, float]) -> None:
-    expected = reference_split_counts(n - 1, ratios)
-    assert list(split_counts(n - 1, ratios)) == expected
-    assert split_counts_array(np.array([n - 1]), ratios).tolist() == [expected]
-    assert sum(expected) == n - 1
+def test_split_counts_match_the_literal_protocol(ratios: tuple[float, float, float]) -> None:
+    ns = [*range(1, 302), 1_001, 4_567, 100_001, 1_234_567]
+    expected = [_label_counts(n, ratios) for n in ns]
+    assert [list(split_counts(n - 1, ratios)) for n in ns] == expected
+    assert split_counts_array(np.array(ns) - 1, ratios).tolist() == expected
+    assert all(sum(c) == n - 1 for c, n in zip(expected, ns, strict=True))
 
 
-def test_protocol_example_and_small_cases() -> None:
-    assert split_counts(4, (0.3, 0.2, 0.5)) == (1, 1, 2)  # PROTOCOL 5's example, n = 5
-    assert split_counts(1, (0.3, 0.2, 0.5)) == (1, 0, 0)  # n = 2: one train sample, no validation or test
-    assert split_counts(2, (0.3, 0.2, 0.5)) == (1, 0, 1)
-    assert split_counts(0, (0.3, 0.2, 0.5)) == (0, 0, 0)
+@pytest.mark.parametrize(("ratios", "parts"), [((0.3, 0.2, 0.5), (3, 2, 5)), ((0.6, 0.2, 0.2), (6, 2, 2))])
+def test_float_floors_equal_exact_floors_for_the_published_ratios(
+    ratios: tuple[float, float, float], parts: tuple[int, int, int]
+) -> None:
+    """RecBole floors float products (0.3 * t); the independent reference floors exact ones (3 t / 10). They agree
+    for every t below two million, so the reference is exact for any real data set's users."""
+    t = np.arange(2_000_000, dtype=np.int64)
+    for r, a in zip(ratios, parts, strict=True):
+        assert (np.floor(r * t.astype(np.float64)).astype(np.int64) == a * t // 10).all()
 
 
 @settings(max_examples=200, deadline=None)
@@ -96,6 +147,37 @@ def test_user_without_target_in_a_split_has_no_row() -> None:
     assert tables["train"].column("user_id").to_pylist() == ["user0", "user1"]
     assert tables["validation"].num_rows == 0
     assert tables["test"].column("user_id").to_pylist() == ["user1"]
+
+
+@pytest.mark.parametrize("ratios", RATIOS, ids=["3-2-5", "6-2-2"])
+def test_rows_hold_the_literally_assigned_targets(ratios: tuple[float, float, float]) -> None:
+    """Each published row's targets are exactly the user's interactions that the protocol assigns to its split, and
+    its items run from the first interaction through the last of them."""
+    lengths = list(range(1, 41))
+    tables = _tables(lengths, ratios)
+    offsets = np.concatenate([[0], np.cumsum(lengths)])
+    for split in ("train", "validation", "test"):
+        got = {r["user_id"]: (r["item_ids"], r["target_start"]) for r in tables[split].to_pylist()}
+        expected = {}
+        for u, n in enumerate(lengths):
+            items = list(range(offsets[u] + 1, offsets[u] + n + 1))
+            mine = [j for j, label in enumerate(protocol_split_labels(n, ratios)) if label == split]
+            if mine:
+                expected[f"user{u}"] = (items[: mine[-1] + 1], mine[0])
+        assert got == expected
+
+
+def test_rows_of_small_users_by_hand() -> None:
+    # 6:2:2, n = 5 (t = 4): counts (2, 1, 1) -> train targets s1 s2, validation s3, test s4.
+    tables = _tables([5], (0.6, 0.2, 0.2))
+    assert [(r["item_ids"], r["target_start"]) for r in tables["train"].to_pylist()] == [([1, 2, 3], 1)]
+    assert [(r["item_ids"], r["target_start"]) for r in tables["validation"].to_pylist()] == [([1, 2, 3, 4], 3)]
+    assert [(r["item_ids"], r["target_start"]) for r in tables["test"].to_pylist()] == [([1, 2, 3, 4, 5], 4)]
+    # 6:2:2, n = 3 (t = 2): counts (1, 0, 1) -> train target s1, no validation row, test s2.
+    tables = _tables([3], (0.6, 0.2, 0.2))
+    assert [(r["item_ids"], r["target_start"]) for r in tables["train"].to_pylist()] == [([1, 2], 1)]
+    assert tables["validation"].num_rows == 0
+    assert [(r["item_ids"], r["target_start"]) for r in tables["test"].to_pylist()] == [([1, 2, 3], 2)]
 
 
 def test_windowed_samples_truncate_to_max_length() -> None:

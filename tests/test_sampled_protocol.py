@@ -119,7 +119,7 @@ def test_candidate_scores_equal_full_scores_for_both_scorings():
         hidden = torch.randn(5, 16, dtype=torch.float64)
         candidates = torch.randint(1, 40, (5, 7))
         full = model.score_items(hidden.double())
-        torch.testing.assert_close(model.score_candidates(hidden, candidates), full.gather(1, candidates).float())
+        torch.testing.assert_close(model.score_candidates(hidden, candidates), full.gather(1, candidates))
     with pytest.raises(ValueError, match="candidate_ids"):
         model.score_candidates(hidden, candidates[0])
     with pytest.raises(ValueError, match=r"item ids in \[0, 40\); got values in \[\d+, 40\]"):
@@ -134,7 +134,7 @@ def test_target_mlp_scores_are_the_paper_formula():
     features = tower.fc2(torch.relu(tower.fc1(embeddings)))  # F_t = MLP(e_y) for every item y
     expected = hidden @ features.T
     logits = model.score_items(hidden)
-    torch.testing.assert_close(logits[:, 1:], expected[:, 1:].float())
+    torch.testing.assert_close(logits[:, 1:], expected[:, 1:])
     assert (logits[:, 0] == torch.finfo(logits.dtype).min).all()
 
 
@@ -147,11 +147,11 @@ def test_fused_full_cross_entropy_through_the_target_tower_matches_autograd():
     fused_grads = [hidden.grad.clone()] + [p.grad.clone() for p in model.target_mlp.parameters()]
     hidden.grad = None
     model.zero_grad()
-    reference = F.cross_entropy(model.score_items(hidden).double(), targets, reduction="sum")
+    reference = F.cross_entropy(model.score_items(hidden), targets, reduction="sum")
     reference.backward()
     reference_grads = [hidden.grad] + [p.grad for p in model.target_mlp.parameters()]
-    # both score in float32 (the fused loss always does): float32 tolerances. (The output bias of the tower shifts
-    # every item's score by the same h . b, so its true gradient is 0 and only rounding is left there.)
+    # the fused loss always scores in float32, the reference in float64: float32 tolerances. (The output bias of
+    # the tower shifts every item's score by the same h . b, so its true gradient is 0 and only rounding is left.)
     torch.testing.assert_close(fused.double(), reference, rtol=1e-6, atol=1e-6)
     assert min(g.abs().max() for g in reference_grads[:-1]) > 1e-2
     for a, b in zip(fused_grads, reference_grads, strict=True):
@@ -351,5 +351,5 @@ def test_forward_with_per_position_labels_runs_the_target_tower_once_and_gives_t
     features = model.target_mlp.fc2(torch.relu(model.target_mlp.fc1(embeddings)))
     scores = out.last_hidden_state[labels != -100] @ features.T
     scores[:, 0] = torch.finfo(scores.dtype).min
-    expected = F.cross_entropy(scores.float(), labels[labels != -100])
+    expected = F.cross_entropy(scores, labels[labels != -100])
     torch.testing.assert_close(out.loss, expected)
