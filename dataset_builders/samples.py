@@ -60,9 +60,11 @@ class WindowedSamples:
         lengths = np.diff(offsets)
         if np.any(starts < 1) or np.any(starts >= lengths):
             bad = int(np.flatnonzero((starts < 1) | (starts >= lengths))[0])
+            user = f" (user {user_ids[bad].as_py()!r})" if user_ids is not None else ""
             raise ValueError(
-                f"row {bad}: target_start={int(starts[bad])} must be between 1 and len(item_ids) - 1 "
-                f"= {int(lengths[bad]) - 1}"
+                f"Row {bad}{user}: target_start={int(starts[bad])} must be between 1 and len(item_ids) - 1 "
+                f"= {int(lengths[bad]) - 1} (the first item is only history, and a row holds at least one target). "
+                "Rebuild the split with dataset_builders."
             )
         per_row = lengths - starts
         #: row of each sample

@@ -117,13 +117,13 @@ def read_metadata_file(local_dir: Path, config_name: str) -> dict:
                     raise DataError(
                         f"The data set's metadata file {path} is not valid JSON ({err}). Fix or rebuild it (it is a "
                         'JSON object such as {"num_items": 1001, "max_length": 50}), or delete it and pass '
-                        "--num_items and --max_length."
+                        "--num_items and --max_length to scripts/train.py (--max_length to scripts/evaluate.py)."
                     ) from err
                 if not isinstance(meta, dict):
                     raise DataError(
                         f"The data set's metadata file {path} holds a JSON {type(meta).__name__}, not an object. Fix "
                         'or rebuild it (e.g. {"num_items": 1001, "max_length": 50}), or delete it and pass '
-                        "--num_items and --max_length."
+                        "--num_items and --max_length to scripts/train.py (--max_length to scripts/evaluate.py)."
                     )
                 return meta
     return {}

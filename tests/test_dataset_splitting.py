@@ -197,6 +197,9 @@ def test_windowed_samples_truncate_to_max_length() -> None:
 def test_windowed_samples_reject_bad_rows() -> None:
     with pytest.raises(ValueError, match="target_start=0"):
         WindowedSamples({"item_ids": [[1, 2]], "target_start": [0]}, max_length=3)
+    rows = {"user_id": ["a", "b"], "item_ids": [[1, 2], [3, 4]], "target_start": [1, 2]}  # b has no target
+    with pytest.raises(ValueError, match=r"Row 1 \(user 'b'\): target_start=2 .* Rebuild the split"):
+        WindowedSamples(rows, max_length=3)
     with pytest.raises(ValueError, match="max_length"):
         WindowedSamples({"item_ids": [[1, 2]], "target_start": [1]}, max_length=0)
     with pytest.raises(IndexError):
