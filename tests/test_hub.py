@@ -224,11 +224,38 @@ def test_upload_folder_never_replaces_the_checkpoint_or_a_foreign_folder(checkpo
     assert "model.safetensors" in prepare_hub_folder(checkpoint, tmp_path / "upload", "me/ttt4rec", RESULTS)
 
 
-def test_the_model_card_template_ships_inside_the_package():
-    """An installed wheel has no repository around it: the template is linked into the package (package data)."""
-    from modeling_ttt4rec.hub import DEFAULT_TEMPLATE
-
-    assert DEFAULT_TEMPLATE.parent == ROOT / "modeling_ttt4rec"
-    assert DEFAULT_TEMPLATE.read_text() == (ROOT / "model_card.md").read_text()
-    pyproject = (ROOT / "pyproject.toml").read_text()
-    assert 'modeling_ttt4rec = ["model_card.md", "ranking_metrics/*.py"]' in pyproject
+def test_the_wheel_ships_the_model_card_template_and_the_metric_module(tmp_path):
+    """An installed wheel has no repository around it: the model card template (linked into the package) and the
+    `evaluate` metric module must be inside it (package data). Builds the wheel from a copy of the sources, unpacks
+    it, and uses it from a process that does not see this checkout."""
+    source = tmp_path / "source"
+    source.mkdir()
+    for name in ("pyproject.toml", "README.md", "model_card.md"):
+        shutil.copy(ROOT / name, source / name)
+    for package in ("modeling_ttt4rec", "dataset_builders"):
+        # symlinks=True: the template is a link to ../model_card.md, as in the repository
+        shutil.copytree(ROOT / package, source / package, symlinks=True, ignore=shutil.ignore_patterns("__pycache__"))
+    build = [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "--no-index", "-q"]
+    proc = subprocess.run([*build, "-w", str(tmp_path / "dist"), str(source)], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    (wheel,) = (tmp_path / "dist").glob("ttt4rec-*.whl")
+    installed = tmp_path / "installed"
+    shutil.unpack_archive(wheel, installed, format="zip")
+    script = textwrap.dedent(
+        """
+        import sys
+        from pathlib import Path
+        sys.path.insert(0, sys.argv[1])  # the unpacked wheel, ahead of the editable install of this checkout
+        import evaluate
+        import modeling_ttt4rec
+        from modeling_ttt4rec.hub import DEFAULT_TEMPLATE
+        assert Path(modeling_ttt4rec.__file__).is_relative_to(sys.argv[1]), modeling_ttt4rec.__file__
+        print(DEFAULT_TEMPLATE.read_text(), end="")
+        metric = evaluate.load(str(Path(modeling_ttt4rec.__file__).parent / "ranking_metrics"))
+        assert metric.compute(predictions=[0, 20, 60])["HR@50"] == 2 / 3
+        """
+    )
+    # -I: neither PYTHONPATH nor the working directory reaches the import path
+    proc = subprocess.run([sys.executable, "-I", "-c", script, str(installed)], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout == (ROOT / "model_card.md").read_text()
