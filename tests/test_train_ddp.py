@@ -4,6 +4,7 @@ one process (no sample lost or counted twice, with an uneven last share of batch
 import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -17,6 +18,12 @@ from modeling_ttt4rec.metrics import METRIC_NAMES
 
 ROOT = Path(__file__).resolve().parent.parent
 ACCELERATE = shutil.which("accelerate", path=str(Path(sys.executable).parent))
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def address_in_use(proc: subprocess.CompletedProcess) -> bool:
@@ -36,20 +43,22 @@ def test_two_process_ddp_matches_one_process(tmp_path):
     eval_batch = next(b for b in range(7, 40) if len(make_batches(window, b, 65536)) % 2 == 1)
     # `accelerate launch --cpu --num_processes 2` silently runs ONE process; this is the launch that gives gloo DDP
     cmd = [ACCELERATE, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1"]
-    cmd += ["--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "0"]
+    cmd += ["--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(free_port())]
     cmd += [str(ROOT / "scripts" / "train.py"), "--dataset", str(data), "--output_dir", str(out), "--max_epochs", "2"]
     cmd += ["--hidden_size", "16", "--intermediate_size", "32", "--mini_batch_size", "4", "--num_attention_heads", "2"]
     cmd += ["--batch_targets", "40", "--eval_batch_targets", str(eval_batch)]
     # a fresh datasets cache: both processes prepare the data set (and would both show its progress bars)
     env = dict(os.environ, ACCELERATE_USE_CPU="true", OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
     env["HF_DATASETS_CACHE"] = str(tmp_path / "datasets_cache")
-    # port 0: accelerate picks a free port for the gloo rendezvous; should another process take it before the
-    # launch binds it, launch once more. The time limit is a safety net against a hang on a slow, shared machine.
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    # (a launch with `--main_process_port 0` once hung in CI after training had finished; a chosen free port never has)
+    # Should another process take the free port before the launch binds it, launch once more on another. The time
+    # limit is a safety net against a hang on a slow, shared machine.
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300, cwd=tmp_path)
     if address_in_use(proc):
         for folder in (out, tmp_path / "datasets_cache"):  # a fresh start, as the first launch had
             shutil.rmtree(folder, ignore_errors=True)
-        proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600, cwd=tmp_path)
+        cmd[cmd.index("--main_process_port") + 1] = str(free_port())
+        proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300, cwd=tmp_path)
     rank1 = "\n".join(line for line in proc.stderr.splitlines() if "rank1" in line)
     assert proc.returncode == 0, rank1[-6000:] + proc.stdout[-3000:] + proc.stderr[-3000:]
     runtime = json.loads((out / "run_config.json").read_text())["runtime"]
