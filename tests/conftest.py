@@ -83,7 +83,7 @@ def _no_network(monkeypatch: pytest.MonkeyPatch) -> None:
     machine's. Subprocesses are not guarded: they inherit the offline variables above (the DDP test's gloo rendezvous
     on 127.0.0.1 runs in subprocesses)."""
     real_connect, real_connect_ex = socket.socket.connect, socket.socket.connect_ex
-    real_create_connection, real_getaddrinfo = socket.create_connection, socket.getaddrinfo
+    real_getaddrinfo = socket.getaddrinfo
     own_name = socket.gethostname().lower()
 
     def connect(self: socket.socket, address: object) -> None:
@@ -94,10 +94,6 @@ def _no_network(monkeypatch: pytest.MonkeyPatch) -> None:
         _refuse_remote(self.family, address)
         return real_connect_ex(self, address)
 
-    def create_connection(address: tuple, *args: object, **kwargs: object) -> socket.socket:
-        _refuse_remote(socket.AF_INET, address)  # before the host name is even looked up
-        return real_create_connection(address, *args, **kwargs)
-
     def getaddrinfo(host: object, *args: object, **kwargs: object) -> list:
         name = host.decode() if isinstance(host, bytes) else host
         if isinstance(name, str) and name.lower() != own_name and _ip(name) is None and not _is_local_host(name):
@@ -106,5 +102,4 @@ def _no_network(monkeypatch: pytest.MonkeyPatch) -> None:
 
     monkeypatch.setattr(socket.socket, "connect", connect)
     monkeypatch.setattr(socket.socket, "connect_ex", connect_ex)
-    monkeypatch.setattr(socket, "create_connection", create_connection)
     monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)

@@ -1,9 +1,11 @@
-"""Tiny data sets in the published split format, written by the tests themselves (no downloads)."""
+"""Test helpers: tiny data sets in the published split format, written by the tests themselves (no downloads),
+and models moved away from their initialisation."""
 
 import json
 from pathlib import Path
 
 import numpy as np
+import torch
 from dataset_fixtures import reference_split_counts
 
 SPLIT_RATIOS = {"split-3-2-5": (0.3, 0.2, 0.5), "split-6-2-2": (0.6, 0.2, 0.2)}
@@ -67,3 +69,12 @@ def write_split_dataset(
         (folder / "metadata.json").write_text(json.dumps(meta))
     (folder / "item_id_map.json").write_text(json.dumps({str(i): f"item-{i}" for i in range(1, num_items)}))
     return folder
+
+
+def perturbed(model: torch.nn.Module, scale: float) -> torch.nn.Module:
+    """`model` with `scale * N(0, 1)` added to every parameter (from torch's global generator): away from their
+    often symmetric initial values (ones, zeros), so that every term of the architecture shows in a comparison."""
+    with torch.no_grad():
+        for param in model.parameters():
+            param.add_(scale * torch.randn_like(param))
+    return model

@@ -4,6 +4,7 @@ import copy
 
 import pytest
 import torch
+from helpers import perturbed
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -28,11 +29,7 @@ def model_for(backbone: str, ttt_layer_type: str, mini_batch_size: int) -> TTT4R
             mini_batch_size=mini_batch_size,
         )
         torch.manual_seed(mini_batch_size)
-        model = TTT4RecForNextItemPrediction(config).eval()
-        with torch.no_grad():
-            for param in model.parameters():
-                param.add_(0.1 * torch.randn_like(param))
-        _MODELS[key] = model
+        _MODELS[key] = perturbed(TTT4RecForNextItemPrediction(config).eval(), 0.1)
     return _MODELS[key]
 
 

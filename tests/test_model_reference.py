@@ -12,6 +12,7 @@ these tests must catch change the results by many orders of magnitude more.
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers import perturbed
 from model_reference import reference_hidden_states, reference_item_features, reference_scores
 
 from modeling_ttt4rec import TTT4RecConfig, TTT4RecForNextItemPrediction
@@ -55,11 +56,7 @@ def perturbed_model(backbone: str, ttt_layer_type: str, item_scoring: str) -> TT
         ttt_norm_eps=3e-2,
     )
     torch.manual_seed(0)
-    model = TTT4RecForNextItemPrediction(config).double().eval()
-    with torch.no_grad():  # far from the initialisation (ones, zeros, symmetric values), so every term matters
-        for param in model.parameters():
-            param.add_(0.3 * torch.randn_like(param))
-    return model
+    return perturbed(TTT4RecForNextItemPrediction(config).double().eval(), 0.3)
 
 
 def batch() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

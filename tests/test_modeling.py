@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+from helpers import perturbed
 
 from modeling_ttt4rec import TTT4RecConfig, TTT4RecForNextItemPrediction, TTT4RecModel
 
@@ -23,11 +24,7 @@ def small_model(
         **kwargs,
     )
     torch.manual_seed(0)
-    model = TTT4RecForNextItemPrediction(config).eval()
-    with torch.no_grad():  # move every parameter away from its (often symmetric) initial value
-        for param in model.parameters():
-            param.add_(0.05 * torch.randn_like(param))
-    return model
+    return perturbed(TTT4RecForNextItemPrediction(config).eval(), 0.05)
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from helpers import random_sequences, write_split_dataset
+from helpers import perturbed, random_sequences, write_split_dataset
 
 from modeling_ttt4rec import TTT4RecConfig, TTT4RecForNextItemPrediction
 from modeling_ttt4rec.data import SplitSequences, load_sequences
@@ -36,11 +36,7 @@ def tower_model(num_items=40, dtype=torch.float32, **kw) -> TTT4RecForNextItemPr
         target_mlp_size=24,
     )
     cfg.update(kw)
-    model = TTT4RecForNextItemPrediction(TTT4RecConfig(**cfg)).to(dtype).eval()
-    with torch.no_grad():  # weights far from the initialisation, so every term matters
-        for param in model.parameters():
-            param.add_(0.3 * torch.randn_like(param))
-    return model
+    return perturbed(TTT4RecForNextItemPrediction(TTT4RecConfig(**cfg)).to(dtype).eval(), 0.3)
 
 
 # ------------------------------------------------------------------------------------------------ negative sampling

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import perturbed
 from transformers import AutoConfig, AutoModel
 
 from modeling_ttt4rec import TTT4RecConfig, TTT4RecForNextItemPrediction
@@ -35,11 +36,7 @@ def trained_looking_model(
         target_mlp_size=6,
     )
     torch.manual_seed(0)
-    model = TTT4RecForNextItemPrediction(config).eval()
-    with torch.no_grad():
-        for param in model.parameters():
-            param.add_(0.1 * torch.randn_like(param))
-    return model
+    return perturbed(TTT4RecForNextItemPrediction(config).eval(), 0.1)
 
 
 @pytest.mark.parametrize(("backbone", "ttt_layer_type", "item_scoring"), VARIANTS)
