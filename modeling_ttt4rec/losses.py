@@ -11,9 +11,6 @@ read while it is still in cache. On a CPU this is the difference between memory-
 
 import torch
 import torch.nn.functional as F
-from torch import nn
-
-from .sampling import sample_negatives
 
 LOSS_TYPES = ("full_ce", "sampled_bce")
 
@@ -92,51 +89,26 @@ def sampled_binary_cross_entropy(positive_scores: torch.Tensor, negative_scores:
     return per_positive.sum() / (1 + negative_scores.shape[1])
 
 
-class NextItemTrainingModule(nn.Module):
-    """What `accelerate` wraps for training: the model plus the loss over the targeted positions.
-
-    `forward` returns the loss to back-propagate (`sum of per-target losses * loss_scale`) and the detached sum.
-    Wrapping this module (not only the model) in DDP keeps gradient synchronisation working although the loss does
-    not go through `model.forward`.
+def sample_negatives(
+    positives: torch.Tensor, num_items: int, num_negatives: int, generator: torch.Generator | None = None
+) -> torch.Tensor:
+    """`[T, num_negatives]` item ids drawn uniformly (with replacement) from `1 .. num_items - 1` minus each
+    row's positive.
 
     Args:
-        model: a `TTT4RecForNextItemPrediction`.
-        loss_type: `"full_ce"` (softmax cross-entropy over all items, the first paper's) or `"sampled_bce"` (binary
-            cross-entropy against `num_negatives` uniform negatives per target, the second paper's).
-        num_negatives: negatives per target for `"sampled_bce"`.
-        chunk_size: rows scored at a time by the fused full cross-entropy.
+        positives: `[T]` the positive item ids (`>= 1`).
+        num_items: the vocabulary size, padding id 0 included.
+        num_negatives: negatives per positive.
+        generator: the random generator (default: torch's global one).
     """
-
-    def __init__(self, model: nn.Module, loss_type: str = "full_ce", num_negatives: int = 4, chunk_size: int = 256):
-        super().__init__()
-        if loss_type not in LOSS_TYPES:
-            raise ValueError(f"Unknown loss {loss_type!r}; choose one of {LOSS_TYPES}.")
-        if num_negatives < 1:
-            raise ValueError(f"`num_negatives` must be >= 1, got {num_negatives}.")
-        self.model = model
-        self.loss_type = loss_type
-        self.num_negatives = num_negatives
-        self.chunk_size = chunk_size
-
-    def forward(
-        self,
-        input_ids: torch.Tensor,
-        attention_mask: torch.Tensor,
-        target_mask: torch.Tensor,
-        targets: torch.Tensor,
-        loss_scale: float = 1.0,
-        **unused,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        hidden = self.model.model(input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state
-        hidden = hidden[target_mask]
-        if self.loss_type == "full_ce":
-            features = self.model.item_features()  # the tied embedding, or its image through the target tower
-            loss_sum = full_item_cross_entropy(hidden, features, targets, self.chunk_size)
-        else:
-            negatives = sample_negatives(targets, self.model.config.num_items, self.num_negatives)
-            scores = self.model.score_candidates(hidden, torch.cat([targets[:, None], negatives], dim=1))
-            loss_sum = sampled_binary_cross_entropy(scores[:, 0], scores[:, 1:])
-        return loss_sum * loss_scale, loss_sum.detach()
+    if num_items < 3:
+        raise ValueError(f"Sampling negatives needs at least 2 real items (num_items >= 3), got {num_items}.")
+    # uniform over the num_items - 2 ids that are neither padding nor the positive: draw from 1 .. num_items - 2
+    # and move the draws at or above the positive one up
+    draws = torch.randint(
+        1, num_items - 1, (positives.shape[0], num_negatives), generator=generator, device=positives.device
+    )
+    return draws + (draws >= positives[:, None]).long()
 
 
-__all__ = ["LOSS_TYPES", "NextItemTrainingModule", "full_item_cross_entropy", "sampled_binary_cross_entropy"]
+__all__ = ["LOSS_TYPES", "full_item_cross_entropy", "sample_negatives", "sampled_binary_cross_entropy"]

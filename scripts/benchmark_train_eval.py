@@ -28,10 +28,9 @@ def main(argv: list[str] | None = None) -> dict:
     import torch
 
     from modeling_ttt4rec import TTT4RecConfig, TTT4RecForNextItemPrediction
-    from modeling_ttt4rec.data import collate, load_sequences, make_batches, prefix_units, stream_units
-    from modeling_ttt4rec.evaluation import evaluate_split
-    from modeling_ttt4rec.losses import NextItemTrainingModule
-    from modeling_ttt4rec.training import peak_memory_mb
+    from modeling_ttt4rec.training.data import collate, load_sequences, make_batches, prefix_units, stream_units
+    from modeling_ttt4rec.training.evaluation import evaluate_split
+    from modeling_ttt4rec.training.trainer import NextItemTrainingModule, peak_memory_mb
 
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -19,8 +19,8 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from modeling_ttt4rec.data import DEFAULT_CONFIG_NAME  # noqa: E402
-from modeling_ttt4rec.evaluation import EVAL_MODES, EVAL_PROTOCOLS  # noqa: E402
+from modeling_ttt4rec.training.data import DEFAULT_CONFIG_NAME  # noqa: E402
+from modeling_ttt4rec.training.evaluation import EVAL_MODES, EVAL_PROTOCOLS  # noqa: E402
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -54,7 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> dict:
     args = build_parser().parse_args(argv)
-    from modeling_ttt4rec.evaluation import run_evaluation
+    from modeling_ttt4rec.training.evaluation import run_evaluation
 
     return run_evaluation(args)
 

@@ -5,7 +5,7 @@
     accelerate launch scripts/train.py --dataset ... --mixed_precision bf16
     python scripts/train.py --config_file run.yaml --backbone mamba --ttt_layer_type linear
 
-All settings: `python scripts/train.py --help`. The logic is in `modeling_ttt4rec.training`.
+All settings: `python scripts/train.py --help`. The logic is in `modeling_ttt4rec.training.trainer`.
 """
 
 import os
@@ -13,7 +13,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from modeling_ttt4rec.training import parse_args, train  # noqa: E402
+from modeling_ttt4rec.training.trainer import parse_args, train  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -14,7 +14,7 @@ import pytest
 from helpers import random_sequences, write_split_dataset
 
 from dataset_builders import WindowedSamples, split_tables
-from modeling_ttt4rec.data import DataError, SplitSequences, load_sequences, resolve_dataset_dir
+from modeling_ttt4rec.training.data import DataError, SplitSequences, load_sequences, resolve_dataset_dir
 
 CONFIG = "split-3-2-5"
 NUM_ITEMS = 30

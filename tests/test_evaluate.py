@@ -11,9 +11,9 @@ import torch
 from helpers import random_sequences, write_split_dataset
 
 from modeling_ttt4rec import TTT4RecConfig, TTT4RecForNextItemPrediction
-from modeling_ttt4rec.data import SplitSequences, load_sequences
-from modeling_ttt4rec.evaluation import compute_ranks, evaluate_split, load_checkpoint
-from modeling_ttt4rec.metrics import ranking_metrics
+from modeling_ttt4rec.training.data import SplitSequences, load_sequences
+from modeling_ttt4rec.training.evaluation import compute_ranks, evaluate_split, load_checkpoint
+from modeling_ttt4rec.training.metrics import ranking_metrics
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -119,7 +119,7 @@ def test_mixed_precision_encodes_in_bf16_but_scores_in_float32(monkeypatch):
     from accelerate import Accelerator
     from accelerate.state import AcceleratorState
 
-    import modeling_ttt4rec.evaluation as evaluation
+    import modeling_ttt4rec.training.evaluation as evaluation
 
     seen = []
     original = evaluation.score_ranks

@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 import torch
 
-from modeling_ttt4rec.metrics import metrics_by_history_length, ranking_metrics, ranks_from_scores
+from modeling_ttt4rec.training.metrics import metrics_by_history_length, ranking_metrics, ranks_from_scores
 
-METRIC_DIR = Path(__file__).resolve().parent.parent / "modeling_ttt4rec" / "ranking_metrics"
+METRIC_DIR = Path(__file__).resolve().parent.parent / "modeling_ttt4rec" / "training" / "ranking_metrics"
 
 
 def test_metrics_by_hand():

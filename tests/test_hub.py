@@ -13,7 +13,7 @@ import torch
 import yaml
 
 from modeling_ttt4rec import TTT4RecConfig, TTT4RecForNextItemPrediction
-from modeling_ttt4rec.hub import HubError, prepare_hub_folder, push_folder
+from modeling_ttt4rec.training.hub import HubError, prepare_hub_folder, push_folder
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = {
@@ -134,7 +134,7 @@ def test_push_errors_offline_and_without_token(checkpoint, tmp_path, monkeypatch
 def test_push_error_when_the_hub_is_unreachable(checkpoint, tmp_path):
     script = textwrap.dedent(
         f"""
-        from modeling_ttt4rec.hub import HubError, push_folder
+        from modeling_ttt4rec.training.hub import HubError, push_folder
         try:
             push_folder({str(checkpoint)!r}, "someone/x", token="hf_fake")
         except HubError as err:
@@ -192,7 +192,7 @@ def test_train_push_to_hub_dry_run_and_offline_error(tmp_path):
     from accelerate.state import AcceleratorState
     from helpers import random_sequences, write_split_dataset
 
-    from modeling_ttt4rec.training import parse_args, train
+    from modeling_ttt4rec.training.trainer import parse_args, train
 
     data = write_split_dataset(tmp_path / "data", random_sequences(30, 30, 3, 12, seed=2), num_items=30, max_length=6)
     argv = ["--dataset", str(data), "--max_epochs", "1", "--hidden_size", "16", "--num_attention_heads", "2"]
@@ -248,10 +248,10 @@ def test_the_wheel_ships_the_model_card_template_and_the_metric_module(tmp_path)
         sys.path.insert(0, sys.argv[1])  # the unpacked wheel, ahead of the editable install of this checkout
         import evaluate
         import modeling_ttt4rec
-        from modeling_ttt4rec.hub import DEFAULT_TEMPLATE
+        from modeling_ttt4rec.training.hub import DEFAULT_TEMPLATE
         assert Path(modeling_ttt4rec.__file__).is_relative_to(sys.argv[1]), modeling_ttt4rec.__file__
         print(DEFAULT_TEMPLATE.read_text(), end="")
-        metric = evaluate.load(str(Path(modeling_ttt4rec.__file__).parent / "ranking_metrics"))
+        metric = evaluate.load(str(Path(modeling_ttt4rec.__file__).parent / "training" / "ranking_metrics"))
         assert metric.compute(predictions=[0, 20, 60])["HR@50"] == 2 / 3
         """
     )

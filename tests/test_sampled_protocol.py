@@ -12,13 +12,13 @@ import torch.nn.functional as F
 from helpers import perturbed, random_sequences, write_split_dataset
 
 from modeling_ttt4rec import TTT4RecConfig, TTT4RecForNextItemPrediction
-from modeling_ttt4rec.data import SplitSequences, load_sequences
-from modeling_ttt4rec.evaluation import compute_ranks, evaluate_split, load_checkpoint
-from modeling_ttt4rec.grid import run_grid
-from modeling_ttt4rec.losses import NextItemTrainingModule, full_item_cross_entropy, sampled_binary_cross_entropy
-from modeling_ttt4rec.metrics import ranking_metrics
-from modeling_ttt4rec.sampling import evaluation_candidates, sample_negatives
-from modeling_ttt4rec.training import parse_args, train
+from modeling_ttt4rec.losses import full_item_cross_entropy, sample_negatives, sampled_binary_cross_entropy
+from modeling_ttt4rec.training.data import SplitSequences, load_sequences
+from modeling_ttt4rec.training.evaluation import compute_ranks, evaluate_split, load_checkpoint
+from modeling_ttt4rec.training.grid import run_grid
+from modeling_ttt4rec.training.metrics import ranking_metrics
+from modeling_ttt4rec.training.sampling import evaluation_candidates
+from modeling_ttt4rec.training.trainer import NextItemTrainingModule, parse_args, train
 
 ROOT = Path(__file__).resolve().parent.parent
 

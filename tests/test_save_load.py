@@ -12,6 +12,7 @@ import torch
 from helpers import perturbed
 from transformers import AutoConfig, AutoModel
 
+import modeling_ttt4rec
 from modeling_ttt4rec import TTT4RecConfig, TTT4RecForNextItemPrediction
 
 # the four variants of the first paper, and the second paper's TTT-Linear model with its target MLP tower
@@ -51,8 +52,11 @@ def test_save_and_load_with_auto_classes(tmp_path, backbone, ttt_layer_type, ite
         "AutoConfig": "configuration_ttt4rec.TTT4RecConfig",
         "AutoModel": "modeling_ttt4rec.TTT4RecForNextItemPrediction",
     }
-    # the source files that remote code needs travel with the checkpoint
+    # the source files that remote code needs travel with the checkpoint, all from the package root
+    package_root = Path(modeling_ttt4rec.__file__).parent
+    root_modules = {p.name for p in package_root.glob("*.py")} - {"__init__.py"}
     assert {"configuration_ttt4rec.py", "modeling_ttt4rec.py", "ttt.py", "cache.py"} <= set(files)
+    assert {f for f in files if f.endswith(".py")} <= root_modules
 
     assert isinstance(AutoConfig.from_pretrained(tmp_path), TTT4RecConfig)
     loaded = AutoModel.from_pretrained(tmp_path)

@@ -13,8 +13,7 @@ import torch
 from helpers import random_sequences, write_split_dataset
 
 from modeling_ttt4rec import TTT4RecConfig, TTT4RecForNextItemPrediction
-from modeling_ttt4rec.losses import NextItemTrainingModule
-from modeling_ttt4rec.training import parse_args, train
+from modeling_ttt4rec.training.trainer import NextItemTrainingModule, parse_args, train
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY = ["--hidden_size", "16", "--intermediate_size", "32", "--mini_batch_size", "4", "--num_attention_heads", "2"]
@@ -210,7 +209,7 @@ def test_overwrite_output_dir_starts_from_nothing(data, tmp_path):
 
 
 def test_a_diverged_run_stops_with_a_clear_error_and_nan_ranks_last(data, tmp_path, monkeypatch):
-    from modeling_ttt4rec.metrics import ranks_from_scores
+    from modeling_ttt4rec.training.metrics import ranks_from_scores
 
     scores = torch.tensor([[0.5, float("nan"), 0.2], [float("nan"), 1.0, 2.0], [0.1, float("inf"), 0.3]])
     assert ranks_from_scores(scores, torch.tensor([0, 0, 1])).tolist() == [0, 3, 3]

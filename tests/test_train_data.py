@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from helpers import random_sequences, write_split_dataset
 
-from modeling_ttt4rec.data import (
+from modeling_ttt4rec.training.data import (
     DataError,
     SplitSequences,
     collate,

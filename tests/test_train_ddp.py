@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 from helpers import random_sequences, write_split_dataset
 
-from modeling_ttt4rec.data import load_sequences, make_batches, prefix_units
-from modeling_ttt4rec.evaluation import evaluate_split, load_checkpoint
-from modeling_ttt4rec.metrics import METRIC_NAMES
+from modeling_ttt4rec.training.data import load_sequences, make_batches, prefix_units
+from modeling_ttt4rec.training.evaluation import evaluate_split, load_checkpoint
+from modeling_ttt4rec.training.metrics import METRIC_NAMES
 
 ROOT = Path(__file__).resolve().parent.parent
 ACCELERATE = shutil.which("accelerate", path=str(Path(sys.executable).parent))

@@ -228,7 +228,7 @@ def load_checkpoint(path: str, device=None):
     checkpoints (missing or truncated weights) with a clear error instead of silently re-initialising them."""
     from pathlib import Path
 
-    from .modeling_ttt4rec import TTT4RecForNextItemPrediction
+    from ..modeling_ttt4rec import TTT4RecForNextItemPrediction
 
     local = Path(path)
     if not local.exists() and (str(path).startswith((".", "/", "~")) or str(path).count("/") > 1):

@@ -1,13 +1,14 @@
-"""`evaluate` module for the protocol's ranking metrics: `evaluate.load("modeling_ttt4rec/ranking_metrics")`.
+"""`evaluate` module for the protocol's ranking metrics: `evaluate.load("modeling_ttt4rec/training/ranking_metrics")`.
 
-The formula lives in `modeling_ttt4rec.metrics.ranking_metrics`; this module only exposes it through the `evaluate`
-library. `predictions` are ranks: for each sample, the number of items that scored strictly higher than the target.
+The formula lives in `modeling_ttt4rec.training.metrics.ranking_metrics`; this module only exposes it through the
+`evaluate` library. `predictions` are ranks: for each sample, the number of items that scored strictly higher than
+the target.
 """
 
 import datasets
 import evaluate
 
-from modeling_ttt4rec.metrics import DEFAULT_KS, ranking_metrics
+from modeling_ttt4rec.training.metrics import DEFAULT_KS, ranking_metrics
 
 _DESCRIPTION = """HR@K and NDCG@K of full-ranking next-item evaluation (TTT4Rec protocol, PROTOCOL.md 7): for each
 sample, rank = number of items (1..N, padding excluded, seen items not masked) scoring strictly higher than the
@@ -21,7 +22,7 @@ Args:
 Returns:
     `{"HR@10", "HR@50", "NDCG@10", "NDCG@50", "num_samples"}`.
 Example:
-    >>> metric = evaluate.load("modeling_ttt4rec/ranking_metrics")
+    >>> metric = evaluate.load("modeling_ttt4rec/training/ranking_metrics")
     >>> metric.compute(predictions=[0, 3, 60])["HR@10"]
     0.6666666666666666
 """

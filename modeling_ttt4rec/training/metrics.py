@@ -12,7 +12,7 @@ when reported. In the sampled protocol (PROTOCOL.md 9) the same definitions appl
 each sample instead of all items, reported at K = 5 and 10, except that a negative scoring exactly as the target
 counts as ranked above it: with only 100 candidates a model that gives them all the same score (a collapsed target
 tower does) would otherwise score HR = NDCG = 1. `ranks_from_scores` computes the ranks,
-`ranking_metrics` turns ranks into metrics; the `evaluate` module in `modeling_ttt4rec/ranking_metrics/` wraps
+`ranking_metrics` turns ranks into metrics; the `evaluate` module in `modeling_ttt4rec/training/ranking_metrics/` wraps
 the same function.
 """
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .training import parse_args, train
+from .trainer import parse_args, train
 
 
 def cell_dir(output_dir: Path, initializer_range: float, mini_batch_size: int) -> Path:

@@ -13,29 +13,6 @@ function of the targets alone, and matches the full protocol, which does not mas
 """
 
 import numpy as np
-import torch
-
-
-def sample_negatives(
-    positives: torch.Tensor, num_items: int, num_negatives: int, generator: torch.Generator | None = None
-) -> torch.Tensor:
-    """`[T, num_negatives]` item ids drawn uniformly (with replacement) from `1 .. num_items - 1` minus each
-    row's positive.
-
-    Args:
-        positives: `[T]` the positive item ids (`>= 1`).
-        num_items: the vocabulary size, padding id 0 included.
-        num_negatives: negatives per positive.
-        generator: the random generator (default: torch's global one).
-    """
-    if num_items < 3:
-        raise ValueError(f"Sampling negatives needs at least 2 real items (num_items >= 3), got {num_items}.")
-    # uniform over the num_items - 2 ids that are neither padding nor the positive: draw from 1 .. num_items - 2
-    # and move the draws at or above the positive one up
-    draws = torch.randint(
-        1, num_items - 1, (positives.shape[0], num_negatives), generator=generator, device=positives.device
-    )
-    return draws + (draws >= positives[:, None]).long()
 
 
 def evaluation_candidates(targets: np.ndarray, num_items: int, num_negatives: int = 99, seed: int = 0) -> np.ndarray:
@@ -64,4 +41,4 @@ def evaluation_candidates(targets: np.ndarray, num_items: int, num_negatives: in
     return np.concatenate([targets[:, None], negatives], axis=1)
 
 
-__all__ = ["evaluation_candidates", "sample_negatives"]
+__all__ = ["evaluation_candidates"]

@@ -39,13 +39,14 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from torch import nn
 
-from .configuration_ttt4rec import TTT4RecConfig
+from ..configuration_ttt4rec import TTT4RecConfig
+from ..losses import LOSS_TYPES, full_item_cross_entropy, sample_negatives, sampled_binary_cross_entropy
+from ..modeling_ttt4rec import TTT4RecForNextItemPrediction
 from .data import DEFAULT_CONFIG_NAME, collate, load_sequences, make_batches, prefix_units
 from .evaluation import EVAL_MODES, EVAL_PROTOCOLS, evaluate_split
-from .losses import LOSS_TYPES, NextItemTrainingModule
 from .metrics import metric_names
-from .modeling_ttt4rec import TTT4RecForNextItemPrediction
 
 logger = logging.getLogger("ttt4rec.training")
 
@@ -397,6 +398,53 @@ def results_table(results: dict) -> str:
 # ----------------------------------------------------------------------------------------------------------------
 # The training loop
 # ----------------------------------------------------------------------------------------------------------------
+
+
+class NextItemTrainingModule(nn.Module):
+    """What `accelerate` wraps for training: the model plus the loss over the targeted positions.
+
+    `forward` returns the loss to back-propagate (`sum of per-target losses * loss_scale`) and the detached sum.
+    Wrapping this module (not only the model) in DDP keeps gradient synchronisation working although the loss does
+    not go through `model.forward`.
+
+    Args:
+        model: a `TTT4RecForNextItemPrediction`.
+        loss_type: `"full_ce"` (softmax cross-entropy over all items, the first paper's) or `"sampled_bce"` (binary
+            cross-entropy against `num_negatives` uniform negatives per target, the second paper's).
+        num_negatives: negatives per target for `"sampled_bce"`.
+        chunk_size: rows scored at a time by the fused full cross-entropy.
+    """
+
+    def __init__(self, model: nn.Module, loss_type: str = "full_ce", num_negatives: int = 4, chunk_size: int = 256):
+        super().__init__()
+        if loss_type not in LOSS_TYPES:
+            raise ValueError(f"Unknown loss {loss_type!r}; choose one of {LOSS_TYPES}.")
+        if num_negatives < 1:
+            raise ValueError(f"`num_negatives` must be >= 1, got {num_negatives}.")
+        self.model = model
+        self.loss_type = loss_type
+        self.num_negatives = num_negatives
+        self.chunk_size = chunk_size
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        target_mask: torch.Tensor,
+        targets: torch.Tensor,
+        loss_scale: float = 1.0,
+        **unused,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        hidden = self.model.model(input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state
+        hidden = hidden[target_mask]
+        if self.loss_type == "full_ce":
+            features = self.model.item_features()  # the tied embedding, or its image through the target tower
+            loss_sum = full_item_cross_entropy(hidden, features, targets, self.chunk_size)
+        else:
+            negatives = sample_negatives(targets, self.model.config.num_items, self.num_negatives)
+            scores = self.model.score_candidates(hidden, torch.cat([targets[:, None], negatives], dim=1))
+            loss_sum = sampled_binary_cross_entropy(scores[:, 0], scores[:, 1:])
+        return loss_sum * loss_scale, loss_sum.detach()
 
 
 def train(run: RunConfig) -> dict:
