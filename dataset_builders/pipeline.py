@@ -20,9 +20,10 @@ import pyarrow.compute as pc
 
 from .errors import EmptyDatasetError
 from .filtering import kcore_filter
+from .format import SPLIT_NAMES, config_name
 from .readers import RawInteractions, read_interactions
 from .registry import DEFAULT_RATIOS, DatasetSpec, get_dataset_spec
-from .splitting import SPLIT_NAMES, config_name, parse_ratios, split_tables
+from .splitting import parse_ratios, split_tables
 
 __all__ = ["BuiltDataset", "DataStats", "Sequences", "SplitConfig", "build_dataset", "prepare_sequences"]
 
@@ -195,7 +196,7 @@ def prepare_sequences(
         raise EmptyDatasetError(
             f"nothing is left after k-core filtering with user minimum {user_min} and item minimum {item_min} "
             f"(raw data: {raw_stats.users:,} users, {raw_stats.items:,} items, {raw_stats.interactions:,} "
-            "interactions); lower --user-min / --item-min"
+            "interactions); lower --user_min / --item_min"
         )
     user_codes, item_codes = user_codes[keep], item_codes[keep]
     times = times[keep] if times is not None else None
@@ -312,7 +313,7 @@ def build_dataset(
         if empty:
             raise EmptyDatasetError(
                 f"configuration {name}: the {' and '.join(empty)} split has no samples ({filtered.users:,} users "
-                "after filtering); an empty split cannot be published or loaded. Raise --user-min / user_min "
+                "after filtering); an empty split cannot be published or loaded. Raise --user_min / user_min "
                 "(each user needs enough interactions to reach every split) or change the ratios"
             )
         configs[name] = SplitConfig(name, r, tables, samples)

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 from helpers import random_sequences, write_split_dataset
 
+from dataset_builders.format import ITEM_MAP_FILE
 from modeling_ttt4rec.training.data import (
     DataError,
     SplitSequences,
@@ -114,7 +115,7 @@ def dataset_dir(tmp_path):
 def test_load_sequences_reads_metadata_and_id_map(dataset_dir):
     sequences, meta = load_sequences(dataset_dir, "split-6-2-2")
     assert (meta.num_items, meta.max_length, meta.config_name) == (30, 6, "split-6-2-2")
-    assert meta.item_id_map.name == "item_id_map.json"
+    assert meta.item_id_map == dataset_dir / ITEM_MAP_FILE
     assert set(sequences) == {"train", "validation", "test"}
 
 
