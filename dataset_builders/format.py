@@ -75,6 +75,7 @@ FORMAT_VERSION = 1
 NUM_ITEMS = "num_items"  # item vocabulary size, padding id 0 included
 MAX_LENGTH = "max_length"  # the maximum history length L
 DATASET_NAME = "dataset"
+FORMAT_VERSION_KEY = "format_version"  # present in every metadata file the builders write
 #: Older spellings of metadata keys, read as the current ones.
 _LEGACY_KEYS = {"max_seq_length": MAX_LENGTH, "name": DATASET_NAME}
 

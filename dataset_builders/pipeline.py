@@ -222,6 +222,23 @@ def prepare_sequences(
     )
 
 
+def _split_configs(seq: Sequences, ratios: dict[str, tuple[float, float, float]]) -> dict[str, SplitConfig]:
+    """One configuration per named ratio: its published tables and samples per split (none may be empty)."""
+    configs: dict[str, SplitConfig] = {}
+    for name, r in ratios.items():
+        tables, counts = split_tables(seq.seq_items, seq.user_offsets, seq.user_map, r, seq_times=seq.seq_times)
+        samples = {split: int(counts[:, k].sum()) for k, split in enumerate(SPLIT_NAMES)}
+        empty = [split for split in SPLIT_NAMES if samples[split] == 0]
+        if empty:
+            raise EmptyDatasetError(
+                f"configuration {name}: the {' and '.join(empty)} split has no samples ({seq.filtered.users:,} users "
+                "after filtering); an empty split cannot be published or loaded. Raise --user_min / user_min "
+                "(each user needs enough interactions to reach every split) or change the ratios"
+            )
+        configs[name] = SplitConfig(name, r, tables, samples)
+    return configs
+
+
 def build_dataset(
     dataset: str,
     raw_path: str | Path,
@@ -291,32 +308,20 @@ def build_dataset(
     start = time.perf_counter()
     seq = prepare_sequences(raw, user_min, item_min, progress=progress)
     seconds["filter_and_order"] = time.perf_counter() - start
-    filtered = seq.filtered
     logger.info(
         "k-core (user >= %d, item >= %d) in %d rounds: %s users, %s items, %s interactions",
         user_min,
         item_min,
         seq.kcore_rounds,
-        f"{filtered.users:,}",
-        f"{filtered.items:,}",
-        f"{filtered.interactions:,}",
+        f"{seq.filtered.users:,}",
+        f"{seq.filtered.items:,}",
+        f"{seq.filtered.interactions:,}",
     )
 
     steps.update()
     steps.set_postfix_str("splitting")
     start = time.perf_counter()
-    configs: dict[str, SplitConfig] = {}
-    for name, r in zip(names, parsed, strict=True):
-        tables, counts = split_tables(seq.seq_items, seq.user_offsets, seq.user_map, r, seq_times=seq.seq_times)
-        samples = {split: int(counts[:, k].sum()) for k, split in enumerate(SPLIT_NAMES)}
-        empty = [split for split in SPLIT_NAMES if samples[split] == 0]
-        if empty:
-            raise EmptyDatasetError(
-                f"configuration {name}: the {' and '.join(empty)} split has no samples ({filtered.users:,} users "
-                "after filtering); an empty split cannot be published or loaded. Raise --user_min / user_min "
-                "(each user needs enough interactions to reach every split) or change the ratios"
-            )
-        configs[name] = SplitConfig(name, r, tables, samples)
+    configs = _split_configs(seq, dict(zip(names, parsed, strict=True)))
     seconds["split"] = time.perf_counter() - start
     steps.update()
     steps.close()

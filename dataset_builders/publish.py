@@ -31,6 +31,7 @@ from .format import (
     CARD_FILE,
     DATASET_NAME,
     FORMAT_VERSION,
+    FORMAT_VERSION_KEY,
     ITEM_ID,
     ITEM_IDS,
     ITEM_INDEX,
@@ -120,7 +121,7 @@ def _stats_row(label: str, stats: DataStats) -> str:
 def _metadata(built: BuiltDataset, command: str | None, source_sha256: str | None) -> dict[str, Any]:
     seq = built.sequences
     return {
-        "format_version": FORMAT_VERSION,
+        FORMAT_VERSION_KEY: FORMAT_VERSION,
         DATASET_NAME: built.name,
         "pretty_name": built.spec.pretty_name,
         "layout": built.layout,
@@ -154,13 +155,19 @@ def _metadata(built: BuiltDataset, command: str | None, source_sha256: str | Non
 
 def render_card(built: BuiltDataset, metadata: dict[str, Any] | None = None) -> str:
     """The dataset card (README.md): YAML front matter with ``configs``, then statistics and build notes."""
+    metadata = metadata or _metadata(built, None, None)
+    body = _card_overview(built) + _card_row_format(built) + _card_build_notes(built, metadata)
+    return f"---\n{_card_data(built).to_yaml()}\n---\n{body}"
+
+
+def _card_data(built: BuiltDataset) -> Any:
+    """The card's YAML front matter: the configurations' data files, features and split sizes, tags, licence."""
     from huggingface_hub import DatasetCardData
 
-    metadata = metadata or _metadata(built, None, None)
     spec = built.spec
     seq = built.sequences
     names = list(built.configs)
-    card_data = DatasetCardData(
+    return DatasetCardData(
         pretty_name=f"{spec.pretty_name} (TTT4Rec protocol)",
         license="other",
         **({"license_name": f"{spec.name}-terms", "license_link": spec.homepage} if spec.homepage else {}),
@@ -186,7 +193,12 @@ def render_card(built: BuiltDataset, metadata: dict[str, Any] | None = None) -> 
             for name, cfg in built.configs.items()
         ],
     )
-    first = names[0]
+
+
+def _card_overview(built: BuiltDataset) -> str:
+    """The card's title, description, statistics and samples per split."""
+    spec = built.spec
+    seq = built.sequences
     ratio_rows = "\n".join(
         f"| `{name}`{' (default)' if i == 0 else ''} | {':'.join(f'{r:g}' for r in cfg.ratios)} | "
         + " | ".join(f"{cfg.samples[s]:,}" for s in SPLIT_NAMES)
@@ -195,21 +207,7 @@ def render_card(built: BuiltDataset, metadata: dict[str, Any] | None = None) -> 
         + " |"
         for i, (name, cfg) in enumerate(built.configs.items())
     )
-    time_note = (
-        "`timestamps` (list of int64, the raw time of each item in `item_ids`: Unix seconds, or the raw file's own "
-        "integer time unit)"
-        if built.has_time
-        else "no `timestamps` column: the raw file has no times, its line order is the time order"
-    )
-    skipped = (
-        f"- {built.skipped_lines:,} unreadable raw lines were skipped (`--skip_bad_lines`).\n"
-        if built.skipped_lines
-        else ""
-    )
-    command = metadata.get("build_command")
-    sha = metadata.get("source_sha256")
-    citations = "\n\n".join(c for c in (spec.citation, _TTT4REC_CITATION, _RECBOLE_CITATION) if c)
-    body = f"""
+    return f"""
 # {spec.pretty_name} for sequential recommendation (TTT4Rec protocol)
 
 {spec.description}
@@ -239,7 +237,19 @@ Rows are users with at least one target in the split.
 rows |
 |---|---|---|---|---|---|---|---|
 {ratio_rows}
+"""
 
+
+def _card_row_format(built: BuiltDataset) -> str:
+    """The card's row format, a usage example and the list of files."""
+    first = next(iter(built.configs))
+    time_note = (
+        "`timestamps` (list of int64, the raw time of each item in `item_ids`: Unix seconds, or the raw file's own "
+        "integer time unit)"
+        if built.has_time
+        else "no `timestamps` column: the raw file has no times, its line order is the time order"
+    )
+    return f"""
 ## Row format
 
 One row per user per split:
@@ -272,7 +282,22 @@ item_map = load_item_map("<this repo or folder>")   # item_map[dense_id] -> orig
 - `{USER_MAP_FILE}`: `user_index` (dense user id, the order of rows) -> `user_id` (original id).
 - `{METADATA_FILE}`: data set name, `num_items` (padding included), `max_length`, `user_min`, `item_min`, the
   ratios and the counts above, for a trainer to read.
+"""
 
+
+def _card_build_notes(built: BuiltDataset, metadata: dict[str, Any]) -> str:
+    """The card's build steps, licence and citations."""
+    spec = built.spec
+    seq = built.sequences
+    skipped = (
+        f"- {built.skipped_lines:,} unreadable raw lines were skipped (`--skip_bad_lines`).\n"
+        if built.skipped_lines
+        else ""
+    )
+    command = metadata.get("build_command")
+    sha = metadata.get("source_sha256")
+    citations = "\n\n".join(c for c in (spec.citation, _TTT4REC_CITATION, _RECBOLE_CITATION) if c)
+    return f"""
 ## How it was built
 
 1. Read `{Path(built.source).name}` (layout `{built.layout}`{f", sha256 `{sha}`" if sha else ""}); every line is
@@ -297,12 +322,11 @@ build code are Apache-2.0; the data keeps the licence of its source.
 {citations}
 ```
 """
-    return f"---\n{card_data.to_yaml()}\n---\n{body}"
 
 
 def _is_ours(folder: Path) -> bool:
     try:
-        return "format_version" in json.loads((folder / METADATA_FILE).read_text())
+        return FORMAT_VERSION_KEY in json.loads((folder / METADATA_FILE).read_text())
     except (OSError, ValueError):
         return False
 

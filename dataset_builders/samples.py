@@ -1,4 +1,4 @@
-"""The sample rule (PROTOCOL.md section 4), in one place, and the paper's windowed samples of a split's rows.
+"""The sample rule, in one place, and the paper's windowed samples of a split's rows.
 
 A user's interactions ``s_0 .. s_{n-1}`` give one sample per target: sample ``j`` (``j = 1 .. n - 1``) has target
 ``s_j`` and history ``s_{max(0, j - L)} .. s_{j-1}``, the last ``L`` items before it (``L`` the maximum context

@@ -61,7 +61,7 @@ def split_counts(t: int, ratios: Sequence[float]) -> tuple[int, int, int]:
 def split_counts_array(t: np.ndarray, ratios: Sequence[float]) -> np.ndarray:
     """How many of each user's ``t`` samples go to train, validation and test: an ``(len(t), 3)`` int64 array.
 
-    PROTOCOL.md 5 (RecBole's rule): ``c = floor(r * t)`` per part, train takes the rest, then a part whose
+    RecBole's rule: ``c = floor(r * t)`` per part, train takes the rest, then a part whose
     ``r * t`` rounded down to zero takes one sample from train while train keeps more than one (test checked
     first). The products ``r * t`` are computed in float64 exactly as RecBole's Python computes them, so the floors
     agree.

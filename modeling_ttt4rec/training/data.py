@@ -5,7 +5,8 @@ per split ratio (`split-3-2-5`, `split-6-2-2`) with `train` / `validation` / `te
 a target in the split: `user_id`, `item_ids` (the user's items from the first interaction through the last target of
 this split) and `target_start` (this split's targets are `item_ids[target_start:]`, at least one; a user with no
 target in a split has no row there). Sample `j` of a row has target
-`item_ids[j]` and history `item_ids[max(0, j - L):j]`.
+`item_ids[j]` and history `item_ids[max(0, j - L):j]`: the sample rule, defined once in `dataset_builders.samples`
+(and the names of the format in `dataset_builders.format`).
 
 Everything the model reads is described as **units**: a contiguous slice `values[start : start + length]` of the
 split's flattened item ids, with targets after its positions `first_target .. length - 1` (the target after position
