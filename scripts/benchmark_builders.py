@@ -66,6 +66,7 @@ def main() -> None:
     for name, job in jobs:
         out = args.workdir / f"out-{name}"
         wall, rss = run_script("build_dataset.py", [*job, "--output", str(out), "--no_progress", "-q"], env)
+        # the file name written out: importing dataset_builders here would grow this process (see run_script)
         meta = json.loads((out / "metadata.json").read_text())
         rows.append((name, Path(job[3]).name, meta, wall, rss))
 

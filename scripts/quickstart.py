@@ -44,7 +44,7 @@ def main() -> None:
     torch.manual_seed(0)
     folder = Path(tempfile.mkdtemp(prefix="ttt4rec-quickstart-"))
     write_hub_folder(build_dataset("movielens-100k", args.raw), folder)
-    sequences, meta = load_sequences(folder, "split-3-2-5", splits=("train",))
+    sequences, meta = load_sequences(folder, splits=("train",))  # the default configuration, split-3-2-5
     train = sequences["train"]
     print(f"data set: {folder} ({train.num_rows} users, {train.num_samples} samples, {meta.num_items - 1} items)")
 
