@@ -222,6 +222,15 @@ def prepare_sequences(
     )
 
 
+def _named_ratios(ratios: Sequence[Sequence[float] | str]) -> dict[str, tuple[float, float, float]]:
+    """The ratios, normalised, by configuration name; the same ratio twice is an error."""
+    parsed = [parse_ratios(r) for r in ratios]
+    names = [config_name(r) for r in parsed]
+    if len(set(names)) != len(names):
+        raise ValueError(f"the same split ratio is asked for twice: {names}")
+    return dict(zip(names, parsed, strict=True))
+
+
 def _split_configs(seq: Sequences, ratios: dict[str, tuple[float, float, float]]) -> dict[str, SplitConfig]:
     """One configuration per named ratio: its published tables and samples per split (none may be empty)."""
     configs: dict[str, SplitConfig] = {}
@@ -278,10 +287,7 @@ def build_dataset(
     max_length = spec.max_length if max_length is None else int(max_length)
     if max_length < 1:
         raise ValueError(f"max_length must be at least 1, got {max_length}")
-    parsed = [parse_ratios(r) for r in ratios]
-    names = [config_name(r) for r in parsed]
-    if len(set(names)) != len(names):
-        raise ValueError(f"the same split ratio is asked for twice: {names}")
+    named_ratios = _named_ratios(ratios)
     seconds: dict[str, float] = {}
     from tqdm.auto import tqdm
 
@@ -308,20 +314,17 @@ def build_dataset(
     start = time.perf_counter()
     seq = prepare_sequences(raw, user_min, item_min, progress=progress)
     seconds["filter_and_order"] = time.perf_counter() - start
+    filtered = seq.filtered
     logger.info(
         "k-core (user >= %d, item >= %d) in %d rounds: %s users, %s items, %s interactions",
-        user_min,
-        item_min,
-        seq.kcore_rounds,
-        f"{seq.filtered.users:,}",
-        f"{seq.filtered.items:,}",
-        f"{seq.filtered.interactions:,}",
+        *(user_min, item_min, seq.kcore_rounds, f"{filtered.users:,}", f"{filtered.items:,}"),
+        f"{filtered.interactions:,}",
     )
 
     steps.update()
     steps.set_postfix_str("splitting")
     start = time.perf_counter()
-    configs = _split_configs(seq, dict(zip(names, parsed, strict=True)))
+    configs = _split_configs(seq, named_ratios)
     seconds["split"] = time.perf_counter() - start
     steps.update()
     steps.close()
