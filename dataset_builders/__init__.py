@@ -17,8 +17,9 @@ Use (a trainer / evaluator)::
     batch = train.batch([0, 1, 2])                          # padded input_ids / attention_mask / labels
 """
 
-from .errors import BadLineError, DatasetBuildError, EmptyDatasetError, UnknownDatasetError
+from .errors import BadLineError, DataError, DatasetBuildError, EmptyDatasetError, UnknownDatasetError
 from .filtering import KCoreResult, kcore_filter
+from .format import SPLIT_NAMES, config_name
 from .pipeline import BuiltDataset, DataStats, Sequences, SplitConfig, build_dataset, prepare_sequences
 from .publish import (
     load_item_map,
@@ -31,8 +32,8 @@ from .publish import (
 )
 from .readers import LAYOUTS, RawInteractions, read_interactions
 from .registry import DATASETS, DEFAULT_RATIOS, DatasetSpec, get_dataset_spec
-from .samples import WindowedSamples, windowed_samples
-from .splitting import SPLIT_NAMES, config_name, parse_ratios, split_counts, split_counts_array, split_tables
+from .samples import WindowedSamples, history_start, sample_positions, windowed_samples
+from .splitting import parse_ratios, split_counts, split_counts_array, split_tables
 
 __all__ = [
     "DATASETS",
@@ -41,6 +42,7 @@ __all__ = [
     "SPLIT_NAMES",
     "BadLineError",
     "BuiltDataset",
+    "DataError",
     "DataStats",
     "DatasetBuildError",
     "DatasetSpec",
@@ -54,6 +56,7 @@ __all__ = [
     "build_dataset",
     "config_name",
     "get_dataset_spec",
+    "history_start",
     "kcore_filter",
     "load_item_map",
     "load_metadata",
@@ -64,6 +67,7 @@ __all__ = [
     "push_folder_to_hub",
     "read_interactions",
     "render_card",
+    "sample_positions",
     "split_counts",
     "split_counts_array",
     "split_tables",

@@ -7,25 +7,29 @@ import logging
 import shlex
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TypeVar
 
 from .errors import DatasetBuildError
+from .format import SPLIT_NAMES
 from .pipeline import BuiltDataset, build_dataset
 from .publish import push_folder_to_hub, write_hub_folder
 from .readers import LAYOUTS
 from .registry import DATASETS, DEFAULT_RATIOS, get_dataset_spec
-from .splitting import SPLIT_NAMES
 
 __all__ = ["build_parser", "main", "recorded_arguments", "summary_table"]
 
 logger = logging.getLogger("dataset_builders")
+T = TypeVar("T")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The argument parser of ``build_dataset.py``."""
+    """The argument parser of ``build_dataset.py``: options in snake_case, each also accepted in kebab-case."""
     parser = argparse.ArgumentParser(
         prog="build_dataset.py",
+        epilog="Options are spelled with underscores (--push_to_hub); the older spellings with hyphens "
+        "(--push-to-hub) are accepted too.",
         allow_abbrev=False,  # so that no abbreviation of --token escapes recorded_arguments
         description="Build a TTT4Rec benchmark dataset (PROTOCOL.md 1-5) from a raw file and write it as a Hub "
         "dataset folder (Parquet per configuration and split, dataset card, id maps), optionally pushing it.",
@@ -33,12 +37,16 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--dataset", required=True, help=f"data set name; one of: {', '.join(DATASETS)}")
     parser.add_argument("--raw", required=True, type=Path, help="raw file (plain or .gz); with --download, a folder")
     parser.add_argument("--output", required=True, type=Path, help="folder to write the dataset repository to")
-    parser.add_argument("--push-to-hub", metavar="REPO_ID", help="also upload the folder to this Hub dataset repo")
+    parser.add_argument(
+        "--push_to_hub", "--push-to-hub", metavar="REPO_ID", help="also upload the folder to this Hub dataset repo"
+    )
     parser.add_argument("--private", action="store_true", help="create the Hub repository as private")
     parser.add_argument("--token", help="Hub token (default: the logged-in one / HF_TOKEN)")
-    parser.add_argument("--user-min", type=int, help="k-core user minimum U (default: the data set's)")
-    parser.add_argument("--item-min", type=int, help="k-core item minimum (default: 5)")
-    parser.add_argument("--max-length", type=int, help="maximum context length L (default: the data set's)")
+    parser.add_argument("--user_min", "--user-min", type=int, help="k-core user minimum U (default: the data set's)")
+    parser.add_argument("--item_min", "--item-min", type=int, help="k-core item minimum (default: 5)")
+    parser.add_argument(
+        "--max_length", "--max-length", type=int, help="maximum context length L (default: the data set's)"
+    )
     parser.add_argument(
         "--ratios",
         action="append",
@@ -46,19 +54,31 @@ def build_parser() -> argparse.ArgumentParser:
         help="a split ratio such as 0.3,0.2,0.5; repeat for several configurations "
         "(default: 0.3,0.2,0.5 and 0.6,0.2,0.2)",
     )
-    parser.add_argument("--skip-bad-lines", action="store_true", help="skip unreadable lines and count them")
+    parser.add_argument(
+        "--skip_bad_lines", "--skip-bad-lines", action="store_true", help="skip unreadable lines and count them"
+    )
     parser.add_argument("--download", action="store_true", help="download the official raw file into --raw first")
     parser.add_argument(
-        "--force-download", action="store_true", help="with --download: download again even if the file is there"
+        "--force_download",
+        "--force-download",
+        action="store_true",
+        help="with --download: download again even if the file is there",
     )
     parser.add_argument("--layout", choices=LAYOUTS, help="read the raw file as this layout")
-    parser.add_argument("--user-col", default="user_id", help="csv/parquet: user column (default user_id)")
-    parser.add_argument("--item-col", default="item_id", help="csv/parquet: item column (default item_id)")
     parser.add_argument(
-        "--time-col", default="timestamp", help="csv/parquet: time column (default timestamp; 'none': file order)"
+        "--user_col", "--user-col", default="user_id", help="csv/parquet: user column (default user_id)"
+    )
+    parser.add_argument(
+        "--item_col", "--item-col", default="item_id", help="csv/parquet: item column (default item_id)"
+    )
+    parser.add_argument(
+        "--time_col",
+        "--time-col",
+        default="timestamp",
+        help="csv/parquet: time column (default timestamp; 'none': file order)",
     )
     parser.add_argument("--separator", default=",", help="csv: field separator (default ,)")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    parser.add_argument("--no_progress", "--no-progress", action="store_true", help="no progress bars")
     parser.add_argument("-q", "--quiet", action="store_true", help="log warnings only")
     return parser
 
@@ -102,6 +122,57 @@ def summary_table(built: BuiltDataset, output: Path, seconds: dict[str, float]) 
     return "\n".join(lines)
 
 
+def _timed(seconds: dict[str, float], step: str, run: Callable[[], T]) -> T:
+    """``run()``, its duration recorded in ``seconds[step]``."""
+    start = time.perf_counter()
+    result = run()
+    seconds[step] = time.perf_counter() - start
+    return result
+
+
+def _build_and_write(args: argparse.Namespace, ratios: list[str], command: str) -> tuple[BuiltDataset, dict]:
+    """Download (with ``--download``), build, write (and push, with ``--push_to_hub``); returns the timings."""
+    seconds: dict[str, float] = {}
+    progress = not args.no_progress
+    raw_path = args.raw
+    if args.download:
+        from .download import download_raw
+
+        raw_path = _timed(
+            seconds,
+            "download",
+            lambda: download_raw(args.dataset, args.raw, force=args.force_download, progress=progress),
+        )
+    logger.info("building %s from %s", args.dataset, raw_path)
+    built = build_dataset(
+        args.dataset,
+        raw_path,
+        user_min=args.user_min,
+        item_min=args.item_min,
+        max_length=args.max_length,
+        ratios=ratios,
+        skip_bad_lines=args.skip_bad_lines,
+        layout=args.layout,
+        user_col=args.user_col,
+        item_col=args.item_col,
+        time_col=None if args.time_col.lower() == "none" else args.time_col,
+        separator=args.separator,
+        progress=progress,
+    )
+    seconds.update(built.seconds)
+    _timed(seconds, "write", lambda: write_hub_folder(built, args.output, command=command, progress=progress))
+    logger.info("wrote %s", args.output)
+    if args.push_to_hub:
+        private = args.private or None
+        url = _timed(
+            seconds,
+            "push",
+            lambda: push_folder_to_hub(args.output, args.push_to_hub, token=args.token, private=private),
+        )
+        logger.info("pushed to %s", url)
+    return built, seconds
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit status (0 ok, 1 bad input, 2 bad arguments)."""
     parser = build_parser()
@@ -116,45 +187,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.push_to_hub and not args.private and not spec.redistributable:
         parser.error(f"{spec.name} may not be redistributed ({spec.licence}); add --private to push it")
     ratios = args.ratios or [",".join(f"{r:g}" for r in ratio) for ratio in DEFAULT_RATIOS]
-    time_col = None if args.time_col.lower() == "none" else args.time_col
     arguments = recorded_arguments(sys.argv[1:] if argv is None else argv)
     command = "python scripts/build_dataset.py " + shlex.join(arguments)
-    seconds: dict[str, float] = {}
     start_all = time.perf_counter()
     try:
-        raw_path = args.raw
-        if args.download:
-            from .download import download_raw
-
-            start = time.perf_counter()
-            raw_path = download_raw(args.dataset, args.raw, force=args.force_download, progress=not args.no_progress)
-            seconds["download"] = time.perf_counter() - start
-        logger.info("building %s from %s", args.dataset, raw_path)
-        built = build_dataset(
-            args.dataset,
-            raw_path,
-            user_min=args.user_min,
-            item_min=args.item_min,
-            max_length=args.max_length,
-            ratios=ratios,
-            skip_bad_lines=args.skip_bad_lines,
-            layout=args.layout,
-            user_col=args.user_col,
-            item_col=args.item_col,
-            time_col=time_col,
-            separator=args.separator,
-            progress=not args.no_progress,
-        )
-        seconds.update(built.seconds)
-        start = time.perf_counter()
-        write_hub_folder(built, args.output, command=command, progress=not args.no_progress)
-        seconds["write"] = time.perf_counter() - start
-        logger.info("wrote %s", args.output)
-        if args.push_to_hub:
-            start = time.perf_counter()
-            url = push_folder_to_hub(args.output, args.push_to_hub, token=args.token, private=args.private or None)
-            seconds["push"] = time.perf_counter() - start
-            logger.info("pushed to %s", url)
+        built, seconds = _build_and_write(args, ratios, command)
     except (DatasetBuildError, ValueError, OSError) as err:
         logger.error("%s", err)
         print(f"error: {err}", file=sys.stderr)

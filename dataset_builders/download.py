@@ -68,7 +68,7 @@ def download_raw(name: str, dest_dir: str | Path, *, force: bool = False, progre
         except (zipfile.BadZipFile, KeyError) as err:
             partial.unlink(missing_ok=True)
             raise DatasetBuildError(
-                f"{archive} is damaged or not the expected archive ({err}); delete it or pass --force-download to "
+                f"{archive} is damaged or not the expected archive ({err}); delete it or pass --force_download to "
                 "download it again"
             ) from err
         partial.replace(target)

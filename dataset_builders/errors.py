@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-__all__ = ["BadLineError", "DatasetBuildError", "EmptyDatasetError", "UnknownDatasetError"]
+__all__ = ["BadLineError", "DataError", "DatasetBuildError", "EmptyDatasetError", "UnknownDatasetError"]
 
 
 class DatasetBuildError(ValueError):
@@ -20,7 +20,7 @@ class BadLineError(DatasetBuildError):
         shown = "" if text is None else f": {text[:200]!r}"
         super().__init__(
             f"{path}, {unit} {line}: {reason}{shown} "
-            f"(pass --skip-bad-lines / skip_bad_lines=True to skip such {unit}s)"
+            f"(pass --skip_bad_lines / skip_bad_lines=True to skip such {unit}s)"
         )
 
 
@@ -33,3 +33,7 @@ class UnknownDatasetError(DatasetBuildError, KeyError):
 
     def __str__(self) -> str:  # KeyError would otherwise print the message with quotes around it
         return str(self.args[0])
+
+
+class DataError(ValueError):
+    """A published data set that cannot be used as given (the message says what is wrong and how to fix it)."""

@@ -20,9 +20,10 @@ import pyarrow.compute as pc
 
 from .errors import EmptyDatasetError
 from .filtering import kcore_filter
+from .format import SPLIT_NAMES, config_name
 from .readers import RawInteractions, read_interactions
 from .registry import DEFAULT_RATIOS, DatasetSpec, get_dataset_spec
-from .splitting import SPLIT_NAMES, config_name, parse_ratios, split_tables
+from .splitting import parse_ratios, split_tables
 
 __all__ = ["BuiltDataset", "DataStats", "Sequences", "SplitConfig", "build_dataset", "prepare_sequences"]
 
@@ -195,7 +196,7 @@ def prepare_sequences(
         raise EmptyDatasetError(
             f"nothing is left after k-core filtering with user minimum {user_min} and item minimum {item_min} "
             f"(raw data: {raw_stats.users:,} users, {raw_stats.items:,} items, {raw_stats.interactions:,} "
-            "interactions); lower --user-min / --item-min"
+            "interactions); lower --user_min / --item_min"
         )
     user_codes, item_codes = user_codes[keep], item_codes[keep]
     times = times[keep] if times is not None else None
@@ -219,6 +220,32 @@ def prepare_sequences(
         filtered=DataStats(int(counts.size), int(item_old.size), int(keep.sum())),
         kcore_rounds=result.rounds,
     )
+
+
+def _named_ratios(ratios: Sequence[Sequence[float] | str]) -> dict[str, tuple[float, float, float]]:
+    """The ratios, normalised, by configuration name; the same ratio twice is an error."""
+    parsed = [parse_ratios(r) for r in ratios]
+    names = [config_name(r) for r in parsed]
+    if len(set(names)) != len(names):
+        raise ValueError(f"the same split ratio is asked for twice: {names}")
+    return dict(zip(names, parsed, strict=True))
+
+
+def _split_configs(seq: Sequences, ratios: dict[str, tuple[float, float, float]]) -> dict[str, SplitConfig]:
+    """One configuration per named ratio: its published tables and samples per split (none may be empty)."""
+    configs: dict[str, SplitConfig] = {}
+    for name, r in ratios.items():
+        tables, counts = split_tables(seq.seq_items, seq.user_offsets, seq.user_map, r, seq_times=seq.seq_times)
+        samples = {split: int(counts[:, k].sum()) for k, split in enumerate(SPLIT_NAMES)}
+        empty = [split for split in SPLIT_NAMES if samples[split] == 0]
+        if empty:
+            raise EmptyDatasetError(
+                f"configuration {name}: the {' and '.join(empty)} split has no samples ({seq.filtered.users:,} users "
+                "after filtering); an empty split cannot be published or loaded. Raise --user_min / user_min "
+                "(each user needs enough interactions to reach every split) or change the ratios"
+            )
+        configs[name] = SplitConfig(name, r, tables, samples)
+    return configs
 
 
 def build_dataset(
@@ -260,10 +287,7 @@ def build_dataset(
     max_length = spec.max_length if max_length is None else int(max_length)
     if max_length < 1:
         raise ValueError(f"max_length must be at least 1, got {max_length}")
-    parsed = [parse_ratios(r) for r in ratios]
-    names = [config_name(r) for r in parsed]
-    if len(set(names)) != len(names):
-        raise ValueError(f"the same split ratio is asked for twice: {names}")
+    named_ratios = _named_ratios(ratios)
     seconds: dict[str, float] = {}
     from tqdm.auto import tqdm
 
@@ -293,29 +317,14 @@ def build_dataset(
     filtered = seq.filtered
     logger.info(
         "k-core (user >= %d, item >= %d) in %d rounds: %s users, %s items, %s interactions",
-        user_min,
-        item_min,
-        seq.kcore_rounds,
-        f"{filtered.users:,}",
-        f"{filtered.items:,}",
+        *(user_min, item_min, seq.kcore_rounds, f"{filtered.users:,}", f"{filtered.items:,}"),
         f"{filtered.interactions:,}",
     )
 
     steps.update()
     steps.set_postfix_str("splitting")
     start = time.perf_counter()
-    configs: dict[str, SplitConfig] = {}
-    for name, r in zip(names, parsed, strict=True):
-        tables, counts = split_tables(seq.seq_items, seq.user_offsets, seq.user_map, r, seq_times=seq.seq_times)
-        samples = {split: int(counts[:, k].sum()) for k, split in enumerate(SPLIT_NAMES)}
-        empty = [split for split in SPLIT_NAMES if samples[split] == 0]
-        if empty:
-            raise EmptyDatasetError(
-                f"configuration {name}: the {' and '.join(empty)} split has no samples ({filtered.users:,} users "
-                "after filtering); an empty split cannot be published or loaded. Raise --user-min / user_min "
-                "(each user needs enough interactions to reach every split) or change the ratios"
-            )
-        configs[name] = SplitConfig(name, r, tables, samples)
+    configs = _split_configs(seq, named_ratios)
     seconds["split"] = time.perf_counter() - start
     steps.update()
     steps.close()

@@ -18,7 +18,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import shutil
 from pathlib import Path
 from typing import Any
@@ -28,8 +27,31 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from .errors import DatasetBuildError
+from .format import (
+    CARD_FILE,
+    DATASET_NAME,
+    FORMAT_VERSION,
+    FORMAT_VERSION_KEY,
+    ITEM_ID,
+    ITEM_IDS,
+    ITEM_INDEX,
+    ITEM_MAP_FILE,
+    MAX_LENGTH,
+    METADATA_FILE,
+    NUM_ITEMS,
+    SPLIT_NAMES,
+    TARGET_START,
+    TIMESTAMPS,
+    USER_ID,
+    USER_INDEX,
+    USER_MAP_FILE,
+    is_config_folder,
+    read_metadata,
+    split_file,
+    split_file_pattern,
+)
 from .pipeline import BuiltDataset, DataStats
-from .splitting import SPLIT_NAMES
+from .resolve import resolve_folder
 
 __all__ = [
     "FORMAT_VERSION",
@@ -47,11 +69,6 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-METADATA_FILE = "metadata.json"
-ITEM_MAP_FILE = "item_map.parquet"
-USER_MAP_FILE = "user_map.parquet"
-#: Version of the published layout (row schema, metadata keys); bump on an incompatible change.
-FORMAT_VERSION = 1
 _ROWS_PER_GROUP = 10_000
 
 _TTT4REC_CITATION = """@article{yang2024ttt4rec,
@@ -70,12 +87,12 @@ _RECBOLE_CITATION = """@inproceedings{zhao2021recbole,
 
 def _features(has_time: bool) -> list[dict[str, str]]:
     features = [
-        {"name": "user_id", "dtype": "string"},
-        {"name": "item_ids", "list": "int64"},
-        {"name": "target_start", "dtype": "int64"},
+        {"name": USER_ID, "dtype": "string"},
+        {"name": ITEM_IDS, "list": "int64"},
+        {"name": TARGET_START, "dtype": "int64"},
     ]
     if has_time:
-        features.append({"name": "timestamps", "list": "int64"})
+        features.append({"name": TIMESTAMPS, "list": "int64"})
     return features
 
 
@@ -104,16 +121,16 @@ def _stats_row(label: str, stats: DataStats) -> str:
 def _metadata(built: BuiltDataset, command: str | None, source_sha256: str | None) -> dict[str, Any]:
     seq = built.sequences
     return {
-        "format_version": FORMAT_VERSION,
-        "dataset": built.name,
+        FORMAT_VERSION_KEY: FORMAT_VERSION,
+        DATASET_NAME: built.name,
         "pretty_name": built.spec.pretty_name,
         "layout": built.layout,
         "source_file": Path(built.source).name,
         "source_sha256": source_sha256,
-        "num_items": built.num_items,
+        NUM_ITEMS: built.num_items,
         "num_users": seq.filtered.users,
         "padding_item_id": 0,
-        "max_length": built.max_length,
+        MAX_LENGTH: built.max_length,
         "user_min": built.user_min,
         "item_min": built.item_min,
         "has_timestamps": built.has_time,
@@ -138,13 +155,19 @@ def _metadata(built: BuiltDataset, command: str | None, source_sha256: str | Non
 
 def render_card(built: BuiltDataset, metadata: dict[str, Any] | None = None) -> str:
     """The dataset card (README.md): YAML front matter with ``configs``, then statistics and build notes."""
+    metadata = metadata or _metadata(built, None, None)
+    body = _card_overview(built) + _card_row_format(built) + _card_build_notes(built, metadata)
+    return f"---\n{_card_data(built).to_yaml()}\n---\n{body}"
+
+
+def _card_data(built: BuiltDataset) -> Any:
+    """The card's YAML front matter: the configurations' data files, features and split sizes, tags, licence."""
     from huggingface_hub import DatasetCardData
 
-    metadata = metadata or _metadata(built, None, None)
     spec = built.spec
     seq = built.sequences
     names = list(built.configs)
-    card_data = DatasetCardData(
+    return DatasetCardData(
         pretty_name=f"{spec.pretty_name} (TTT4Rec protocol)",
         license="other",
         **({"license_name": f"{spec.name}-terms", "license_link": spec.homepage} if spec.homepage else {}),
@@ -154,7 +177,7 @@ def render_card(built: BuiltDataset, metadata: dict[str, Any] | None = None) -> 
             {
                 "config_name": name,
                 **({"default": True} if i == 0 else {}),
-                "data_files": [{"split": split, "path": f"{name}/{split}-*.parquet"} for split in SPLIT_NAMES],
+                "data_files": [{"split": split, "path": split_file_pattern(name, split)} for split in SPLIT_NAMES],
             }
             for i, name in enumerate(names)
         ],
@@ -170,7 +193,12 @@ def render_card(built: BuiltDataset, metadata: dict[str, Any] | None = None) -> 
             for name, cfg in built.configs.items()
         ],
     )
-    first = names[0]
+
+
+def _card_overview(built: BuiltDataset) -> str:
+    """The card's title, description, statistics and samples per split."""
+    spec = built.spec
+    seq = built.sequences
     ratio_rows = "\n".join(
         f"| `{name}`{' (default)' if i == 0 else ''} | {':'.join(f'{r:g}' for r in cfg.ratios)} | "
         + " | ".join(f"{cfg.samples[s]:,}" for s in SPLIT_NAMES)
@@ -179,21 +207,7 @@ def render_card(built: BuiltDataset, metadata: dict[str, Any] | None = None) -> 
         + " |"
         for i, (name, cfg) in enumerate(built.configs.items())
     )
-    time_note = (
-        "`timestamps` (list of int64, the raw time of each item in `item_ids`: Unix seconds, or the raw file's own "
-        "integer time unit)"
-        if built.has_time
-        else "no `timestamps` column: the raw file has no times, its line order is the time order"
-    )
-    skipped = (
-        f"- {built.skipped_lines:,} unreadable raw lines were skipped (`--skip-bad-lines`).\n"
-        if built.skipped_lines
-        else ""
-    )
-    command = metadata.get("build_command")
-    sha = metadata.get("source_sha256")
-    citations = "\n\n".join(c for c in (spec.citation, _TTT4REC_CITATION, _RECBOLE_CITATION) if c)
-    body = f"""
+    return f"""
 # {spec.pretty_name} for sequential recommendation (TTT4Rec protocol)
 
 {spec.description}
@@ -223,7 +237,19 @@ Rows are users with at least one target in the split.
 rows |
 |---|---|---|---|---|---|---|---|
 {ratio_rows}
+"""
 
+
+def _card_row_format(built: BuiltDataset) -> str:
+    """The card's row format, a usage example and the list of files."""
+    first = next(iter(built.configs))
+    time_note = (
+        "`timestamps` (list of int64, the raw time of each item in `item_ids`: Unix seconds, or the raw file's own "
+        "integer time unit)"
+        if built.has_time
+        else "no `timestamps` column: the raw file has no times, its line order is the time order"
+    )
+    return f"""
 ## Row format
 
 One row per user per split:
@@ -256,7 +282,22 @@ item_map = load_item_map("<this repo or folder>")   # item_map[dense_id] -> orig
 - `{USER_MAP_FILE}`: `user_index` (dense user id, the order of rows) -> `user_id` (original id).
 - `{METADATA_FILE}`: data set name, `num_items` (padding included), `max_length`, `user_min`, `item_min`, the
   ratios and the counts above, for a trainer to read.
+"""
 
+
+def _card_build_notes(built: BuiltDataset, metadata: dict[str, Any]) -> str:
+    """The card's build steps, licence and citations."""
+    spec = built.spec
+    seq = built.sequences
+    skipped = (
+        f"- {built.skipped_lines:,} unreadable raw lines were skipped (`--skip_bad_lines`).\n"
+        if built.skipped_lines
+        else ""
+    )
+    command = metadata.get("build_command")
+    sha = metadata.get("source_sha256")
+    citations = "\n\n".join(c for c in (spec.citation, _TTT4REC_CITATION, _RECBOLE_CITATION) if c)
+    return f"""
 ## How it was built
 
 1. Read `{Path(built.source).name}` (layout `{built.layout}`{f", sha256 `{sha}`" if sha else ""}); every line is
@@ -281,12 +322,11 @@ build code are Apache-2.0; the data keeps the licence of its source.
 {citations}
 ```
 """
-    return f"---\n{card_data.to_yaml()}\n---\n{body}"
 
 
 def _is_ours(folder: Path) -> bool:
     try:
-        return "format_version" in json.loads((folder / METADATA_FILE).read_text())
+        return FORMAT_VERSION_KEY in json.loads((folder / METADATA_FILE).read_text())
     except (OSError, ValueError):
         return False
 
@@ -313,9 +353,9 @@ def write_hub_folder(
         if not _is_ours(out):
             raise DatasetBuildError(f"output folder {out} is not empty and was not written by dataset_builders")
         for child in out.iterdir():
-            if child.is_dir() and child.name.startswith("split-"):
+            if is_config_folder(child):
                 shutil.rmtree(child)
-            elif child.name in (METADATA_FILE, ITEM_MAP_FILE, USER_MAP_FILE, "README.md"):
+            elif child.name in (METADATA_FILE, ITEM_MAP_FILE, USER_MAP_FILE, CARD_FILE):
                 child.unlink()
     out.mkdir(parents=True, exist_ok=True)
     from tqdm.auto import tqdm
@@ -324,16 +364,16 @@ def write_hub_folder(
     for name, split in tqdm(files, desc="writing Parquet", unit=" file", disable=not progress):
         (out / name).mkdir(exist_ok=True)
         table = built.configs[name].tables[split]
-        pq.write_table(table, out / name / f"{split}-00000-of-00001.parquet", row_group_size=_ROWS_PER_GROUP)
+        pq.write_table(table, out / split_file(name, split), row_group_size=_ROWS_PER_GROUP)
     seq = built.sequences
     item_index = pa.array(np.arange(len(seq.item_map), dtype=np.int64))
-    pq.write_table(pa.table({"item_index": item_index, "item_id": seq.item_map}), out / ITEM_MAP_FILE)
+    pq.write_table(pa.table({ITEM_INDEX: item_index, ITEM_ID: seq.item_map}), out / ITEM_MAP_FILE)
     user_index = pa.array(np.arange(len(seq.user_map), dtype=np.int64))
-    pq.write_table(pa.table({"user_index": user_index, "user_id": seq.user_map}), out / USER_MAP_FILE)
+    pq.write_table(pa.table({USER_INDEX: user_index, USER_ID: seq.user_map}), out / USER_MAP_FILE)
     sha = _sha256(built.source) if Path(built.source).is_file() else None
     metadata = _metadata(built, command, sha)
     (out / METADATA_FILE).write_text(json.dumps(metadata, indent=2) + "\n")
-    (out / "README.md").write_text(render_card(built, metadata))
+    (out / CARD_FILE).write_text(render_card(built, metadata))
     return out
 
 
@@ -361,17 +401,21 @@ def push_folder_to_hub(
     return str(getattr(info, "commit_url", info))
 
 
-def _resolve(path_or_repo: str | Path, filename: str, revision: str | None, token: str | None) -> Path:
-    """A file of a local dataset folder, or of a Hub dataset repository (downloaded / from the cache)."""
-    local = Path(path_or_repo)
-    if local.is_dir():
-        path = local / filename
-        if not path.is_file():
-            raise FileNotFoundError(f"{local} has no {filename}; was it written by dataset_builders?")
-        return path
-    from huggingface_hub import hf_hub_download
-
-    return Path(hf_hub_download(str(path_or_repo), filename, repo_type="dataset", revision=revision, token=token))
+def _data_set_file(path_or_repo: str | Path, filename: str, revision: str | None, token: str | None) -> Path:
+    """A file of a local data set folder, or of a Hub dataset repository (downloaded / from the cache)."""
+    folder = resolve_folder(
+        path_or_repo,
+        "dataset",
+        what="data set",
+        marker=CARD_FILE,
+        revision=revision,
+        token=token,
+        allow_patterns=[filename],
+    )
+    path = folder / filename
+    if not path.is_file():
+        raise FileNotFoundError(f"{folder} has no {filename}; was it written by dataset_builders?")
+    return path
 
 
 def load_metadata(
@@ -383,23 +427,24 @@ def load_metadata(
     ``user_min``, ``item_min``, ``has_timestamps``, ``configs`` (per name: ``ratios``, ``samples``, ``rows``) and
     ``default_config``.
     """
-    return json.loads(_resolve(path_or_repo, METADATA_FILE, revision, token).read_text())
+    folder = _data_set_file(path_or_repo, METADATA_FILE, revision, token).parent
+    return read_metadata(folder)
 
 
 def load_item_map(
     path_or_repo: str | Path, *, revision: str | None = None, token: str | None = None
 ) -> list[str | None]:
     """The item id map: ``item_map[dense_id]`` is the original item id (a string); ``item_map[0]`` is ``None``."""
-    table = pq.read_table(_resolve(path_or_repo, ITEM_MAP_FILE, revision, token))
-    order = np.argsort(table.column("item_index").to_numpy())
-    return table.column("item_id").take(pa.array(order)).to_pylist()
+    table = pq.read_table(_data_set_file(path_or_repo, ITEM_MAP_FILE, revision, token))
+    order = np.argsort(table.column(ITEM_INDEX).to_numpy())
+    return table.column(ITEM_ID).take(pa.array(order)).to_pylist()
 
 
 def load_user_map(path_or_repo: str | Path, *, revision: str | None = None, token: str | None = None) -> list[str]:
     """The user id map: ``user_map[dense_user_id]`` is the original user id."""
-    table = pq.read_table(_resolve(path_or_repo, USER_MAP_FILE, revision, token))
-    order = np.argsort(table.column("user_index").to_numpy())
-    return table.column("user_id").take(pa.array(order)).to_pylist()
+    table = pq.read_table(_data_set_file(path_or_repo, USER_MAP_FILE, revision, token))
+    order = np.argsort(table.column(USER_INDEX).to_numpy())
+    return table.column(USER_ID).take(pa.array(order)).to_pylist()
 
 
 def load_splits(
@@ -407,20 +452,14 @@ def load_splits(
 ) -> Any:
     """``datasets.load_dataset`` of a published dataset, which also works offline for a cached Hub repo.
 
-    ``datasets`` does not find a Hub dataset in the hub cache when ``HF_HUB_OFFLINE=1``; this falls back to
-    ``snapshot_download(local_files_only=True)`` and loads the snapshot folder.
+    A Hub repository id is resolved to its local snapshot first (``datasets`` alone does not find a Hub dataset in
+    the hub cache when ``HF_HUB_OFFLINE=1``).
 
     Args:
         path_or_repo: A folder written by :func:`write_hub_folder` or a Hub dataset repository id.
-        config: The configuration (e.g. ``"split-6-2-2"``); ``None`` gives the default (``split-3-2-5``).
+        config: The configuration (e.g. ``"split-6-2-2"``); ``None`` gives the card's default (``split-3-2-5``).
     """
     from datasets import load_dataset
 
-    if Path(path_or_repo).is_dir():
-        return load_dataset(str(path_or_repo), config)
-    from huggingface_hub import constants, snapshot_download
-
-    if constants.HF_HUB_OFFLINE or os.environ.get("HF_DATASETS_OFFLINE") == "1":
-        folder = snapshot_download(str(path_or_repo), repo_type="dataset", revision=revision, local_files_only=True)
-        return load_dataset(folder, config)
-    return load_dataset(str(path_or_repo), config, revision=revision, token=token)
+    folder = resolve_folder(path_or_repo, "dataset", what="data set", marker=CARD_FILE, revision=revision, token=token)
+    return load_dataset(str(folder), config)

@@ -54,7 +54,7 @@ class DatasetSpec:
         citation: BibTeX to cite the data.
         licence: The licence note for the dataset card.
         redistributable: Whether a dataset built from it may be published openly (``False``: only to a private
-            repository; ``build_dataset.py --push-to-hub`` then requires ``--private``).
+            repository; ``build_dataset.py --push_to_hub`` then requires ``--private``).
     """
 
     name: str

@@ -1,9 +1,14 @@
-"""The paper's windowed samples (PROTOCOL.md section 4) from a split's published rows.
+"""The sample rule, in one place, and the paper's windowed samples of a split's rows.
 
-A row ``(item_ids, target_start)`` gives one sample per target: target ``item_ids[j]`` for
-``j = target_start .. len(item_ids) - 1``, with history ``item_ids[max(0, j - L) : j]`` (the last ``L`` items
-before it, ``L`` the maximum context length). Histories are right-padded with 0 (the padding id): the model reads
-the history from its first kept item. The trainer, the evaluator and the tests all use this one implementation.
+A user's interactions ``s_0 .. s_{n-1}`` give one sample per target: sample ``j`` (``j = 1 .. n - 1``) has target
+``s_j`` and history ``s_{max(0, j - L)} .. s_{j-1}``, the last ``L`` items before it (``L`` the maximum context
+length). A published split row ``(item_ids, target_start)`` holds the samples ``j = target_start .. len(item_ids) - 1``
+of its user (see ``dataset_builders.format``); samples are ordered by row, then by target position.
+
+:func:`sample_positions` and :func:`history_start` are the rule. Everything that turns rows into samples is built on
+them: :class:`WindowedSamples` here (the samples one at a time or as padded batches: the tests' and the dataset
+card's reference), and the trainer's and evaluator's units (``modeling_ttt4rec.training.data.prefix_units`` and
+``stream_units``, which read whole prefixes in one pass and are tested to hold exactly these samples).
 
 :class:`WindowedSamples` keeps only the flat item ids and two integers per sample, and pads histories on demand,
 so even Gowalla's millions of samples cost a few tens of MB until a batch is asked for.
@@ -17,7 +22,29 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-__all__ = ["WindowedSamples", "windowed_samples"]
+from .format import ITEM_IDS, TARGET_START, USER_ID
+
+__all__ = ["WindowedSamples", "history_start", "sample_positions", "windowed_samples"]
+
+
+def sample_positions(lengths: np.ndarray, target_start: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Every sample of a split's rows, in sample order: its row and the index ``j`` of its target in that row.
+
+    Row ``r`` (``lengths[r]`` items) has the samples ``j = target_start[r] .. lengths[r] - 1``.
+    """
+    lengths = np.asarray(lengths, dtype=np.int64)
+    target_start = np.asarray(target_start, dtype=np.int64)
+    per_row = lengths - target_start
+    rows = np.repeat(np.arange(lengths.size, dtype=np.int64), per_row)
+    first = np.zeros(per_row.size + 1, dtype=np.int64)
+    np.cumsum(per_row, out=first[1:])
+    j = np.arange(first[-1], dtype=np.int64) - np.repeat(first[:-1] - target_start, per_row)
+    return rows, j
+
+
+def history_start(j: np.ndarray | int, max_length: int) -> np.ndarray | int:
+    """Where the history of the target at index ``j`` of its row starts: ``max(0, j - L)`` (it ends at ``j``)."""
+    return np.maximum(np.asarray(j) - max_length, 0) if isinstance(j, np.ndarray) else max(0, j - max_length)
 
 
 def _rows_to_arrow(rows: Any) -> tuple[pa.Array, pa.Array, pa.Array | None]:
@@ -25,12 +52,12 @@ def _rows_to_arrow(rows: Any) -> tuple[pa.Array, pa.Array, pa.Array | None]:
     if hasattr(rows, "with_format") and hasattr(rows, "features"):  # a datasets.Dataset (handles indices)
         rows = rows.with_format("arrow")[:]
     if isinstance(rows, pa.Table):
-        user = rows.column("user_id").combine_chunks() if "user_id" in rows.column_names else None
-        return rows.column("item_ids").combine_chunks(), rows.column("target_start").combine_chunks(), user
+        user = rows.column(USER_ID).combine_chunks() if USER_ID in rows.column_names else None
+        return rows.column(ITEM_IDS).combine_chunks(), rows.column(TARGET_START).combine_chunks(), user
     if isinstance(rows, dict):
-        user = pa.array(rows["user_id"], type=pa.string()) if "user_id" in rows else None
-        items = pa.array(rows["item_ids"], type=pa.list_(pa.int64()))
-        return items, pa.array(rows["target_start"], type=pa.int64()), user
+        user = pa.array(rows[USER_ID], type=pa.string()) if USER_ID in rows else None
+        items = pa.array(rows[ITEM_IDS], type=pa.list_(pa.int64()))
+        return items, pa.array(rows[TARGET_START], type=pa.int64()), user
     raise TypeError(f"expected a datasets.Dataset, a pyarrow.Table or a dict of columns, got {type(rows).__name__}")
 
 
@@ -66,16 +93,11 @@ class WindowedSamples:
                 f"= {int(lengths[bad]) - 1} (the first item is only history, and a row holds at least one target). "
                 "Rebuild the split with dataset_builders."
             )
-        per_row = lengths - starts
         #: row of each sample
-        self.sample_row = np.repeat(np.arange(lengths.size, dtype=np.int64), per_row)
-        # Flat position of each sample's target: row start + target_start + (0, 1, ...).
-        first = np.zeros(per_row.size + 1, dtype=np.int64)
-        np.cumsum(per_row, out=first[1:])
-        within = np.arange(first[-1], dtype=np.int64) - np.repeat(first[:-1], per_row)
-        #: index in ``items`` of each sample's target
-        self.target_pos = np.repeat(offsets[:-1] + starts, per_row) + within
+        self.sample_row, j = sample_positions(lengths, starts)
         self.row_start = offsets[:-1]
+        #: index in ``items`` of each sample's target
+        self.target_pos = self.row_start[self.sample_row] + j
 
     def __len__(self) -> int:
         return int(self.target_pos.size)
@@ -88,13 +110,14 @@ class WindowedSamples:
     @property
     def history_lengths(self) -> np.ndarray:
         """The (truncated) history length of every sample: ``min(j, L)`` for target index ``j``."""
-        return np.minimum(self.target_pos - self.row_start[self.sample_row], self.max_length)
+        j = self.target_pos - self.row_start[self.sample_row]
+        return j - history_start(j, self.max_length)
 
     def history(self, i: int) -> np.ndarray:
         """Sample ``i``'s history, unpadded: at most ``L`` items, oldest first."""
+        row_start = int(self.row_start[self.sample_row[i]])
         end = int(self.target_pos[i])
-        start = max(int(self.row_start[self.sample_row[i]]), end - self.max_length)
-        return self.items[start:end]
+        return self.items[row_start + history_start(end - row_start, self.max_length) : end]
 
     def __getitem__(self, i: int) -> dict[str, Any]:
         """``{"history": np.ndarray, "target": int, "row": int}`` of sample ``i``."""
@@ -119,7 +142,8 @@ class WindowedSamples:
         idx = np.arange(len(self)) if indices is None else np.asarray(indices, dtype=np.int64)
         end = self.target_pos[idx]
         rows = self.sample_row[idx]
-        start = np.maximum(self.row_start[rows], end - self.max_length)
+        row_start = self.row_start[rows]
+        start = row_start + history_start(end - row_start, self.max_length)
         length = end - start
         cols = np.arange(self.max_length, dtype=np.int64)
         mask = cols[None, :] < length[:, None]

@@ -2,7 +2,7 @@
 data augmentation), and the rows it publishes.
 
 A user with ``n`` interactions ``s_0 .. s_{n-1}`` has ``t = n - 1`` samples; sample ``j`` (``j = 1 .. t``) has
-target ``s_j``. The samples, in order, are cut into train / validation / test by :func:`split_counts`.
+target ``s_j``. The samples, in order, are cut into train / validation / test by :func:`split_counts_array`.
 
 Each split is published as one row per user that has a target in it: ``item_ids`` runs from the user's first
 interaction through the split's last target, and ``target_start`` is the index of the split's first target, so
@@ -19,18 +19,14 @@ import numpy as np
 import pyarrow as pa
 
 from .errors import DatasetBuildError
+from .format import ITEM_IDS, SPLIT_NAMES, TARGET_START, TIMESTAMPS, USER_ID
 
 __all__ = [
-    "SPLIT_NAMES",
-    "config_name",
     "parse_ratios",
     "split_counts",
     "split_counts_array",
     "split_tables",
 ]
-
-#: The three splits, in time order.
-SPLIT_NAMES: tuple[str, str, str] = ("train", "validation", "test")
 
 
 def parse_ratios(ratios: str | Sequence[float]) -> tuple[float, float, float]:
@@ -52,42 +48,23 @@ def parse_ratios(ratios: str | Sequence[float]) -> tuple[float, float, float]:
     return (values[0] / total, values[1] / total, values[2] / total)
 
 
-def config_name(ratios: Sequence[float]) -> str:
-    """The configuration name of a ratio: ``(0.3, 0.2, 0.5)`` -> ``"split-3-2-5"``, ``(0.25, 0.25, 0.5)`` ->
-    ``"split-25-25-50"`` (the smallest power of ten that makes every part a whole number, at most 10**6)."""
-    for scale in (10**k for k in range(1, 7)):
-        scaled = [r * scale for r in ratios]
-        if all(abs(s - round(s)) < 1e-9 for s in scaled):
-            return "split-" + "-".join(str(round(s)) for s in scaled)
-    shown = ", ".join(f"{r:.6g}" for r in ratios)
-    raise DatasetBuildError(
-        f"split ratios ({shown} after dividing by their sum) cannot be named: each part must have at most 6 "
-        "decimals once the parts sum to 1 (e.g. 3,2,5 or 0.25,0.25,0.5; 1,1,1 gives thirds)"
-    )
-
-
 def split_counts(t: int, ratios: Sequence[float]) -> tuple[int, int, int]:
-    """How many of a user's ``t`` samples go to train, validation and test: PROTOCOL.md 5, line by line.
+    """How many of a user's ``t`` samples go to train, validation and test (:func:`split_counts_array` for one user).
 
     >>> split_counts(4, (0.3, 0.2, 0.5))
     (1, 1, 2)
     """
-    r = ratios
-    c = [math.floor(r[0] * t), math.floor(r[1] * t), math.floor(r[2] * t)]
-    c[0] = t - c[1] - c[2]
-    for i in (1, 2):  # looks at r2 first, then r1
-        if c[0] <= 1:
-            break
-        if 0 < r[-i] * t < 1:  # a part that rounded down to 0
-            c[-i] += 1
-            c[0] -= 1
-    return c[0], c[1], c[2]
+    train, validation, test = split_counts_array(np.array([t]), ratios)[0].tolist()
+    return train, validation, test
 
 
 def split_counts_array(t: np.ndarray, ratios: Sequence[float]) -> np.ndarray:
-    """:func:`split_counts` for many users at once: an ``(len(t), 3)`` int64 array, the same formula in numpy.
+    """How many of each user's ``t`` samples go to train, validation and test: an ``(len(t), 3)`` int64 array.
 
-    The products ``r * t`` are computed in float64 exactly as Python computes them, so the floors agree.
+    RecBole's rule: ``c = floor(r * t)`` per part, train takes the rest, then a part whose
+    ``r * t`` rounded down to zero takes one sample from train while train keeps more than one (test checked
+    first). The products ``r * t`` are computed in float64 exactly as RecBole's Python computes them, so the floors
+    agree.
     """
     t = np.asarray(t, dtype=np.int64)
     tf = t.astype(np.float64)
@@ -152,12 +129,12 @@ def split_tables(
         target_start = ends[users, k - 1] + 1 if k > 0 else np.ones(users.size, dtype=np.int64)
         items, offsets = _gather_prefixes(seq_items, user_offsets[users], row_lengths)
         columns = {
-            "user_id": user_ids.take(pa.array(users)),
-            "item_ids": _list_array(items, offsets),
-            "target_start": pa.array(target_start, type=pa.int64()),
+            USER_ID: user_ids.take(pa.array(users)),
+            ITEM_IDS: _list_array(items, offsets),
+            TARGET_START: pa.array(target_start, type=pa.int64()),
         }
         if seq_times is not None:
             times, _ = _gather_prefixes(seq_times, user_offsets[users], row_lengths)
-            columns["timestamps"] = _list_array(times, offsets)
+            columns[TIMESTAMPS] = _list_array(times, offsets)
         tables[name] = pa.table(columns)
     return tables, counts

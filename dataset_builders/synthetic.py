@@ -72,9 +72,12 @@ def write_synthetic_gowalla(
             "item": items[order],
         }
     ).with_columns(pl.col("time").dt.strftime("%Y-%m-%dT%H:%M:%SZ"))
-    path = Path(path)
+    return _write_lines(Path(path), frame.write_csv(separator="\t", include_header=False).encode(), compresslevel)
+
+
+def _write_lines(path: Path, data: bytes, compresslevel: int) -> Path:
+    """Write ``data`` to ``path``, gzip-compressed when it ends in ``.gz``."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    data = frame.write_csv(separator="\t", include_header=False).encode()
     if path.suffix == ".gz":
         with gzip.open(path, "wb", compresslevel=compresslevel) as f:
             f.write(data)

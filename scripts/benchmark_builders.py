@@ -7,7 +7,7 @@ The synthetic SNAP-layout file (6.4 million check-ins by default) is written to 
 is not part of the timing. Nothing is written into the repository.
 
     python scripts/benchmark_builders.py                      # real data from ../shared/data + synthetic Gowalla
-    python scripts/benchmark_builders.py --rows 1000000 --no-real
+    python scripts/benchmark_builders.py --rows 1000000 --no_real
 """
 
 from __future__ import annotations
@@ -44,7 +44,7 @@ def main() -> None:
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/ttt4rec-bench"), help="scratch folder")
     parser.add_argument("--rows", type=int, default=6_400_000, help="rows of the synthetic Gowalla file")
     parser.add_argument("--data", type=Path, default=REPO.parent / "shared" / "data", help="real data folder")
-    parser.add_argument("--no-real", action="store_true", help="skip the real-data builds")
+    parser.add_argument("--no_real", "--no-real", action="store_true", help="skip the real-data builds")
     parser.add_argument("--regenerate", action="store_true", help="rewrite the synthetic file even if present")
     args = parser.parse_args()
 
@@ -65,7 +65,8 @@ def main() -> None:
     rows = []
     for name, job in jobs:
         out = args.workdir / f"out-{name}"
-        wall, rss = run_script("build_dataset.py", [*job, "--output", str(out), "--no-progress", "-q"], env)
+        wall, rss = run_script("build_dataset.py", [*job, "--output", str(out), "--no_progress", "-q"], env)
+        # the file name written out: importing dataset_builders here would grow this process (see run_script)
         meta = json.loads((out / "metadata.json").read_text())
         rows.append((name, Path(job[3]).name, meta, wall, rss))
 

@@ -5,9 +5,9 @@ Examples:
     python scripts/build_dataset.py --dataset sasrec --raw ../shared/data/amazon-video-games/Video.txt \\
         --output data/amazon-video-games
     python scripts/build_dataset.py --dataset gowalla --raw raw/ --download --output data/gowalla \\
-        --push-to-hub <user>/ttt4rec-gowalla
-    python scripts/build_dataset.py --dataset csv --raw my.csv --user-col user --item-col item \\
-        --time-col ts --ratios 0.8,0.1,0.1 --output data/mine
+        --push_to_hub <user>/ttt4rec-gowalla
+    python scripts/build_dataset.py --dataset csv --raw my.csv --user_col user --item_col item \\
+        --time_col ts --ratios 0.8,0.1,0.1 --output data/mine
 
 All logic lives in ``dataset_builders``; see ``docs/datasets.md``.
 """

@@ -3,9 +3,10 @@
     python scripts/quickstart.py                      # MovieLens-100K from ../shared/data (or --raw u.data)
     python scripts/quickstart.py --steps 50 --device cuda
 
-Trains on whole train prefixes (a loss at every target position), printing the loss as it goes down, then
-recommends for one user with the cache. The full protocol (early stopping, evaluation, checkpoints) is
-`scripts/train.py`.
+Trains on the train split's samples exactly as `scripts/train.py` reads them (whole prefixes of at most `L` items
+with a target after every position, plus one window per target beyond `L`: `training.data.prefix_units`), printing
+the loss as it goes down, then recommends for one user. The full protocol (early stopping, evaluation, checkpoints)
+is `scripts/train.py`.
 """
 
 import argparse
@@ -15,29 +16,26 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from dataset_builders import build_dataset, load_metadata, load_splits, write_hub_folder
+from dataset_builders import build_dataset, write_hub_folder
 from modeling_ttt4rec import TTT4RecConfig, TTT4RecForNextItemPrediction
+from modeling_ttt4rec.training.data import Units, collate, load_sequences, make_batches, prefix_units
 
 DEFAULT_RAW = Path(__file__).resolve().parents[2] / "shared" / "data" / "movielens-100k" / "u.data"
 
 
-def prefix_batch(rows: list[dict], max_length: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Inputs and per-position labels for the train prefixes of `rows` (each cut to its last `max_length + 1`)."""
-    sequences = [row["item_ids"][-(max_length + 1) :] for row in rows]
-    width = max(len(s) for s in sequences) - 1
-    input_ids = torch.zeros(len(rows), width, dtype=torch.long)
-    labels = torch.full((len(rows), width), -100, dtype=torch.long)
-    for i, seq in enumerate(sequences):
-        input_ids[i, : len(seq) - 1] = torch.tensor(seq[:-1])
-        labels[i, : len(seq) - 1] = torch.tensor(seq[1:])
-    return input_ids, labels
+def training_batch(units: Units, index, device: str) -> dict[str, torch.Tensor]:
+    """A batch of units as the model's inputs, with `labels` the target after each position (-100: none)."""
+    batch = collate(units, index, device)
+    labels = torch.full_like(batch["input_ids"], -100)
+    labels[batch["target_mask"]] = batch["targets"]
+    return {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"], "labels": labels}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--raw", type=Path, default=DEFAULT_RAW, help="a MovieLens u.data file")
     parser.add_argument("--steps", type=int, default=30)
-    parser.add_argument("--batch_size", type=int, default=256, help="users per step")
+    parser.add_argument("--batch_targets", type=int, default=4096, help="targets per step")
     parser.add_argument("--device", default="cpu")
     args = parser.parse_args()
     if not args.raw.exists():
@@ -46,19 +44,21 @@ def main() -> None:
     torch.manual_seed(0)
     folder = Path(tempfile.mkdtemp(prefix="ttt4rec-quickstart-"))
     write_hub_folder(build_dataset("movielens-100k", args.raw), folder)
-    metadata = load_metadata(folder)
-    train = load_splits(folder, "split-3-2-5")["train"]
-    print(f"data set: {folder} ({len(train)} users, {metadata['num_items'] - 1} items)")
+    sequences, meta = load_sequences(folder, splits=("train",))  # the default configuration, split-3-2-5
+    train = sequences["train"]
+    print(f"data set: {folder} ({train.num_rows} users, {train.num_samples} samples, {meta.num_items - 1} items)")
 
-    model = TTT4RecForNextItemPrediction(TTT4RecConfig(num_items=metadata["num_items"])).to(args.device)
+    units = prefix_units(train, meta.max_length)
+    model = TTT4RecForNextItemPrediction(TTT4RecConfig(num_items=meta.num_items)).to(args.device)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
     model.train()
-    rows = list(train)
+    batches, epoch = [], 0
     progress = tqdm(range(args.steps), desc="training")
     for step in progress:
-        start = (step * args.batch_size) % len(rows)
-        input_ids, labels = prefix_batch(rows[start : start + args.batch_size], metadata["max_length"])
-        loss = model(input_ids.to(args.device), labels=labels.to(args.device)).loss
+        if not batches:  # a new pass over the samples, in a new random order
+            batches = make_batches(units, args.batch_targets, shuffle=True, seed=epoch)
+            epoch += 1
+        loss = model(**training_batch(units, batches.pop(), args.device)).loss
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
@@ -67,9 +67,9 @@ def main() -> None:
             tqdm.write(f"step {step:>3}  loss {loss.item():.4f}")
 
     model.eval()
-    history = torch.tensor([rows[0]["item_ids"]], device=args.device)
+    history = torch.from_numpy(train.values[train.offsets[0] : train.offsets[1]])[None].to(args.device)
     top = model.recommend(history, top_k=5, exclude_seen=True)
-    print(f"top-5 for user {rows[0]['user_id']} after {history.shape[1]} items: {top.item_ids[0].tolist()}")
+    print(f"top-5 for user {train.user_ids[0]} after {history.shape[1]} items: {top.item_ids[0].tolist()}")
 
 
 if __name__ == "__main__":

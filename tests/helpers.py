@@ -5,8 +5,12 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 import torch
 from dataset_fixtures import reference_split_counts
+
+from dataset_builders.format import ITEM_ID, ITEM_INDEX, ITEM_MAP_FILE, METADATA_FILE
 
 SPLIT_RATIOS = {"split-3-2-5": (0.3, 0.2, 0.5), "split-6-2-2": (0.6, 0.2, 0.2)}
 
@@ -44,7 +48,7 @@ def write_split_dataset(
     drop_column: str | None = None,
 ) -> Path:
     """Write `folder` as dataset_builders publish a data set: parquet per config/split, README.md with `configs`,
-    metadata.json and an item id map."""
+    metadata.json and the item id map."""
     from datasets import Dataset
 
     folder = Path(folder)
@@ -66,8 +70,10 @@ def write_split_dataset(
     (folder / "README.md").write_text("\n".join(yaml) + "\n\n# A tiny test data set\n")
     if with_metadata:
         meta = {"name": "tiny", "num_items": num_items, "max_length": max_length}
-        (folder / "metadata.json").write_text(json.dumps(meta))
-    (folder / "item_id_map.json").write_text(json.dumps({str(i): f"item-{i}" for i in range(1, num_items)}))
+        (folder / METADATA_FILE).write_text(json.dumps(meta))
+    item_ids = pa.array([None] + [f"item-{i}" for i in range(1, num_items)], type=pa.string())
+    item_map = pa.table({ITEM_INDEX: pa.array(np.arange(num_items, dtype=np.int64)), ITEM_ID: item_ids})
+    pq.write_table(item_map, folder / ITEM_MAP_FILE)
     return folder
 
 

@@ -71,7 +71,7 @@ def test_damaged_archive_is_a_clear_error_and_force_downloads_again(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     (tmp_path / "ml-100k.zip").write_bytes(b"not a zip at all")  # e.g. an interrupted or stale download
-    with pytest.raises(DatasetBuildError, match=r"ml-100k.zip is damaged .* pass --force-download"):
+    with pytest.raises(DatasetBuildError, match=r"ml-100k.zip is damaged .* pass --force_download"):
         download_raw("movielens-100k", tmp_path, progress=False)
     assert not (tmp_path / "u.data").exists() and not (tmp_path / "u.data.part").exists()
     buffer = io.BytesIO()

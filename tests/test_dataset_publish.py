@@ -45,8 +45,8 @@ def published(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[tupl
     records = _records()
     raw = write_raw(tmp / "loc-gowalla_totalCheckins.txt", format_lines(records, "gowalla"), gz=True)
     out = tmp / "repo"
-    args = ["--dataset", "gowalla", "--raw", str(raw), "--output", str(out), "--user-min", str(USER_MIN)]
-    assert main([*args, "--item-min", str(ITEM_MIN), "--max-length", str(L), "--no-progress", "-q"]) == 0
+    args = ["--dataset", "gowalla", "--raw", str(raw), "--output", str(out), "--user_min", str(USER_MIN)]
+    assert main([*args, "--item_min", str(ITEM_MIN), "--max_length", str(L), "--no_progress", "-q"]) == 0
     return out, records
 
 
@@ -202,12 +202,12 @@ def test_cli_bad_line_and_skip_bad_lines(capsys: pytest.CaptureFixture[str], tmp
     lines[9] = "u1,i3,5.0,1e3x"
     raw = write_raw(tmp_path / "ratings_Video_Games.csv", lines)
     out = tmp_path / "out"
-    args = ["--dataset", "amazon-video-games", "--raw", str(raw), "--output", str(out), "--no-progress", "-q"]
+    args = ["--dataset", "amazon-video-games", "--raw", str(raw), "--output", str(out), "--no_progress", "-q"]
     assert main(args) == 1
     err = capsys.readouterr().err
     assert f"{raw}, line 5: expected 4 fields separated by ',', found 3" in err
     assert not out.exists()
-    assert main([*args, "--skip-bad-lines", "--user-min", "3", "--item-min", "3"]) == 0
+    assert main([*args, "--skip_bad_lines", "--user_min", "3", "--item_min", "3"]) == 0
     summary = capsys.readouterr().out
     skipped = next(line for line in summary.splitlines() if line.startswith("skipped bad lines"))
     assert skipped.split()[-1] == "2"
@@ -227,7 +227,7 @@ def test_custom_ratio_and_rewrite(tmp_path: Path) -> None:
     records = [(f"u{u}", f"i{(u + k) % 7}", k) for u in range(8) for k in range(12)]
     raw = write_raw(tmp_path / "my.csv", format_lines(records, "csv"))
     out = tmp_path / "out"
-    base = ["--dataset", "csv", "--raw", str(raw), "--output", str(out), "--no-progress", "-q"]
+    base = ["--dataset", "csv", "--raw", str(raw), "--output", str(out), "--no_progress", "-q"]
     assert main(base) == 0
     assert main([*base, "--ratios", "0.8,0.1,0.1"]) == 0  # rewrite: the old configurations go
     assert sorted(p.name for p in out.iterdir() if p.is_dir()) == ["split-8-1-1"]
@@ -300,8 +300,8 @@ def test_the_recorded_command_never_holds_the_token(monkeypatch: pytest.MonkeyPa
     records = [(f"u{u}", f"i{(u + k) % 7}", k) for u in range(8) for k in range(12)]
     raw = write_raw(tmp_path / "my.csv", format_lines(records, "csv"))
     out = tmp_path / "out"
-    base = ["--dataset", "csv", "--raw", str(raw), "--output", str(out), "--no-progress", "-q"]
-    base += ["--push-to-hub", "me/x"]
+    base = ["--dataset", "csv", "--raw", str(raw), "--output", str(out), "--no_progress", "-q"]
+    base += ["--push_to_hub", "me/x"]
     for token_args in (["--token", "hf_SECRET1"], ["--token=hf_SECRET2"]):
         assert main([*base, *token_args]) == 0
         assert pushed[-1]["token"] == token_args[-1].removeprefix("--token=")  # the token is used ...
@@ -320,11 +320,11 @@ def test_movielens_is_pushed_only_to_a_private_repo(
     monkeypatch.setattr(cli, "push_folder_to_hub", lambda folder, repo_id, **kw: pushed.append(kw) or "url")
     records = [(f"{u}", f"{(u + k) % 9}", k) for u in range(1, 9) for k in range(12)]
     raw = write_raw(tmp_path / "u.data", format_lines(records, "movielens-100k"))
-    args = ["--dataset", "movielens-100k", "--raw", str(raw), "--output", str(tmp_path / "o"), "-q", "--no-progress"]
+    args = ["--dataset", "movielens-100k", "--raw", str(raw), "--output", str(tmp_path / "o"), "-q", "--no_progress"]
     with pytest.raises(SystemExit) as info:
-        main([*args, "--push-to-hub", "me/ml"])
+        main([*args, "--push_to_hub", "me/ml"])
     assert info.value.code == 2 and "may not be redistributed" in capsys.readouterr().err and not pushed
-    assert main([*args, "--push-to-hub", "me/ml", "--private"]) == 0
+    assert main([*args, "--push_to_hub", "me/ml", "--private"]) == 0
     assert pushed == [{"token": None, "private": True}]
 
 
@@ -333,7 +333,7 @@ def test_an_empty_split_is_refused_before_anything_is_written(tmp_path: Path) ->
     raw = write_raw(tmp_path / "my.csv", format_lines(records, "csv"))
     with pytest.raises(EmptyDatasetError, match="split-3-2-5: the validation and test split has no samples"):
         build_dataset("csv", raw, user_min=1, item_min=1)
-    assert main(["--dataset", "csv", "--raw", str(raw), "--output", str(tmp_path / "o"), "-q", "--user-min", "1"]) == 1
+    assert main(["--dataset", "csv", "--raw", str(raw), "--output", str(tmp_path / "o"), "-q", "--user_min", "1"]) == 1
     assert not (tmp_path / "o").exists()
 
 

@@ -12,6 +12,7 @@ import pytest
 import torch
 import yaml
 
+from dataset_builders.format import ITEM_MAP_FILE
 from modeling_ttt4rec import TTT4RecConfig, TTT4RecForNextItemPrediction
 from modeling_ttt4rec.training.hub import HubError, prepare_hub_folder, push_folder
 
@@ -200,7 +201,7 @@ def test_train_push_to_hub_dry_run_and_offline_error(tmp_path):
     AcceleratorState._reset_state(reset_partial_state=True)
     train(parse_args([*argv, "--output_dir", str(tmp_path / "dry"), "--hub_dry_run"]))
     upload = tmp_path / "dry" / "hub_upload"
-    assert {"README.md", "model.safetensors", "config.json", "item_id_map.json"} <= {p.name for p in upload.iterdir()}
+    assert {"README.md", "model.safetensors", "config.json", ITEM_MAP_FILE} <= {p.name for p in upload.iterdir()}
     assert "me/tiny" in (upload / "README.md").read_text()
     AcceleratorState._reset_state(reset_partial_state=True)
     with pytest.raises(HubError, match="offline mode"):

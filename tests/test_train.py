@@ -12,6 +12,7 @@ import pytest
 import torch
 from helpers import random_sequences, write_split_dataset
 
+from dataset_builders.format import ITEM_MAP_FILE
 from modeling_ttt4rec import TTT4RecConfig, TTT4RecForNextItemPrediction
 from modeling_ttt4rec.training.trainer import NextItemTrainingModule, parse_args, train
 
@@ -80,7 +81,7 @@ def test_train_end_to_end_outputs(data, tmp_path):
     assert resolved["training"]["max_epochs"] == 2  # the command line overrides the file
     assert resolved["data"]["num_items"] == 30 and resolved["data"]["max_length"] == 8
     best = {p.name for p in (out / "best_model").iterdir()}
-    assert {"config.json", "model.safetensors", "modeling_ttt4rec.py", "item_id_map.json"} <= best
+    assert {"config.json", "model.safetensors", "modeling_ttt4rec.py", ITEM_MAP_FILE} <= best
     log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in log if "epoch" in r] == [1, 2] and log[-1]["final"]
     assert list((out / "tensorboard").rglob("events.out.tfevents.*"))

@@ -1,12 +1,15 @@
 """Training samples are exactly the protocol's; batching; data set loading and its errors."""
 
 import collections
+import json
 import shutil
 
 import numpy as np
 import pytest
 from helpers import random_sequences, write_split_dataset
 
+from dataset_builders import WindowedSamples
+from dataset_builders.format import ITEM_MAP_FILE
 from modeling_ttt4rec.training.data import (
     DataError,
     SplitSequences,
@@ -114,7 +117,7 @@ def dataset_dir(tmp_path):
 def test_load_sequences_reads_metadata_and_id_map(dataset_dir):
     sequences, meta = load_sequences(dataset_dir, "split-6-2-2")
     assert (meta.num_items, meta.max_length, meta.config_name) == (30, 6, "split-6-2-2")
-    assert meta.item_id_map.name == "item_id_map.json"
+    assert meta.item_id_map == dataset_dir / ITEM_MAP_FILE
     assert set(sequences) == {"train", "validation", "test"}
 
 
@@ -155,3 +158,56 @@ def test_dataset_repo_id_through_the_hub_cache_offline(dataset_dir, tmp_path, mo
     assert sequences["test"].num_samples > 0
     with pytest.raises(DataError, match="not in the Hugging Face cache"):
         load_sequences("someone/not-cached")
+
+
+def units_by_sample_id(units):
+    """{sample id: (history, target)} of every target of `units`, read through `collate` as the model reads it."""
+    found = {}
+    for index in make_batches(units, max_targets=9, shuffle=True, seed=4):
+        batch = collate(units, index)
+        ids, tm = batch["input_ids"].numpy(), batch["target_mask"].numpy()
+        k = 0
+        for row, cols in zip(ids, tm, strict=True):
+            for p in np.flatnonzero(cols):
+                found[int(batch["sample_ids"][k])] = (tuple(int(i) for i in row[: p + 1]), int(batch["targets"][k]))
+                k += 1
+    return found
+
+
+@pytest.mark.parametrize("L", [1, 3, 6, 50])
+def test_units_are_built_from_the_sample_rule(L):
+    """The trainer's and evaluator's units hold exactly the samples of `dataset_builders.samples` (the one sample
+    rule, as `WindowedSamples` gives it), numbered in its order: window units sample by sample, stream units with
+    the whole history before each target."""
+    seqs = random_sequences(25, 25, 2, 16, seed=L)
+    starts = [1 + k % (len(s) - 1) for k, s in enumerate(seqs)]
+    split = SplitSequences.from_rows(seqs, starts)
+    rule = WindowedSamples({"item_ids": seqs, "target_start": starts}, max_length=L)
+    expected = {i: (tuple(rule[i]["history"].tolist()), rule[i]["target"]) for i in range(len(rule))}
+    assert units_by_sample_id(prefix_units(split, L)) == expected
+    assert sample_targets(split).tolist() == rule.targets.tolist()
+    whole = WindowedSamples({"item_ids": seqs, "target_start": starts}, max_length=max(map(len, seqs)))
+    expected_stream = {i: (tuple(whole[i]["history"].tolist()), whole[i]["target"]) for i in range(len(whole))}
+    assert units_by_sample_id(stream_units(split)) == expected_stream
+    assert sample_history_lengths(split).tolist() == whole.history_lengths.tolist()
+
+
+def test_item_map_is_the_published_file_only(dataset_dir):
+    """The item id map is `item_map.parquet` at the data set's root, never another file with a similar name."""
+    (dataset_dir / ITEM_MAP_FILE).rename(dataset_dir / "item_id_map.parquet")
+    (dataset_dir / "split-3-2-5" / "my_item_mapping.json").write_text("{}")
+    _, meta = load_sequences(dataset_dir)
+    assert meta.item_id_map is None
+
+
+def test_metadata_written_by_older_builders_loads(dataset_dir):
+    """Older data sets name the file `dataset_metadata.json` and the keys `max_seq_length` and `name`."""
+    (dataset_dir / "metadata.json").unlink()
+    legacy = {"name": "old-tiny", "num_items": 30, "max_seq_length": 6}
+    (dataset_dir / "dataset_metadata.json").write_text(json.dumps(legacy))
+    _, meta = load_sequences(dataset_dir)
+    assert (meta.name, meta.num_items, meta.max_length) == ("old-tiny", 30, 6)
+    # a configuration's own metadata comes first
+    (dataset_dir / "split-6-2-2" / "metadata.json").write_text(json.dumps({"num_items": 30, "max_length": 4}))
+    assert load_sequences(dataset_dir, "split-6-2-2")[1].max_length == 4
+    assert load_sequences(dataset_dir, "split-3-2-5")[1].max_length == 6

@@ -5,7 +5,8 @@ per split ratio (`split-3-2-5`, `split-6-2-2`) with `train` / `validation` / `te
 a target in the split: `user_id`, `item_ids` (the user's items from the first interaction through the last target of
 this split) and `target_start` (this split's targets are `item_ids[target_start:]`, at least one; a user with no
 target in a split has no row there). Sample `j` of a row has target
-`item_ids[j]` and history `item_ids[max(0, j - L):j]`.
+`item_ids[j]` and history `item_ids[max(0, j - L):j]`: the sample rule, defined once in `dataset_builders.samples`
+(and the names of the format in `dataset_builders.format`).
 
 Everything the model reads is described as **units**: a contiguous slice `values[start : start + length]` of the
 split's flattened item ids, with targets after its positions `first_target .. length - 1` (the target after position
@@ -21,7 +22,6 @@ split's flattened item ids, with targets after its positions `first_target .. le
   way (read in chunks with the cache, see `evaluation.py`).
 """
 
-import json
 import logging
 import os
 import tempfile
@@ -32,16 +32,28 @@ import numpy as np
 import pyarrow as pa
 import torch
 
+from dataset_builders.errors import DataError
+from dataset_builders.format import (
+    CARD_FILE,
+    DATASET_NAME,
+    DEFAULT_CONFIG,
+    ITEM_IDS,
+    ITEM_MAP_FILE,
+    MAX_LENGTH,
+    NUM_ITEMS,
+    REQUIRED_COLUMNS,
+    SPLIT_NAMES,
+    TARGET_START,
+    USER_ID,
+    read_metadata,
+)
+from dataset_builders.resolve import resolve_folder
+from dataset_builders.samples import history_start, sample_positions
+
 logger = logging.getLogger(__name__)
 
-SPLITS = ("train", "validation", "test")
-REQUIRED_COLUMNS = ("user_id", "item_ids", "target_start")
-DEFAULT_CONFIG_NAME = "split-3-2-5"
-METADATA_FILENAMES = ("metadata.json", "dataset_metadata.json")
-
-
-class DataError(ValueError):
-    """A data set that cannot be used as given (the message says what is wrong and how to fix it)."""
+#: The split configuration a trainer or evaluator reads unless told otherwise.
+DEFAULT_CONFIG_NAME = DEFAULT_CONFIG
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -50,45 +62,11 @@ class DataError(ValueError):
 
 
 def resolve_dataset_dir(dataset: str | os.PathLike, revision: str | None = None, token: str | None = None) -> Path:
-    """The local folder of a data set given as a folder or as a Hub dataset repository id.
-
-    A repository id is resolved with `huggingface_hub.snapshot_download(repo_type="dataset")`, which also finds it
-    in the Hugging Face cache when `HF_HUB_OFFLINE=1` (a plain `datasets.load_dataset(repo_id)` does not look there
-    offline).
-    """
-    path = Path(dataset).expanduser()
-    if path.exists():
-        if not path.is_dir():
-            raise DataError(
-                f"The data set {str(dataset)!r} is a file, not a folder; pass the folder that holds its README.md "
-                "(or a Hub dataset repository id)."
-            )
-        return path
-    text = str(dataset)
-    if text.startswith((".", "/", "~")) or text.count("/") > 1 or os.sep in text.replace("/", ""):
-        raise DataError(f"The data set folder {text!r} does not exist.")
-    from huggingface_hub import constants, snapshot_download
-    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError, RepositoryNotFoundError
-
-    offline = constants.HF_HUB_OFFLINE
-    try:
-        return Path(
-            snapshot_download(
-                text, repo_type="dataset", revision=revision, token=token, local_files_only=bool(offline)
-            )
-        )
-    except RepositoryNotFoundError as err:
-        raise DataError(f"No dataset repository {text!r} on the Hub (or no access to it with this token).") from err
-    except LocalEntryNotFoundError as err:
-        where = "offline mode (HF_HUB_OFFLINE=1) is on" if offline else "the Hub could not be reached"
-        raise DataError(
-            f"The dataset repository {text!r} is not in the Hugging Face cache ({constants.HF_HUB_CACHE}) and "
-            f"{where}. Download it once with network access, or pass a local folder."
-        ) from err
-    except HfHubHTTPError as err:
-        raise DataError(f"Could not download the dataset repository {text!r}: {err}") from err
-    except Exception as err:  # httpx2 connection errors are not OSErrors (ECOSYSTEM.md Q3)
-        raise DataError(f"Could not reach the Hub to download the dataset repository {text!r}: {err!r}") from err
+    """The local folder of a data set given as a folder or as a Hub dataset repository id (through the Hugging Face
+    cache, also offline: `dataset_builders.resolve.resolve_folder`)."""
+    return resolve_folder(
+        dataset, "dataset", what="data set", marker=CARD_FILE, revision=revision, token=token, error=DataError
+    )
 
 
 @dataclass
@@ -103,42 +81,6 @@ class DatasetMetadata:
     local_dir: Path
     item_id_map: Path | None = None
     extra: dict = field(default_factory=dict)
-
-
-def read_metadata_file(local_dir: Path, config_name: str) -> dict:
-    """The builder's metadata JSON (at the data set root or in the configuration's folder), or `{}`."""
-    for folder in (local_dir / config_name, local_dir):
-        for name in METADATA_FILENAMES:
-            path = folder / name
-            if path.is_file():
-                try:
-                    meta = json.loads(path.read_text())
-                except json.JSONDecodeError as err:
-                    raise DataError(
-                        f"The data set's metadata file {path} is not valid JSON ({err}). Fix or rebuild it (it is a "
-                        'JSON object such as {"num_items": 1001, "max_length": 50}), or delete it and pass '
-                        "--num_items and --max_length to scripts/train.py (--max_length to scripts/evaluate.py)."
-                    ) from err
-                if not isinstance(meta, dict):
-                    raise DataError(
-                        f"The data set's metadata file {path} holds a JSON {type(meta).__name__}, not an object. Fix "
-                        'or rebuild it (e.g. {"num_items": 1001, "max_length": 50}), or delete it and pass '
-                        "--num_items and --max_length to scripts/train.py (--max_length to scripts/evaluate.py)."
-                    )
-                return meta
-    return {}
-
-
-def find_item_id_map(local_dir: Path, config_name: str) -> Path | None:
-    """The file mapping dense item ids back to the original ids, if the data set has one."""
-    for folder in (local_dir / config_name, local_dir):
-        if not folder.is_dir():
-            continue
-        for path in sorted(folder.iterdir()):
-            name = path.name.lower()
-            if path.is_file() and "item" in name and "map" in name:
-                return path
-    return None
 
 
 @dataclass
@@ -184,9 +126,9 @@ class SplitSequences:
                 f"set needs {list(REQUIRED_COLUMNS)} (see dataset_builders)."
             )
         table = dataset.data.table if hasattr(dataset.data, "table") else dataset.data
-        user_ids = table.column("user_id").to_pylist()
+        user_ids = table.column(USER_ID).to_pylist()
         rebuild = "Rebuild the data set with dataset_builders (see its README for the row format)."
-        column = table.column("item_ids")
+        column = table.column(ITEM_IDS)
         if not (pa.types.is_list(column.type) or pa.types.is_large_list(column.type)):
             raise DataError(
                 f"Column 'item_ids' of the {split!r} split must be a list of integer item ids per row, got "
@@ -214,7 +156,7 @@ class SplitSequences:
             )
         values = flat.to_numpy(zero_copy_only=False).astype(np.int64)
         offsets = raw_offsets - raw_offsets[0]
-        starts = table.column("target_start")
+        starts = table.column(TARGET_START)
         if not pa.types.is_integer(starts.type):
             raise DataError(
                 f"Column 'target_start' of the {split!r} split must be integers (the index of each row's first "
@@ -262,7 +204,7 @@ def load_sequences(
     max_length: int | None = None,
     revision: str | None = None,
     token: str | None = None,
-    splits: tuple[str, ...] = SPLITS,
+    splits: tuple[str, ...] = SPLIT_NAMES,
 ) -> tuple[dict[str, SplitSequences], DatasetMetadata]:
     """Load a split data set and its metadata.
 
@@ -277,50 +219,17 @@ def load_sequences(
     Returns:
         `{split: SplitSequences}` and the `DatasetMetadata`.
     """
-    import datasets
-
     local_dir = resolve_dataset_dir(dataset, revision=revision, token=token)
-    if not (local_dir / "README.md").is_file() and not any(local_dir.glob("**/*.parquet")):
-        raise DataError(
-            f"{local_dir} is not a data set folder: it has no README.md with `configs` and no parquet files."
-        )
-    try:
-        available = datasets.get_dataset_config_names(str(local_dir))
-    except Exception as err:
-        raise DataError(f"Could not read the configurations of the data set at {local_dir}: {err}") from err
-    if config_name is None:
-        config_name = DEFAULT_CONFIG_NAME if DEFAULT_CONFIG_NAME in available else available[0]
-    if config_name not in available:
-        raise DataError(f"Unknown configuration {config_name!r} for data set {str(dataset)!r}; it has {available}.")
-    # Read the parquet files into memory with a throw-away cache: `datasets` keys its cache on the folder's name and
-    # file times and can hand back stale rows (or a stale schema) for a data set rebuilt into a same-named folder.
-    with tempfile.TemporaryDirectory(prefix="ttt4rec-datasets-") as cache_dir:
-        try:
-            dataset_dict = datasets.load_dataset(str(local_dir), config_name, cache_dir=cache_dir, keep_in_memory=True)
-        except (datasets.exceptions.DatasetsError, pa.ArrowException) as err:
-            cause = err.__cause__ or err.__context__ or err
-            raise DataError(
-                f"Could not read configuration {config_name!r} of the data set at {local_dir}: "
-                f"{' '.join(str(cause).split())}. Its parquet files must all have the published columns (user_id: "
-                "string, item_ids: list of int64, target_start: int64); rebuild the data set with dataset_builders."
-            ) from err
-        missing = [s for s in splits if s not in dataset_dict]
-        if missing:
-            raise DataError(
-                f"Configuration {config_name!r} of {str(dataset)!r} lacks the split(s) {missing}; it has "
-                f"{list(dataset_dict)}. Add them to the `configs` of its README.md (dataset_builders publish "
-                f"{list(SPLITS)}), or load only the splits it has (`splits=`)."
-            )
-        sequences = {s: SplitSequences.from_dataset(dataset_dict[s], s) for s in splits}
-
-    meta = read_metadata_file(local_dir, config_name)
+    config_name = _choose_config(local_dir, str(dataset), config_name)
+    sequences = _read_splits(local_dir, str(dataset), config_name, splits)
+    meta = read_metadata(local_dir, config_name) or {}
     if num_items is None:
-        num_items = meta.get("num_items")
+        num_items = meta.get(NUM_ITEMS)
     if num_items is None:
         num_items = 1 + max(int(seq.values.max()) for seq in sequences.values() if seq.values.size)
         logger.warning("No num_items in the data set's metadata: using the largest item id + 1 = %d.", num_items)
     if max_length is None:
-        max_length = meta.get("max_length", meta.get("max_seq_length"))
+        max_length = meta.get(MAX_LENGTH)
     if max_length is None:
         raise DataError(
             f"The data set {str(dataset)!r} has no `max_length` in its metadata; pass the maximum history length "
@@ -330,17 +239,66 @@ def load_sequences(
         raise DataError(f"`max_length` must be >= 1, got {max_length}.")
     for name, seq in sequences.items():
         seq.validate(int(num_items), name)
+    item_map = local_dir / ITEM_MAP_FILE
     metadata = DatasetMetadata(
         num_items=int(num_items),
         max_length=int(max_length),
-        name=str(meta.get("name", meta.get("dataset", Path(str(dataset)).name))),
+        name=str(meta.get(DATASET_NAME, Path(str(dataset)).name)),
         config_name=config_name,
         source=str(dataset),
         local_dir=local_dir,
-        item_id_map=find_item_id_map(local_dir, config_name),
+        item_id_map=item_map if item_map.is_file() else None,
         extra=meta,
     )
     return sequences, metadata
+
+
+def _choose_config(local_dir: Path, dataset: str, config_name: str | None) -> str:
+    """`config_name`, checked against the data set's configurations (its default when `None`)."""
+    import datasets
+
+    if not (local_dir / CARD_FILE).is_file() and not any(local_dir.glob("**/*.parquet")):
+        raise DataError(
+            f"{local_dir} is not a data set folder: it has no {CARD_FILE} with `configs` and no parquet files."
+        )
+    try:
+        available = datasets.get_dataset_config_names(str(local_dir))
+    except Exception as err:
+        raise DataError(f"Could not read the configurations of the data set at {local_dir}: {err}") from err
+    if config_name is None:
+        config_name = DEFAULT_CONFIG_NAME if DEFAULT_CONFIG_NAME in available else available[0]
+    if config_name not in available:
+        raise DataError(f"Unknown configuration {config_name!r} for data set {dataset!r}; it has {available}.")
+    return config_name
+
+
+def _read_splits(
+    local_dir: Path, dataset: str, config_name: str, splits: tuple[str, ...]
+) -> dict[str, SplitSequences]:
+    """The rows of `splits` of one configuration, flattened and checked."""
+    import datasets
+
+    # Read the parquet files into memory with a throw-away cache: `datasets` keys its cache on the folder's name and
+    # file times and can hand back stale rows (or a stale schema) for a data set rebuilt into a same-named folder.
+    with tempfile.TemporaryDirectory(prefix="ttt4rec-datasets-") as cache_dir:
+        try:
+            dataset_dict = datasets.load_dataset(str(local_dir), config_name, cache_dir=cache_dir, keep_in_memory=True)
+        except (datasets.exceptions.DatasetsError, pa.ArrowException) as err:
+            cause = err.__cause__ or err.__context__ or err
+            raise DataError(
+                f"Could not read configuration {config_name!r} of the data set at {local_dir}: "
+                f"{' '.join(str(cause).split())}. Its parquet files must all have the published columns ({USER_ID}: "
+                f"string, {ITEM_IDS}: list of int64, {TARGET_START}: int64); rebuild the data set with "
+                "dataset_builders."
+            ) from err
+        missing = [s for s in splits if s not in dataset_dict]
+        if missing:
+            raise DataError(
+                f"Configuration {config_name!r} of {dataset!r} lacks the split(s) {missing}; it has "
+                f"{list(dataset_dict)}. Add them to the `configs` of its {CARD_FILE} (dataset_builders publish "
+                f"{list(SPLIT_NAMES)}), or load only the splits it has (`splits=`)."
+            )
+        return {s: SplitSequences.from_dataset(dataset_dict[s], s) for s in splits}
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -375,12 +333,9 @@ class Units:
 
 
 def _sample_positions(split: SplitSequences) -> tuple[np.ndarray, np.ndarray]:
-    """For every sample in split order: its row and its index `j` in that row."""
-    counts = split.lengths - split.target_start
-    rows = np.repeat(np.arange(split.num_rows), counts)
-    first = np.concatenate([[0], np.cumsum(counts)])[:-1]
-    j = np.arange(counts.sum()) - np.repeat(first, counts) + np.repeat(split.target_start, counts)
-    return rows, j
+    """For every sample in split order: its row and its index `j` in that row (the sample rule,
+    `dataset_builders.samples.sample_positions`)."""
+    return sample_positions(split.lengths, split.target_start)
 
 
 def sample_targets(split: SplitSequences) -> np.ndarray:
@@ -408,28 +363,25 @@ def stream_units(split: SplitSequences) -> Units:
 
 
 def prefix_units(split: SplitSequences, max_length: int) -> Units:
-    """Units that hold exactly the protocol's samples of `split`: whole prefixes of at most `L` items, plus one
-    window per target beyond `L` (see the module docstring)."""
+    """Units that hold exactly the protocol's samples of `split` (`dataset_builders.samples`): whole prefixes of
+    at most `L` items, plus one window per target beyond `L` (see the module docstring)."""
     lengths, ts = split.lengths, split.target_start
-    # prefix units: first min(n - 1, L) items, targets j = ts .. min(n - 1, L)
+    # prefix units: first min(n - 1, L) items, targets j = ts .. min(n - 1, L), whose histories start at 0
     m = np.minimum(lengths - 1, max_length)
-    has_prefix = m >= ts
-    p_rows = np.flatnonzero(has_prefix)
+    p_rows = np.flatnonzero(m >= ts)
     p_start, p_len, p_first = split.offsets[p_rows], m[p_rows], ts[p_rows] - 1
-    # window units for targets j > L: history item_ids[j - L:j]
-    first_j = np.maximum(ts, max_length + 1)
-    w_counts = np.maximum(lengths - first_j, 0)
-    w_rows = np.repeat(np.arange(split.num_rows), w_counts)
-    w_first = np.concatenate([[0], np.cumsum(w_counts)])[:-1]
-    w_j = np.arange(w_counts.sum()) - np.repeat(w_first, w_counts) + np.repeat(first_j, w_counts)
-    w_start = split.offsets[w_rows] + w_j - max_length
-    w_len = np.full(len(w_j), max_length, dtype=np.int64)
+    # window units for the samples j > L: history item_ids[history_start(j, L):j], L items
+    rows, j = sample_positions(lengths, ts)
+    w_ids = np.flatnonzero(j > max_length)  # sample ids in the split's sample order
+    w_rows, w_j = rows[w_ids], j[w_ids]
+    w_start = split.offsets[w_rows] + history_start(w_j, max_length)
+    w_len = w_j - history_start(w_j, max_length)
     start = np.concatenate([p_start, w_start]).astype(np.int64)
     length = np.concatenate([p_len, w_len]).astype(np.int64)
     first_target = np.concatenate([p_first, w_len - 1]).astype(np.int64)
-    # sample ids in the split's sample order: row r's samples start at row_first[r], target j is number j - ts
+    # a prefix unit's first sample is its row's first: row r's samples start at row_first[r]
     row_first = np.concatenate([[0], np.cumsum(lengths - ts)])[:-1]
-    sample_offset = np.concatenate([row_first[p_rows], row_first[w_rows] + w_j - ts[w_rows]]).astype(np.int64)
+    sample_offset = np.concatenate([row_first[p_rows], w_ids]).astype(np.int64)
     return Units(split.values, start, length, first_target, sample_offset)
 
 
@@ -535,4 +487,5 @@ __all__ = [
     "sample_history_lengths",
     "stream_units",
     "prefix_units",
+    "sample_targets",
 ]

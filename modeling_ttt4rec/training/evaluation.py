@@ -223,23 +223,25 @@ def evaluate_split(
     return metrics
 
 
+#: The files of a model repository that loading a checkpoint needs (its config and weights).
+_CHECKPOINT_FILES = ("*.json", "*.safetensors")
+
+
 def load_checkpoint(path: str, device=None):
-    """Load a `TTT4RecForNextItemPrediction` from a `save_pretrained` folder or a Hub id, refusing incomplete
-    checkpoints (missing or truncated weights) with a clear error instead of silently re-initialising them."""
-    from pathlib import Path
+    """Load a `TTT4RecForNextItemPrediction` from a `save_pretrained` folder or a Hub model id (through the Hugging
+    Face cache, also offline), refusing incomplete checkpoints (missing or truncated weights) with a clear error
+    instead of silently re-initialising them."""
+    from dataset_builders.resolve import resolve_folder
 
     from ..modeling_ttt4rec import TTT4RecForNextItemPrediction
 
-    local = Path(path)
-    if not local.exists() and (str(path).startswith((".", "/", "~")) or str(path).count("/") > 1):
-        raise ValueError(f"{path}: no such checkpoint folder (and not a Hub model id USER/NAME).")
-    if local.exists():
-        if not (local / "config.json").is_file():
-            raise ValueError(f"{path} is not a TTT4Rec checkpoint: config.json is missing.")
-        if not any(local.glob("*.safetensors")):
-            raise ValueError(f"{path} has no weights (model.safetensors is missing): the checkpoint is incomplete.")
+    local = resolve_folder(path, "model", what="checkpoint", marker="config.json", allow_patterns=_CHECKPOINT_FILES)
+    if not (local / "config.json").is_file():
+        raise ValueError(f"{path} is not a TTT4Rec checkpoint: config.json is missing.")
+    if not any(local.glob("*.safetensors")):
+        raise ValueError(f"{path} has no weights (model.safetensors is missing): the checkpoint is incomplete.")
     try:
-        model, info = TTT4RecForNextItemPrediction.from_pretrained(path, output_loading_info=True)
+        model, info = TTT4RecForNextItemPrediction.from_pretrained(local, output_loading_info=True)
     except (OSError, ValueError, RuntimeError) as err:
         raise ValueError(f"Could not load the checkpoint {path}: {err}") from err
     except Exception as err:  # e.g. safetensors' header errors for a truncated file
