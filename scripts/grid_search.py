@@ -38,7 +38,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
         i = argv.index("--")
         argv, train_args = argv[:i], argv[i + 1 :]
     args = build_parser().parse_args(argv)
-    from modeling_ttt4rec.training.grid import grid_table, plot_grid, run_grid
+    from modeling_ttt4rec.training.grid import run_grid
+    from modeling_ttt4rec.training.reports import grid_table, plot_grid
 
     ranges = [float(v) for v in args.initializer_range.split(",")]
     sizes = [int(v) for v in args.mini_batch_size.split(",")]
