@@ -279,7 +279,7 @@ def add_option(parser: argparse.ArgumentParser | argparse._ArgumentGroup, name: 
     parser.add_argument(*flags, **kwargs)
 
 
-def _find_option(argv: list[str], name: str) -> tuple[int, int, str | None] | None:
+def find_option(argv: list[str], name: str) -> tuple[int, int, str | None] | None:
     """Where `--name VALUE` / `--name=VALUE` (or its kebab-case spelling) is in `argv`: (index, number of items,
     value), or None."""
     spellings = {f"--{name}", f"--{name.replace('_', '-')}"}
@@ -300,14 +300,14 @@ def parse_args(argv: list[str] | None = None) -> RunConfig:
 
     argv = list(sys.argv[1:] if argv is None else argv)
     file_values: dict = {}
-    found = _find_option(argv, "config_file")
+    found = find_option(argv, "config_file")
     if found:
         i, width, path = found
         if not path:
             raise SystemExit("--config_file needs a path")
         file_values = read_config_file(path)
         del argv[i : i + width]
-    found = _find_option(argv, "model_type")
+    found = find_option(argv, "model_type")
     model_type = (found[2] if found else None) or file_values.get("model_type", DEFAULT_MODEL_TYPE)
     try:
         model_args_class = model_arguments(model_type)
@@ -373,6 +373,7 @@ __all__ = [
     "add_option",
     "check_resume_settings",
     "config_docs",
+    "find_option",
     "model_arguments",
     "model_classes",
     "parse_args",

@@ -9,6 +9,7 @@ import json
 import time
 from pathlib import Path
 
+from .arguments import find_option
 from .trainer import parse_args, train
 
 
@@ -33,9 +34,9 @@ def run_grid(
         initializer_ranges, mini_batch_sizes: the grid's axes.
         output_dir: where the cells' runs and the grid's outputs go.
     """
-    for flag in ("--output_dir", "--initializer_range", "--mini_batch_size"):
-        if flag in train_args:
-            raise ValueError(f"{flag} is set by the grid for each cell; remove it from the training flags.")
+    for name in ("output_dir", "initializer_range", "mini_batch_size"):
+        if find_option(train_args, name):
+            raise ValueError(f"--{name} is set by the grid for each cell; remove it from the training flags.")
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     rows = []
