@@ -238,7 +238,6 @@ class Trainer:
         self.checkpoint_dir = self.output_dir / "checkpoint"
         self.best_dir = self.output_dir / "best_model"
         self.log_path = self.output_dir / "log.jsonl"
-        self.names = metric_names(self.args.eval_protocol)
 
     def fit(self) -> dict:
         """Set up, train epoch by epoch (validating, keeping the best, checkpointing), test, report, push."""
@@ -279,6 +278,7 @@ class Trainer:
 
         args = self.args
         check_arguments(self.run)
+        self.names = metric_names(args.eval_protocol)
         if args.torch_threads:
             torch.set_num_threads(args.torch_threads)
         self.resume_dir = find_resume_dir(args)
