@@ -5,7 +5,8 @@
         --mini_batch_size 1,5,10 -- --dataset DATA_DIR --max_epochs 10 --ttt_layer_type linear \
         --item_scoring target_mlp --loss_type sampled_bce --eval_protocol sampled
 
-Everything after `--` goes to `scripts/train.py` for every cell. Writes `grid.json`, `grid.md` (a table per metric)
+Everything after `--` goes to `scripts/train.py` for every cell. Options are snake_case (kebab-case spellings are
+accepted too). Writes `grid.json`, `grid.md` (a table per metric)
 and `grid_heatmap.png` in the output folder; finished cells are not trained again.
 
 The default `--split test` is a sensitivity analysis like the paper's Figure 3; to choose settings, compare the
@@ -18,15 +19,21 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from modeling_ttt4rec.training.arguments import add_option  # noqa: E402
+
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--output_dir", required=True)
-    parser.add_argument("--initializer_range", default="0.002,0.02,0.2", help="Comma-separated values")
-    parser.add_argument("--mini_batch_size", default="1,5,10", help="Comma-separated values")
-    parser.add_argument("--metric", default="NDCG@10", help="Metric of the heat map")
-    parser.add_argument(
-        "--split", default="test", choices=["validation", "test"], help="test: sensitivity; validation: selection"
+    add_option(parser, "output_dir", required=True, help="Where the cells' runs and the grid's outputs go")
+    add_option(parser, "initializer_range", default="0.002,0.02,0.2", help="Comma-separated values")
+    add_option(parser, "mini_batch_size", default="1,5,10", help="Comma-separated values")
+    add_option(parser, "metric", default="NDCG@10", help="Metric of the heat map")
+    add_option(
+        parser,
+        "split",
+        default="test",
+        choices=["validation", "test"],
+        help="test: sensitivity; validation: selection",
     )
     return parser
 
@@ -38,7 +45,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
         i = argv.index("--")
         argv, train_args = argv[:i], argv[i + 1 :]
     args = build_parser().parse_args(argv)
-    from modeling_ttt4rec.training.grid import grid_table, plot_grid, run_grid
+    from modeling_ttt4rec.training.grid import run_grid
+    from modeling_ttt4rec.training.reports import grid_table, plot_grid
 
     ranges = [float(v) for v in args.initializer_range.split(",")]
     sizes = [int(v) for v in args.mini_batch_size.split(",")]

@@ -5,7 +5,9 @@
     accelerate launch scripts/train.py --dataset ... --mixed_precision bf16
     python scripts/train.py --config_file run.yaml --backbone mamba --ttt_layer_type linear
 
-All settings: `python scripts/train.py --help`. The logic is in `modeling_ttt4rec.training.trainer`.
+All settings: `python scripts/train.py --help` (snake_case; kebab-case spellings are accepted too). The model
+settings are those of the chosen model's config (`--model_type`, default ttt4rec). The logic is in
+`modeling_ttt4rec.training.trainer`.
 """
 
 import os

@@ -155,8 +155,8 @@ def run_evaluate_script(
     finished process (checked to have succeeded, or failed with `succeed=False`) and the data set folder."""
     data = write_split_dataset(tmp_path / "data", seqs, num_items=40, max_length=6)
     model.save_pretrained(tmp_path / "model")
-    cmd = [sys.executable, str(ROOT / "scripts" / "evaluate.py"), "--model", str(tmp_path / "model"), "--dataset"]
-    cmd += [str(data), *args, "--cpu"]
+    cmd = [sys.executable, str(ROOT / "scripts" / "evaluate.py"), "--model_name_or_path", str(tmp_path / "model")]
+    cmd += ["--dataset", str(data), *args, "--cpu"]
     env = dict(os.environ, PYTHONPATH=str(ROOT))  # this checkout, not an installed copy
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path, timeout=600, env=env)
     assert (proc.returncode == 0) == succeed, proc.stderr
@@ -205,7 +205,9 @@ def test_evaluate_script_by_history_length(tmp_path):
 def test_evaluate_script_sampled_protocol(tmp_path):
     model = tiny_model(item_scoring="target_mlp", target_mlp_size=8)
     out = tmp_path / "metrics.json"
-    args = ["--protocol", "sampled", "--num_negatives", "25", "--candidate_seed", "3", "--output_json", str(out)]
+    # the kebab-case spelling of an option works as well
+    args = ["--eval-protocol", "sampled", "--eval_num_negatives", "25", "--candidate_seed", "3"]
+    args += ["--output_json", str(out)]
     proc, data = run_evaluate_script(tmp_path, model, random_sequences(20, 40, 3, 12, seed=5), *args)
     assert "test (window): HR@5" in proc.stdout
     result = json.loads(out.read_text())["window"]

@@ -36,7 +36,7 @@ def checkpoint(tmp_path_factory) -> Path:
 def test_replay_prints_the_full_history_recommendations(checkpoint, extra):
     history = [3, 5, 7, 9, 11, 13, 5, 2]
     result = subprocess.run(
-        [sys.executable, str(SCRIPT), "--checkpoint", str(checkpoint), "--top_k", "4", "--history"]
+        [sys.executable, str(SCRIPT), "--model_name_or_path", str(checkpoint), "--top_k", "4", "--history"]
         + [str(i) for i in history]
         + extra,
         env=script_env(),
@@ -59,7 +59,7 @@ def test_replay_prints_the_full_history_recommendations(checkpoint, extra):
 
 def test_unknown_item_is_a_clear_error(checkpoint):
     result = subprocess.run(
-        [sys.executable, str(SCRIPT), "--checkpoint", str(checkpoint), "--history", "3", "50"],
+        [sys.executable, str(SCRIPT), "--model_name_or_path", str(checkpoint), "--history", "3", "50"],
         env=script_env(),
         capture_output=True,
         text=True,

@@ -331,6 +331,8 @@ def test_grid_search_script_writes_table_and_heat_map_and_resumes(tmp_path, caps
         grid_main([*argv[: -len(train_args) - 1], "--metric", "HR@50", "--", *train_args])
     with pytest.raises(ValueError, match="--mini_batch_size is set by the grid"):
         grid_main(["--output_dir", str(out), "--", *train_args, "--mini_batch_size", "2"])
+    with pytest.raises(ValueError, match="--output_dir is set by the grid"):  # in any spelling
+        grid_main(["--output-dir", str(out), "--", *train_args, "--output-dir=elsewhere"])
     with pytest.raises(ValueError, match=r"reports no test metrics in stream mode \(it has \[\('test', 'window'\)"):
         run_grid(train_args, [0.02], [1], out, mode="stream")
 

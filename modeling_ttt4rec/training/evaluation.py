@@ -276,7 +276,7 @@ def run_evaluation(args) -> dict:
         import datasets
 
         datasets.disable_progress_bars()
-    model = load_checkpoint(args.model, accelerator.device)
+    model = load_checkpoint(args.model_name_or_path, accelerator.device)
     sequences, meta = load_sequences(
         args.dataset, args.dataset_config, max_length=args.max_length, splits=(args.split,)
     )
@@ -296,22 +296,22 @@ def run_evaluation(args) -> dict:
             meta.max_length,
             mode=mode,
             accelerator=accelerator,
-            batch_targets=args.batch_targets,
-            batch_tokens=args.batch_tokens,
+            batch_targets=args.eval_batch_targets,
+            batch_tokens=args.eval_batch_tokens,
             stream_chunk_size=args.stream_chunk_size,
-            protocol=args.protocol,
-            num_negatives=args.num_negatives,
+            protocol=args.eval_protocol,
+            num_negatives=args.eval_num_negatives,
             candidate_seed=args.candidate_seed,
             progress=accelerator.is_main_process,
         )
-        metrics = ranking_metrics(ranks, ks=PROTOCOL_KS[args.protocol])
+        metrics = ranking_metrics(ranks, ks=PROTOCOL_KS[args.eval_protocol])
         metrics["eval_seconds"] = time.perf_counter() - start
         results[mode] = metrics
         if args.by_history_length:
-            ks = PROTOCOL_KS[args.protocol]
+            ks = PROTOCOL_KS[args.eval_protocol]
             by_length[mode] = metrics_by_history_length(ranks, sample_history_lengths(split), ks=ks)
         if accelerator.is_main_process:
-            values = "  ".join(f"{k} {metrics[k]:.4f}" for k in metric_names(args.protocol))
+            values = "  ".join(f"{k} {metrics[k]:.4f}" for k in metric_names(args.eval_protocol))
             print(
                 f"{args.split} ({mode}): {values}  samples {metrics['num_samples']}  "
                 f"time {metrics['eval_seconds']:.2f} s"
@@ -320,53 +320,16 @@ def run_evaluation(args) -> dict:
         with open(args.output_json, "w") as f:
             json.dump(results, f, indent=2)
     if args.by_history_length and accelerator.is_main_process:
-        write_history_length_report(by_length, args.by_history_length, args.protocol, meta.max_length)
+        write_history_length_report(by_length, args.by_history_length, args.eval_protocol, meta.max_length)
     return results
-
-
-def history_length_table(by_length: dict[str, list[dict]], protocol: str = "full") -> str:
-    """Markdown table of `metrics_by_history_length` rows, one row per (mode, history group)."""
-    names = metric_names(protocol)
-    lines = ["| eval mode | history length | samples | " + " | ".join(names) + " |"]
-    lines.append("|---|---|---:|" + "---:|" * len(names))
-    for mode, rows in by_length.items():
-        for row in rows:
-            values = " | ".join(f"{row[name]:.4f}" for name in names)
-            lines.append(f"| {mode} | {row['history']} | {row['num_samples']:,} | {values} |")
-    return "\n".join(lines)
-
-
-def plot_metrics_by_history_length(
-    by_length: dict[str, list[dict]], metric: str, path, max_length: int | None = None
-) -> None:
-    """PNG of `metric` by history-length group, one line per evaluation mode, sample counts under the groups."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(8, 4))
-    # every mode scores the same samples, so the groups are the same
-    groups = next(iter(by_length.values()))
-    for mode, rows in by_length.items():
-        ax.plot(range(len(rows)), [r[metric] for r in rows], marker="o", label=mode)
-    ax.set_xticks(range(len(groups)), [f"{r['history']}\n({r['num_samples']:,})" for r in groups])
-    ax.set_xlabel("items read before the target (samples)")
-    ax.set_ylabel(metric)
-    title = f"{metric} by history length"
-    if max_length is not None:
-        title += f" (window mode reads the last {max_length})"
-    ax.set_title(title)
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
 
 
 def write_history_length_report(by_length: dict[str, list[dict]], folder, protocol: str, max_length: int) -> None:
     """`metrics_by_history_length.{json,md,png}` in `folder` (the PNG plots NDCG@10)."""
     import json
     from pathlib import Path
+
+    from .reports import history_length_table, plot_metrics_by_history_length
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
@@ -383,9 +346,7 @@ __all__ = [
     "EVAL_PROTOCOLS",
     "compute_ranks",
     "evaluate_split",
-    "history_length_table",
     "load_checkpoint",
-    "plot_metrics_by_history_length",
     "run_evaluation",
     "score_ranks",
     "scoring_matrix",

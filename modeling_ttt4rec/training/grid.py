@@ -9,8 +9,7 @@ import json
 import time
 from pathlib import Path
 
-import numpy as np
-
+from .arguments import find_option
 from .trainer import parse_args, train
 
 
@@ -35,9 +34,9 @@ def run_grid(
         initializer_ranges, mini_batch_sizes: the grid's axes.
         output_dir: where the cells' runs and the grid's outputs go.
     """
-    for flag in ("--output_dir", "--initializer_range", "--mini_batch_size"):
-        if flag in train_args:
-            raise ValueError(f"{flag} is set by the grid for each cell; remove it from the training flags.")
+    for name in ("output_dir", "initializer_range", "mini_batch_size"):
+        if find_option(train_args, name):
+            raise ValueError(f"--{name} is set by the grid for each cell; remove it from the training flags.")
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     rows = []
@@ -68,55 +67,4 @@ def run_grid(
     return rows
 
 
-def grid_table(rows: list[dict], metric: str) -> str:
-    """Markdown table: one row per `initializer_range`, one column per `mini_batch_size`, cells `metric`; the best
-    cell in bold."""
-    ranges = sorted({row["initializer_range"] for row in rows})
-    sizes = sorted({row["mini_batch_size"] for row in rows})
-    value = {(row["initializer_range"], row["mini_batch_size"]): row[metric] for row in rows}
-    best = max(value.values())
-    lines = [
-        f"| {metric}: initializer_range \\ mini_batch_size | " + " | ".join(str(b) for b in sizes) + " |",
-        "|---" * (len(sizes) + 1) + "|",
-    ]
-    for r in ranges:
-        cells = []
-        for b in sizes:
-            v = value.get((r, b))
-            cells.append("" if v is None else (f"**{v:.4f}**" if v == best else f"{v:.4f}"))
-        lines.append(f"| {r:g} | " + " | ".join(cells) + " |")
-    return "\n".join(lines)
-
-
-def plot_grid(rows: list[dict], metric: str, path: str | Path, title: str = "") -> None:
-    """Heat map PNG of `metric` over the grid (rows: initializer_range, columns: mini_batch_size)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    ranges = sorted({row["initializer_range"] for row in rows})
-    sizes = sorted({row["mini_batch_size"] for row in rows})
-    grid = np.full((len(ranges), len(sizes)), np.nan)
-    for row in rows:
-        grid[ranges.index(row["initializer_range"]), sizes.index(row["mini_batch_size"])] = row[metric]
-    fig, ax = plt.subplots(figsize=(1.2 * len(sizes) + 2.5, 0.8 * len(ranges) + 1.8))
-    image = ax.imshow(grid, cmap="viridis", aspect="auto")
-    ax.set_xticks(range(len(sizes)), [str(b) for b in sizes])
-    ax.set_yticks(range(len(ranges)), [f"{r:g}" for r in ranges])
-    ax.set_xlabel("mini_batch_size")
-    ax.set_ylabel("initializer_range")
-    high = np.nanmax(grid)
-    for i in range(len(ranges)):
-        for j in range(len(sizes)):
-            if not np.isnan(grid[i, j]):
-                color = "black" if grid[i, j] > np.nanmin(grid) + 0.6 * (high - np.nanmin(grid)) else "white"
-                ax.text(j, i, f"{grid[i, j]:.4f}", ha="center", va="center", color=color, fontsize=8)
-    fig.colorbar(image, ax=ax, label=metric)
-    ax.set_title(title or f"{metric} by initializer_range and mini_batch_size")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-
-
-__all__ = ["cell_dir", "grid_table", "plot_grid", "run_grid"]
+__all__ = ["cell_dir", "run_grid"]

@@ -12,6 +12,7 @@ import shutil
 from pathlib import Path
 
 from .metrics import metric_names
+from .reports import split_metrics_table
 
 # the repository's model_card.md (linked into the package, so an installed wheel has it too)
 DEFAULT_TEMPLATE = Path(__file__).resolve().parent / "model_card.md"
@@ -19,14 +20,6 @@ DEFAULT_TEMPLATE = Path(__file__).resolve().parent / "model_card.md"
 
 class HubError(RuntimeError):
     """The Hub cannot be used (no token, unreachable, offline mode): the message says what to do."""
-
-
-def _results_table(results: dict) -> str:
-    names = metric_names(results.get("eval_protocol", "full"))
-    lines = ["| split | eval mode | " + " | ".join(names) + " |", "|---" * (len(names) + 2) + "|"]
-    for row in results.get("rows", []):
-        lines.append(f"| {row['split']} | {row['mode']} | " + " | ".join(f"{row[m]:.4f}" for m in names) + " |")
-    return "\n".join(lines)
 
 
 def build_model_card(
@@ -37,7 +30,8 @@ def build_model_card(
     training: dict | None = None,
 ):
     """A `huggingface_hub.ModelCard` for the checkpoint: YAML metadata (library, tags, data set, license,
-    `model-index` with the test metrics of every evaluation mode) and the template's text filled in."""
+    `model-index` with the test metrics of every evaluation mode) and the template's text filled in. `training` is
+    the run's settings in one mapping (`RunConfig.flat()`: learning rate, batch, patience, loss, ...)."""
     from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
     checkpoint_dir = Path(checkpoint_dir)
@@ -118,7 +112,9 @@ def build_model_card(
         max_length=info.get("max_length", "?"),
         dataset=dataset,
         dataset_config=dataset_config,
-        results_table=_results_table(results),
+        results_table=split_metrics_table(
+            results.get("rows", []), results.get("eval_protocol", "full"), samples=False
+        ),
         best_epoch=results.get("best_epoch", "?"),
         epochs=results.get("epochs", "?"),
         learning_rate=training.get("learning_rate", 1e-3),
