@@ -11,6 +11,8 @@ import os
 import shutil
 from pathlib import Path
 
+from dataset_builders.format import ITEM_MAP_FILE
+
 from .metrics import metric_names
 from .reports import split_metrics_table
 
@@ -74,11 +76,10 @@ def build_model_card(
         eval_results=eval_results or None,
     )
     training = training or {}
-    item_map = [p.name for p in checkpoint_dir.iterdir() if "item" in p.name.lower() and "map" in p.name.lower()]
     note = (
-        f"Item ids are the data set's dense ids; `{item_map[0]}` in this repository maps them back to the original "
+        f"Item ids are the data set's dense ids; `{ITEM_MAP_FILE}` in this repository maps them back to the original "
         "item ids."
-        if item_map
+        if (checkpoint_dir / ITEM_MAP_FILE).is_file()
         else "Item ids are the data set's dense ids (1 .. num_items - 1)."
     )
     if results.get("eval_protocol", "full") == "sampled":
