@@ -39,10 +39,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch import nn
 
 from ..configuration_ttt4rec import TTT4RecConfig
-from ..losses import LOSS_TYPES, full_item_cross_entropy, sample_negatives, sampled_binary_cross_entropy
+from ..losses import LOSS_TYPES
 from ..modeling_ttt4rec import TTT4RecForNextItemPrediction
 from .data import DEFAULT_CONFIG_NAME, collate, load_sequences, make_batches, prefix_units
 from .evaluation import EVAL_MODES, EVAL_PROTOCOLS, evaluate_split
@@ -400,53 +399,6 @@ def results_table(results: dict) -> str:
 # ----------------------------------------------------------------------------------------------------------------
 
 
-class NextItemTrainingModule(nn.Module):
-    """What `accelerate` wraps for training: the model plus the loss over the targeted positions.
-
-    `forward` returns the loss to back-propagate (`sum of per-target losses * loss_scale`) and the detached sum.
-    Wrapping this module (not only the model) in DDP keeps gradient synchronisation working although the loss does
-    not go through `model.forward`.
-
-    Args:
-        model: a `TTT4RecForNextItemPrediction`.
-        loss_type: `"full_ce"` (softmax cross-entropy over all items, the first paper's) or `"sampled_bce"` (binary
-            cross-entropy against `num_negatives` uniform negatives per target, the second paper's).
-        num_negatives: negatives per target for `"sampled_bce"`.
-        chunk_size: rows scored at a time by the fused full cross-entropy.
-    """
-
-    def __init__(self, model: nn.Module, loss_type: str = "full_ce", num_negatives: int = 4, chunk_size: int = 256):
-        super().__init__()
-        if loss_type not in LOSS_TYPES:
-            raise ValueError(f"Unknown loss {loss_type!r}; choose one of {LOSS_TYPES}.")
-        if num_negatives < 1:
-            raise ValueError(f"`num_negatives` must be >= 1, got {num_negatives}.")
-        self.model = model
-        self.loss_type = loss_type
-        self.num_negatives = num_negatives
-        self.chunk_size = chunk_size
-
-    def forward(
-        self,
-        input_ids: torch.Tensor,
-        attention_mask: torch.Tensor,
-        target_mask: torch.Tensor,
-        targets: torch.Tensor,
-        loss_scale: float = 1.0,
-        **unused,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        hidden = self.model.model(input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state
-        hidden = hidden[target_mask]
-        if self.loss_type == "full_ce":
-            features = self.model.item_features()  # the tied embedding, or its image through the target tower
-            loss_sum = full_item_cross_entropy(hidden, features, targets, self.chunk_size)
-        else:
-            negatives = sample_negatives(targets, self.model.config.num_items, self.num_negatives)
-            scores = self.model.score_candidates(hidden, torch.cat([targets[:, None], negatives], dim=1))
-            loss_sum = sampled_binary_cross_entropy(scores[:, 0], scores[:, 1:])
-        return loss_sum * loss_scale, loss_sum.detach()
-
-
 def train(run: RunConfig) -> dict:
     """Train, select, test, report (and push). Returns the results dict (also written to `results.json`)."""
     from accelerate import Accelerator
@@ -535,6 +487,9 @@ def train(run: RunConfig) -> dict:
     L = meta.max_length
     torch.manual_seed(args.seed)
     model = build_model(model_args, meta.num_items)
+    # the model computes the training loss from its config
+    model.config.loss_type, model.config.num_negatives = args.loss_type, args.num_negatives
+    model.config.check_arguments()
     resolved = run.to_dict()
     resolved["model"]["config"] = model.config.to_diff_dict()
     resolved["data"]["resolved_dir"] = str(meta.local_dir)
@@ -553,10 +508,9 @@ def train(run: RunConfig) -> dict:
     units = prefix_units(sequences["train"], L)
     if len(units) == 0:
         raise ValueError("The train split has no training samples.")
-    module = NextItemTrainingModule(model, loss_type=args.loss_type, num_negatives=args.num_negatives)
-    optimizer = torch.optim.Adam(module.parameters(), lr=args.learning_rate, weight_decay=args.weight_decay)
-    module, optimizer = accelerator.prepare(module, optimizer)
-    raw_model = accelerator.unwrap_model(module).model
+    optimizer = torch.optim.Adam(model.parameters(), lr=args.learning_rate, weight_decay=args.weight_decay)
+    model, optimizer = accelerator.prepare(model, optimizer)
+    raw_model = accelerator.unwrap_model(model)
     world, rank = accelerator.num_processes, accelerator.process_index
 
     state = {"epoch": 0, "best_metric": -math.inf, "best_epoch": 0, "bad_epochs": 0, "history": [], "done": False}
@@ -592,7 +546,7 @@ def train(run: RunConfig) -> dict:
         # dropout and sampled negatives: the same after a resume, different on each process
         torch.manual_seed(args.seed + epoch * world + rank)
         batches = make_batches(units, args.batch_targets, shuffle=True, seed=args.seed + epoch, min_rows=world)
-        module.train()
+        model.train()
         loss_sum = torch.zeros((), dtype=torch.float64, device=accelerator.device)
         steps = len(batches)
         accum = max(1, args.gradient_accumulation_steps)
@@ -604,10 +558,21 @@ def train(run: RunConfig) -> dict:
             mine = index[rank::world]
             batch = collate(units, mine, accelerator.device)
             sync = (step + 1) % accum == 0 or step + 1 == steps
-            ctx = accelerator.no_sync(module) if not sync and world > 1 else contextlib.nullcontext()
+            ctx = accelerator.no_sync(model) if not sync and world > 1 else contextlib.nullcontext()
+            # the next item after each targeted position, in the row-major order of `targets`
+            labels = torch.full_like(batch["input_ids"], -100).masked_scatter_(batch["target_mask"], batch["targets"])
             with ctx:
-                loss, ce_sum = module(**batch, loss_scale=world / group_targets)
-                accelerator.backward(loss)
+                loss = model(
+                    input_ids=batch["input_ids"],
+                    attention_mask=batch["attention_mask"],
+                    labels=labels,
+                    num_items_in_batch=group_targets,
+                    return_logits=False,
+                    check_inputs=False,
+                ).loss
+                # DDP averages the gradients of the processes: scale back to the sum over the group's targets
+                accelerator.backward(loss * world)
+            ce_sum = loss.detach() * group_targets
             if sync:
                 optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
