@@ -15,6 +15,10 @@ The sequence-modeling block projects the input to the TTT views and runs the TTT
 * `transformer` backbone: XQ, XK, XV = linear projections -> TTT -> LayerNorm -> output projection;
 * `mamba` backbone: a causal depthwise convolution with residual before the block; XQ and XK share one projection
   followed by one causal depthwise convolution each; the TTT output is gated by `gelu(g(x))`.
+
+`TTT4RecForNextItemPrediction` implements the project's recommender interface (its docstring lists it): the model
+computes its own training loss (`config.loss_type`) and scores items (`score_items`, `score_candidates`); the trainer
+and the evaluator use nothing else.
 """
 
 import math
@@ -440,25 +444,13 @@ class TTT4RecModel(TTT4RecPreTrainedModel):
             output_hidden_states if output_hidden_states is not None else self.config.output_hidden_states
         )
         return_dict = return_dict if return_dict is not None else self.config.return_dict
-        if use_cache is None:
-            use_cache = cache_params is not None or (self.config.use_cache and not self.training)
-        elif not use_cache and cache_params is not None:
-            raise ValueError(
-                "`cache_params` was given with `use_cache=False`: the cache would be advanced but not returned. "
-                "Leave `use_cache` unset (or True) to continue from the cache, or drop `cache_params` to read "
-                "`input_ids` as whole histories."
-            )
         if kwargs:
             raise TypeError(f"TTT4RecModel.forward() got unexpected arguments: {sorted(kwargs)}.")
+        use_cache = self._use_cache(use_cache, cache_params)
         if check_inputs:
             attention_mask = self.validate_inputs(input_ids, attention_mask, cache_params)
         else:
             attention_mask = self._check_shapes(input_ids, attention_mask, cache_params)
-        if use_cache and self.training and torch.is_grad_enabled():
-            raise ValueError(
-                "`use_cache=True` is for inference: the cache does not carry gradients between calls. Call "
-                "`model.eval()` (or run under `torch.no_grad()`), or pass `use_cache=False` to train."
-            )
         if use_cache and cache_params is None:
             cache_params = self.init_cache(input_ids.shape[0])
 
@@ -475,6 +467,23 @@ class TTT4RecModel(TTT4RecPreTrainedModel):
             cache_params=cache_params if use_cache else None,
             hidden_states=all_hidden_states,
         )
+
+    def _use_cache(self, use_cache: bool | None, cache_params: TTT4RecCache | None) -> bool:
+        """`use_cache` resolved (see `forward`); refuses a cache that would be dropped, or used for training."""
+        if use_cache is None:
+            use_cache = cache_params is not None or (self.config.use_cache and not self.training)
+        elif not use_cache and cache_params is not None:
+            raise ValueError(
+                "`cache_params` was given with `use_cache=False`: the cache would be advanced but not returned. "
+                "Leave `use_cache` unset (or True) to continue from the cache, or drop `cache_params` to read "
+                "`input_ids` as whole histories."
+            )
+        if use_cache and self.training and torch.is_grad_enabled():
+            raise ValueError(
+                "`use_cache=True` is for inference: the cache does not carry gradients between calls. Call "
+                "`model.eval()` (or run under `torch.no_grad()`), or pass `use_cache=False` to train."
+            )
+        return use_cache
 
     def _run(
         self,
@@ -782,17 +791,9 @@ class TTT4RecForNextItemPrediction(TTT4RecPreTrainedModel):
         mask = (
             default_attention_mask(input_ids, self.config.pad_token_id) if attention_mask is None else attention_mask
         )
-        newest = None
-        if return_logits or (labels is not None and labels.dim() == 1):
-            newest = self._newest(hidden_states, mask, outputs.cache_params)
-        # the target tower runs over every item once per forward, for the logits and the loss
-        item_features = self.item_features() if self.target_mlp is not None else None
-        logits = self.score_items(newest, item_features) if return_logits else None
-        loss = None
-        if labels is not None:
-            hidden, targets = self._targets(hidden_states, newest, labels, mask, check_inputs)
-            loss = self._loss(hidden, targets, item_features, num_items_in_batch)
-
+        logits, loss = self._head(
+            hidden_states, mask, outputs.cache_params, labels, num_items_in_batch, return_logits, check_inputs
+        )
         if not return_dict:
             out = (loss, logits, hidden_states, outputs.cache_params, outputs.hidden_states)
             return tuple(v for v in out if v is not None)
@@ -803,6 +804,30 @@ class TTT4RecForNextItemPrediction(TTT4RecPreTrainedModel):
             cache_params=outputs.cache_params,
             hidden_states=outputs.hidden_states,
         )
+
+    def _head(
+        self,
+        hidden_states: torch.Tensor,
+        mask: torch.Tensor,
+        cache_params: TTT4RecCache | None,
+        labels: torch.Tensor | None,
+        num_items_in_batch: int | torch.Tensor | None,
+        return_logits: bool,
+        check_inputs: bool,
+    ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """`(logits, loss)`: the scores after each row's newest item (when `return_logits`) and the loss of the
+        targets of `labels` (when given): their sum divided by `num_items_in_batch`, or their mean."""
+        newest = None
+        if return_logits or (labels is not None and labels.dim() == 1):
+            newest = self._newest(hidden_states, mask, cache_params)
+        # the target tower runs over every item once per forward, for the logits and the loss
+        item_features = self.item_features() if self.target_mlp is not None else None
+        logits = self.score_items(newest, item_features) if return_logits else None
+        if labels is None:
+            return logits, None
+        hidden, targets = self._targets(hidden_states, newest, labels, mask, check_inputs)
+        loss_sum = self._loss_sum(hidden, targets, item_features)
+        return logits, loss_sum / (targets.shape[0] if num_items_in_batch is None else num_items_in_batch)
 
     def _targets(
         self,
@@ -845,30 +870,23 @@ class TTT4RecForNextItemPrediction(TTT4RecPreTrainedModel):
             valid = f"[1, {num_items})" if pad == 0 else f"[0, {num_items})"
             if pad not in (None, 0):
                 valid += f" other than {pad}"
+            never = "" if pad is None else f"the padding id {pad} is never a target; "
             raise ValueError(
-                f"`labels` must be item ids in {valid} (the padding id {pad} is never a target; use -100 to mark "
-                "positions without a target)."
+                f"`labels` must be item ids in {valid} ({never}use -100 to mark positions without a target)."
             )
 
-    def _loss(
-        self,
-        hidden: torch.Tensor,
-        targets: torch.Tensor,
-        item_features: torch.Tensor | None,
-        num_items_in_batch: int | torch.Tensor | None,
+    def _loss_sum(
+        self, hidden: torch.Tensor, targets: torch.Tensor, item_features: torch.Tensor | None
     ) -> torch.Tensor:
-        """`config.loss_type` of `targets` `[T]` after hidden states `[T, hidden]`: the sum over targets divided by
-        `num_items_in_batch`, or the mean."""
+        """`config.loss_type` of `targets` `[T]` after hidden states `[T, hidden]`, summed over the targets."""
         pad = self.config.pad_token_id
         if self.config.loss_type == "full_ce":
             features = self.item_features() if item_features is None else item_features
-            loss_sum = full_item_cross_entropy(hidden, features, targets, pad_token_id=pad)
-        else:  # "sampled_bce"
-            negatives = sample_negatives(targets, self.config.num_items, self.config.num_negatives, pad_token_id=pad)
-            candidates = torch.cat([targets[:, None], negatives], dim=1)
-            scores = self.score_candidates(hidden, candidates, check_inputs=False)
-            loss_sum = sampled_binary_cross_entropy(scores[:, 0], scores[:, 1:])
-        return loss_sum / (targets.shape[0] if num_items_in_batch is None else num_items_in_batch)
+            return full_item_cross_entropy(hidden, features, targets, pad_token_id=pad)
+        # "sampled_bce"
+        negatives = sample_negatives(targets, self.config.num_items, self.config.num_negatives, pad_token_id=pad)
+        scores = self.score_candidates(hidden, torch.cat([targets[:, None], negatives], dim=1), check_inputs=False)
+        return sampled_binary_cross_entropy(scores[:, 0], scores[:, 1:])
 
     @torch.no_grad()
     def recommend(

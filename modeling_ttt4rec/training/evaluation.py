@@ -137,71 +137,86 @@ def compute_ranks(
         raise ValueError(f"Unknown eval mode {mode!r}; choose one of {EVAL_MODES}.")
     if protocol not in EVAL_PROTOCOLS:
         raise ValueError(f"Unknown evaluation protocol {protocol!r}; choose one of {EVAL_PROTOCOLS}.")
-    candidates = None
-    if protocol == "sampled":
-        candidates = evaluation_candidates(
-            sample_targets(split),
-            model.config.num_items,
-            num_negatives=num_negatives,
-            seed=candidate_seed,
-            pad_token_id=model.config.pad_token_id,
-        )
-        candidates = torch.from_numpy(candidates)
+    candidates = _sampled_candidates(model, split, num_negatives, candidate_seed) if protocol == "sampled" else None
     units: Units = prefix_units(split, max_length) if mode == "window" else stream_units(split)
-    num_samples = split.num_samples
-    if mode == "stream":
-        # a multiple of the inner mini-batch, so rows that continue always start a mini-batch (fastest path)
-        b = model.config.mini_batch_size
-        stream_chunk_size = max(b, (stream_chunk_size + b - 1) // b * b)
+    # a multiple of the inner mini-batch, so rows that continue always start a mini-batch (fastest path)
+    b = model.config.mini_batch_size
+    stream_chunk_size = max(b, (stream_chunk_size + b - 1) // b * b)
     batches = make_batches(units, max_targets=batch_targets, max_tokens=batch_tokens)
     rank_id, world = (0, 1) if accelerator is None else (accelerator.process_index, accelerator.num_processes)
     device = model.device if accelerator is None else accelerator.device
     autocast = accelerator.autocast if accelerator is not None else contextlib.nullcontext
+    # Only the encoder runs in mixed precision: scores are compared in float32, since in bfloat16 many items tie
+    # with the target and the ranks (and metrics) come out wrong.
+    full_precision = torch.autocast(device.type, enabled=False)
     was_training = model.training
     model.eval()
     mine = batches[rank_id::world]
-    iterator = mine
     if progress:
         from tqdm.auto import tqdm
 
-        iterator = tqdm(mine, desc=f"eval ({mode})", leave=False)
+        mine = tqdm(mine, desc=f"eval ({mode})", leave=False)
     sample_ids, ranks = [], []
     encode_seconds = score_seconds = 0.0
-
-    # Only the encoder runs in mixed precision: scores are compared in float32, since in bfloat16 many items tie
-    # with the target and the ranks (and metrics) come out wrong.
-    def full_precision() -> torch.autocast:
-        return torch.autocast(device.type, enabled=False)
-
-    with full_precision():
+    with full_precision:
         items_t = scoring_matrix(model.item_features()) if candidates is None else None
-    for index in iterator:
+    for index in mine:
         batch = collate(units, index, device)
         start = time.perf_counter()
         with autocast():
-            if mode == "window":
-                hidden = _window_batch(model, batch)
-            else:
-                hidden = _stream_batch(model, batch, stream_chunk_size)
+            hidden = (
+                _window_batch(model, batch) if mode == "window" else _stream_batch(model, batch, stream_chunk_size)
+            )
         encoded = time.perf_counter()
-        encode_seconds += encoded - start
-        with full_precision():
-            hidden = hidden.float()
-            if candidates is None:
-                ranks.append(score_ranks(model, hidden, items_t, batch["targets"], score_chunk_size))
-            else:
-                # column 0 of every sample's candidates is its target
-                sample_candidates = candidates[batch["sample_ids"].cpu()].to(hidden.device)
-                scores = model.score_candidates(hidden, sample_candidates, check_inputs=False)
-                ranks.append(ranks_from_scores(scores, torch.zeros_like(batch["targets"]), ties="pessimistic"))
+        with full_precision:
+            ranks.append(_rank_batch(model, hidden.float(), batch, items_t, candidates, score_chunk_size))
         sample_ids.append(batch["sample_ids"])
+        encode_seconds += encoded - start
         score_seconds += time.perf_counter() - encoded
     model.train(was_training)
     if timings is not None:
         timings.update(encode_seconds=encode_seconds, score_seconds=score_seconds)
+    return _ranks_in_sample_order(sample_ids, ranks, split.num_samples, device, accelerator)
+
+
+def _rank_batch(
+    model,
+    hidden: torch.Tensor,
+    batch: dict[str, torch.Tensor],
+    items_t: torch.Tensor | None,
+    candidates: torch.Tensor | None,
+    score_chunk_size: int,
+) -> torch.Tensor:
+    """Ranks of the batch's targets from the float32 hidden states before them: among all items (`items_t`, the
+    full protocol) or among each sample's `candidates` (the sampled protocol)."""
+    if candidates is None:
+        return score_ranks(model, hidden, items_t, batch["targets"], score_chunk_size)
+    # column 0 of every sample's candidates is its target
+    sample_candidates = candidates[batch["sample_ids"].cpu()].to(hidden.device)
+    scores = model.score_candidates(hidden, sample_candidates, check_inputs=False)
+    return ranks_from_scores(scores, torch.zeros_like(batch["targets"]), ties="pessimistic")
+
+
+def _sampled_candidates(model, split: SplitSequences, num_negatives: int, seed: int) -> torch.Tensor:
+    """`[num_samples, 1 + num_negatives]` the sampled protocol's candidates of every sample (target first)."""
+    candidates = evaluation_candidates(
+        sample_targets(split),
+        model.config.num_items,
+        num_negatives=num_negatives,
+        seed=seed,
+        pad_token_id=model.config.pad_token_id,
+    )
+    return torch.from_numpy(candidates)
+
+
+def _ranks_in_sample_order(
+    sample_ids: list[torch.Tensor], ranks: list[torch.Tensor], num_samples: int, device, accelerator
+) -> np.ndarray:
+    """The ranks of this process's batches, gathered from every process, in sample order; checks that every
+    sample was ranked exactly once."""
     local_ids = torch.cat(sample_ids) if sample_ids else torch.zeros(0, dtype=torch.long, device=device)
     local_ranks = torch.cat(ranks) if ranks else torch.zeros(0, dtype=torch.long, device=device)
-    if world > 1:
+    if accelerator is not None and accelerator.num_processes > 1:
         pairs = torch.stack([local_ids, local_ranks], dim=1)
         pairs = accelerator.pad_across_processes(pairs, dim=0, pad_index=-1)
         pairs = accelerator.gather(pairs)
