@@ -67,8 +67,9 @@ class TTT4RecNextItemOutput(ModelOutput):
 
     Args:
         loss (`torch.FloatTensor` of shape `()`, *optional*, returned when `labels` is given):
-            Mean cross-entropy over all items of the labelled targets.
-        logits (`torch.FloatTensor` of shape `(batch_size, num_items)`):
+            The `config.loss_type` loss of the labelled targets: their sum divided by `num_items_in_batch`, or their
+            mean.
+        logits (`torch.FloatTensor` of shape `(batch_size, num_items)`, *optional*, not with `return_logits=False`):
             Scores of every item as the next item after each row's newest item; the padding id scores the lowest
             representable value.
         last_hidden_state (`torch.FloatTensor` of shape `(batch_size, sequence_length, hidden_size)`):
@@ -649,10 +650,10 @@ class TTT4RecForNextItemPrediction(TTT4RecPreTrainedModel):
 
     * `config.num_items` (padding id included), `config.pad_token_id` (an id, or None), `config.loss_type`,
       `config.num_negatives`;
-    * `forward(input_ids, attention_mask=None, labels=None, *, num_items_in_batch=None, return_logits=True,
-      check_inputs=True, cache_params=None, use_cache=None)`: an output with `.loss` (from `labels`, according to
-      `config.loss_type`), `.logits` (each row's scores after its newest item; None with `return_logits=False`),
-      `.last_hidden_state` and `.cache_params`;
+    * `forward(input_ids, attention_mask=None, labels=None, cache_params=None, use_cache=None, ..., *,
+      num_items_in_batch=None, return_logits=True, check_inputs=True)`: an output with `.loss` (from `labels`,
+      according to `config.loss_type`), `.logits` (each row's scores after its newest item; None with
+      `return_logits=False`), `.last_hidden_state` and `.cache_params`;
     * `score_items(hidden_states)`: `[..., num_items]` scores of every item, the padding id at the lowest value;
     * `score_candidates(hidden_states, candidate_ids)`: `[batch, num_candidates]` scores of each row's candidates.
 
