@@ -7,6 +7,8 @@ from transformers.activations import ACT2FN
 BACKBONES = ("transformer", "mamba")
 TTT_LAYER_TYPES = ("linear", "mlp")
 ITEM_SCORINGS = ("embedding", "target_mlp")
+# the training losses the model computes from `labels` (modeling_ttt4rec.TTT4RecForNextItemPrediction.forward)
+LOSS_TYPES = ("full_ce", "sampled_bce")
 
 
 @strict
@@ -72,6 +74,12 @@ class TTT4RecConfig(PreTrainedConfig):
         target_mlp_size (`int`, *optional*, defaults to 128):
             Inner width of the `"target_mlp"` tower `Linear(hidden, target_mlp_size) -> ReLU -> Linear(.., hidden)`.
             Unused with `item_scoring="embedding"`.
+        loss_type (`str`, *optional*, defaults to `"full_ce"`):
+            The loss `forward` computes from `labels`: `"full_ce"` is the softmax cross-entropy over all items
+            (padding id excluded; Yang, Wang and Ge, 2024); `"sampled_bce"` is binary cross-entropy of each target
+            against `num_negatives` items drawn uniformly from the other real items (Zhan, Lv, Zhang and Li, 2025).
+        num_negatives (`int`, *optional*, defaults to 4):
+            Negatives drawn per target by `loss_type="sampled_bce"` (unused by `"full_ce"`).
         use_cache (`bool`, *optional*, defaults to `True`):
             Whether the model returns a [`TTT4RecCache`] (the inner-loop states) when not training.
 
@@ -115,6 +123,8 @@ class TTT4RecConfig(PreTrainedConfig):
     tie_word_embeddings: bool = True
     item_scoring: str = "embedding"
     target_mlp_size: int = 128
+    loss_type: str = "full_ce"
+    num_negatives: int = 4
     use_cache: bool = True
 
     def __post_init__(self, **kwargs):
@@ -129,7 +139,14 @@ class TTT4RecConfig(PreTrainedConfig):
         """Raise a `ValueError` naming the argument for any setting the model cannot be built with (run when the
         config is made and again when a model is built from it)."""
         positive = ("num_items", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads")
-        for name in (*positive, "mini_batch_size", "conv_kernel", "ttt_mlp_expansion", "target_mlp_size"):
+        for name in (
+            *positive,
+            "mini_batch_size",
+            "conv_kernel",
+            "ttt_mlp_expansion",
+            "target_mlp_size",
+            "num_negatives",
+        ):
             if getattr(self, name) < 1:
                 raise ValueError(f"`{name}` must be >= 1, got {getattr(self, name)}.")
         if self.num_items < 2:
@@ -150,6 +167,8 @@ class TTT4RecConfig(PreTrainedConfig):
             raise ValueError(f"Unknown `ttt_layer_type` {self.ttt_layer_type!r}; choose one of {TTT_LAYER_TYPES}.")
         if self.item_scoring not in ITEM_SCORINGS:
             raise ValueError(f"Unknown `item_scoring` {self.item_scoring!r}; choose one of {ITEM_SCORINGS}.")
+        if self.loss_type not in LOSS_TYPES:
+            raise ValueError(f"Unknown `loss_type` {self.loss_type!r}; choose one of {LOSS_TYPES}.")
         for name in ("ttt_base_lr", "rope_theta", "layer_norm_eps", "rms_norm_eps", "ttt_norm_eps"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"`{name}` must be > 0, got {getattr(self, name)}.")

@@ -1,27 +1,47 @@
 """The training losses: cross-entropy over all items (PROTOCOL.md 6) and sampled binary cross-entropy (PROTOCOL.md 9).
 
-The full cross-entropy is fused with the scoring matmul.
+`TTT4RecForNextItemPrediction.forward` computes them from `labels` according to `config.loss_type`; these are the
+implementations. Every score is `hidden . item_features[i]` (the model's `item_features()`, as in `score_items` and
+`score_candidates`), and the padding id is never a target, a negative or a class.
 
-`full_item_cross_entropy(hidden, item_weight, targets)` equals
-`F.cross_entropy(model.score_items(hidden), targets, reduction="sum")` (softmax over items `1 .. N`, the padding id
-never gets probability) but never materialises the `[targets, num_items]` score matrix for the backward pass: it
-computes the loss and both gradients chunk by chunk in the forward pass, so each chunk of scores is written once and
-read while it is still in cache. On a CPU this is the difference between memory-bound and compute-bound training.
+The full cross-entropy is fused with the scoring matmul.
+`full_item_cross_entropy(hidden, model.item_features(), targets, pad_token_id=pad)` equals
+`F.cross_entropy(model.score_items(hidden), targets, reduction="sum")` (softmax over the items other than the padding
+id, which never gets probability) but never materialises the `[targets, num_items]` score matrix for the backward
+pass: it computes the loss and both gradients chunk by chunk in the forward pass, so each chunk of scores is written
+once and read while it is still in cache. On a CPU this is the difference between memory-bound and compute-bound
+training.
 """
 
 import torch
 import torch.nn.functional as F
 
-LOSS_TYPES = ("full_ce", "sampled_bce")
+from .configuration_ttt4rec import LOSS_TYPES
+
+
+def _without_row(matrix: torch.Tensor, row: int | None) -> torch.Tensor:
+    """`matrix` without row `row` (all of it when `row` is None)."""
+    if row is None:
+        return matrix
+    return torch.cat([matrix[:row], matrix[row + 1 :]])
+
+
+def _with_zero_row(matrix: torch.Tensor, row: int | None) -> torch.Tensor:
+    """The inverse of `_without_row` for gradients: a zero row put back at `row`."""
+    if row is None:
+        return matrix
+    return torch.cat([matrix[:row], matrix.new_zeros(1, matrix.shape[1]), matrix[row:]])
 
 
 class _FullItemCrossEntropy(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, hidden: torch.Tensor, item_weight: torch.Tensor, targets: torch.Tensor, chunk_size: int):
-        weight = item_weight[1:]
-        columns = targets - 1
+    def forward(
+        ctx, hidden: torch.Tensor, item_features: torch.Tensor, targets: torch.Tensor, pad: int | None, chunk_size: int
+    ):
+        weight = _without_row(item_features, pad)  # the classes: every item but the padding id
+        columns = targets if pad is None else targets - (targets > pad).long()
         grad_hidden = torch.empty_like(hidden)
-        grad_weight = torch.zeros_like(item_weight)
+        grad_weight = torch.zeros_like(weight)
         total = hidden.new_zeros((), dtype=torch.float64)
         for s in range(0, hidden.shape[0], chunk_size):
             h = hidden[s : s + chunk_size]
@@ -34,36 +54,48 @@ class _FullItemCrossEntropy(torch.autograd.Function):
             probs = scores.sub_(lse[:, None]).exp_()
             probs[rows, c] -= 1.0
             grad_hidden[s : s + chunk_size] = probs @ weight
-            grad_weight[1:].addmm_(probs.T, h)
-        ctx.save_for_backward(grad_hidden, grad_weight)
+            grad_weight.addmm_(probs.T, h)
+        ctx.save_for_backward(grad_hidden, _with_zero_row(grad_weight, pad))
         return total.to(hidden.dtype)
 
     @staticmethod
     def backward(ctx, grad_output: torch.Tensor):
         grad_hidden, grad_weight = ctx.saved_tensors
-        return grad_hidden * grad_output, grad_weight * grad_output, None, None
+        return grad_hidden * grad_output, grad_weight * grad_output, None, None, None
 
 
 def full_item_cross_entropy(
-    hidden: torch.Tensor, item_weight: torch.Tensor, targets: torch.Tensor, chunk_size: int = 256
+    hidden: torch.Tensor,
+    item_features: torch.Tensor,
+    targets: torch.Tensor,
+    *,
+    pad_token_id: int | None,
+    chunk_size: int = 256,
 ) -> torch.Tensor:
-    """Summed cross-entropy of `targets` (item ids `>= 1`) under a softmax over items `1 .. N`.
+    """Summed cross-entropy of `targets` under a softmax over every item but the padding id.
 
     Args:
         hidden: `[T, hidden]` final hidden states at the target positions.
-        item_weight: `[num_items, hidden]` the (tied) item embedding matrix; row 0 is the padding id.
-        targets: `[T]` the target item ids.
+        item_features: `[num_items, hidden]` the vectors items are scored against (`model.item_features()`: the
+            tied item embedding, or its image through the target tower).
+        targets: `[T]` the target item ids (never the padding id).
+        pad_token_id: the padding id, excluded from the softmax; `None` when the model has none.
         chunk_size: rows scored at a time (keep `chunk_size * num_items * 4` bytes within the CPU cache).
 
     Returns:
-        The sum (not the mean) of the per-target losses, in float32, computed without autocast.
+        The sum (not the mean) of the per-target losses, computed without autocast in float32 (float64 when an
+        input is float64).
     """
     if hidden.shape[0] != targets.shape[0]:
         raise ValueError(f"{hidden.shape[0]} hidden states for {targets.shape[0]} targets.")
     if targets.numel() == 0:
         return hidden.sum() * 0.0
+    # float32 (the trainer's case, also under mixed precision), or float64 for a float64 model
+    dtype = torch.promote_types(torch.promote_types(hidden.dtype, item_features.dtype), torch.float32)
     with torch.autocast(device_type=hidden.device.type, enabled=False):
-        return _FullItemCrossEntropy.apply(hidden.float(), item_weight.float(), targets.long(), chunk_size)
+        return _FullItemCrossEntropy.apply(
+            hidden.to(dtype), item_features.to(dtype), targets.long(), pad_token_id, chunk_size
+        )
 
 
 def sampled_binary_cross_entropy(positive_scores: torch.Tensor, negative_scores: torch.Tensor) -> torch.Tensor:
@@ -90,25 +122,40 @@ def sampled_binary_cross_entropy(positive_scores: torch.Tensor, negative_scores:
 
 
 def sample_negatives(
-    positives: torch.Tensor, num_items: int, num_negatives: int, generator: torch.Generator | None = None
+    positives: torch.Tensor,
+    num_items: int,
+    num_negatives: int,
+    generator: torch.Generator | None = None,
+    *,
+    pad_token_id: int | None,
 ) -> torch.Tensor:
-    """`[T, num_negatives]` item ids drawn uniformly (with replacement) from `1 .. num_items - 1` minus each
-    row's positive.
+    """`[T, num_negatives]` item ids drawn uniformly (with replacement) from the items other than each row's
+    positive and the padding id.
 
     Args:
-        positives: `[T]` the positive item ids (`>= 1`).
-        num_items: the vocabulary size, padding id 0 included.
+        positives: `[T]` the positive item ids (never the padding id).
+        num_items: the vocabulary size, padding id included.
         num_negatives: negatives per positive.
         generator: the random generator (default: torch's global one).
+        pad_token_id: the padding id, never drawn; `None` when the model has none.
     """
-    if num_items < 3:
-        raise ValueError(f"Sampling negatives needs at least 2 real items (num_items >= 3), got {num_items}.")
-    # uniform over the num_items - 2 ids that are neither padding nor the positive: draw from 1 .. num_items - 2
-    # and move the draws at or above the positive one up
+    real = num_items - (pad_token_id is not None)
+    if real < 2:
+        raise ValueError(
+            f"Sampling negatives needs at least 2 real items; num_items={num_items} with padding id "
+            f"{pad_token_id} leaves {real}."
+        )
+    # uniform over the ids that are neither the positive nor padding: draw a rank among them, then step over the
+    # excluded ids in increasing order
     draws = torch.randint(
-        1, num_items - 1, (positives.shape[0], num_negatives), generator=generator, device=positives.device
+        0, real - 1, (positives.shape[0], num_negatives), generator=generator, device=positives.device
     )
-    return draws + (draws >= positives[:, None]).long()
+    if pad_token_id is None:
+        return draws + (draws >= positives[:, None]).long()
+    low = positives.clamp(max=pad_token_id)[:, None]
+    high = positives.clamp(min=pad_token_id)[:, None]
+    draws = draws + (draws >= low).long()
+    return draws + (draws >= high).long()
 
 
 __all__ = ["LOSS_TYPES", "full_item_cross_entropy", "sample_negatives", "sampled_binary_cross_entropy"]

@@ -15,6 +15,10 @@ The sequence-modeling block projects the input to the TTT views and runs the TTT
 * `transformer` backbone: XQ, XK, XV = linear projections -> TTT -> LayerNorm -> output projection;
 * `mamba` backbone: a causal depthwise convolution with residual before the block; XQ and XK share one projection
   followed by one causal depthwise convolution each; the TTT output is gated by `gelu(g(x))`.
+
+`TTT4RecForNextItemPrediction` implements the project's recommender interface (its docstring lists it): the model
+computes its own training loss (`config.loss_type`) and scores items (`score_items`, `score_candidates`); the trainer
+and the evaluator use nothing else.
 """
 
 import math
@@ -31,6 +35,7 @@ from transformers.utils import ModelOutput
 
 from .cache import CONV_NAMES, TTT4RecCache, cache_config_dict, check_config
 from .configuration_ttt4rec import TTT4RecConfig
+from .losses import full_item_cross_entropy, sample_negatives, sampled_binary_cross_entropy
 from .ttt import InnerState, TTTLayer
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -62,8 +67,9 @@ class TTT4RecNextItemOutput(ModelOutput):
 
     Args:
         loss (`torch.FloatTensor` of shape `()`, *optional*, returned when `labels` is given):
-            Mean cross-entropy over all items of the labelled targets.
-        logits (`torch.FloatTensor` of shape `(batch_size, num_items)`):
+            The `config.loss_type` loss of the labelled targets: their sum divided by `num_items_in_batch`, or their
+            mean.
+        logits (`torch.FloatTensor` of shape `(batch_size, num_items)`, *optional*, not with `return_logits=False`):
             Scores of every item as the next item after each row's newest item; the padding id scores the lowest
             representable value.
         last_hidden_state (`torch.FloatTensor` of shape `(batch_size, sequence_length, hidden_size)`):
@@ -411,6 +417,8 @@ class TTT4RecModel(TTT4RecPreTrainedModel):
         use_cache: bool | None = None,
         output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
+        *,
+        check_inputs: bool = True,
         **kwargs,
     ) -> TTT4RecModelOutput | tuple:
         r"""
@@ -428,27 +436,22 @@ class TTT4RecModel(TTT4RecPreTrainedModel):
                 Also return the hidden states after the embeddings and after each block.
             return_dict (`bool`, *optional*):
                 Return a [`TTT4RecModelOutput`] instead of a tuple.
+            check_inputs (`bool`, *optional*, defaults to `True`):
+                Validate the values of the inputs ([`validate_inputs`]). `False` keeps only the checks of shapes and
+                types, which need no synchronisation with the device: for inputs already validated, such as the
+                trainer's and the evaluator's batches (checked once when the data set is loaded).
         """
         output_hidden_states = (
             output_hidden_states if output_hidden_states is not None else self.config.output_hidden_states
         )
         return_dict = return_dict if return_dict is not None else self.config.return_dict
-        if use_cache is None:
-            use_cache = cache_params is not None or (self.config.use_cache and not self.training)
-        elif not use_cache and cache_params is not None:
-            raise ValueError(
-                "`cache_params` was given with `use_cache=False`: the cache would be advanced but not returned. "
-                "Leave `use_cache` unset (or True) to continue from the cache, or drop `cache_params` to read "
-                "`input_ids` as whole histories."
-            )
         if kwargs:
             raise TypeError(f"TTT4RecModel.forward() got unexpected arguments: {sorted(kwargs)}.")
-        attention_mask = self._check_inputs(input_ids, attention_mask, cache_params)
-        if use_cache and self.training and torch.is_grad_enabled():
-            raise ValueError(
-                "`use_cache=True` is for inference: the cache does not carry gradients between calls. Call "
-                "`model.eval()` (or run under `torch.no_grad()`), or pass `use_cache=False` to train."
-            )
+        use_cache = self._use_cache(use_cache, cache_params)
+        if check_inputs:
+            attention_mask = self.validate_inputs(input_ids, attention_mask, cache_params)
+        else:
+            attention_mask = self._check_shapes(input_ids, attention_mask, cache_params)
         if use_cache and cache_params is None:
             cache_params = self.init_cache(input_ids.shape[0])
 
@@ -466,6 +469,23 @@ class TTT4RecModel(TTT4RecPreTrainedModel):
             hidden_states=all_hidden_states,
         )
 
+    def _use_cache(self, use_cache: bool | None, cache_params: TTT4RecCache | None) -> bool:
+        """`use_cache` resolved (see `forward`); refuses a cache that would be dropped, or used for training."""
+        if use_cache is None:
+            use_cache = cache_params is not None or (self.config.use_cache and not self.training)
+        elif not use_cache and cache_params is not None:
+            raise ValueError(
+                "`cache_params` was given with `use_cache=False`: the cache would be advanced but not returned. "
+                "Leave `use_cache` unset (or True) to continue from the cache, or drop `cache_params` to read "
+                "`input_ids` as whole histories."
+            )
+        if use_cache and self.training and torch.is_grad_enabled():
+            raise ValueError(
+                "`use_cache=True` is for inference: the cache does not carry gradients between calls. Call "
+                "`model.eval()` (or run under `torch.no_grad()`), or pass `use_cache=False` to train."
+            )
+        return use_cache
+
     def _run(
         self,
         input_ids: torch.LongTensor,
@@ -473,8 +493,8 @@ class TTT4RecModel(TTT4RecPreTrainedModel):
         cache_params: TTT4RecCache | None,
         output_hidden_states: bool,
     ) -> tuple[torch.Tensor, tuple[torch.Tensor, ...] | None]:
-        """The encoder on inputs already checked by `_check_inputs`: the compiled step for one-item cached steps
-        (after `compile_step()`), else eager."""
+        """The encoder on checked inputs: the compiled step for one-item cached steps (after `compile_step()`),
+        else eager."""
         # Without a cache, right padding cannot influence valid positions (everything is causal): skip masking.
         valid = attention_mask.bool() if cache_params is not None else None
         encode = self._encode
@@ -514,13 +534,39 @@ class TTT4RecModel(TTT4RecPreTrainedModel):
             cache_params.seen = cache_params.seen + lengths
         return hidden_states, all_hidden_states
 
-    def _check_inputs(
+    def validate_inputs(
         self,
         input_ids: torch.Tensor,
-        attention_mask: torch.Tensor | None,
-        cache_params: TTT4RecCache | None,
+        attention_mask: torch.Tensor | None = None,
+        cache_params: TTT4RecCache | None = None,
     ) -> torch.Tensor:
-        """Validate the inputs and return the attention mask; every problem is a `ValueError` that names it."""
+        """Validate the inputs of `forward` and return the attention mask (the default one when `attention_mask` is
+        None); every problem is a `ValueError` that names it. Reads the values (item id range, right padding,
+        padding inside the mask, rows without items), which synchronises the host with the device: `forward` skips
+        this part with `check_inputs=False`."""
+        mask_given = attention_mask is not None
+        attention_mask = self._check_shapes(input_ids, attention_mask, cache_params)
+        self._check_item_ids(input_ids)
+        self._check_padding(input_ids, attention_mask, mask_given, cache_params is None)
+        return attention_mask
+
+    def validate_cache(self, cache_params: TTT4RecCache) -> None:
+        """Raise a `ValueError` if `cache_params` was made by a model of another configuration, or is on another
+        device or in another dtype than this model."""
+        check_config(cache_params.config_dict, cache_config_dict(self.config))
+        weight = self.item_embeddings.weight
+        state = cache_params.last_hidden_state
+        if state.device != weight.device or state.dtype != weight.dtype:
+            raise ValueError(
+                f"The cache is on {state.device} in {state.dtype} but the model is on {weight.device} in "
+                f"{weight.dtype}; move it with `cache = cache.to({str(weight.device)!r}, {weight.dtype})`."
+            )
+
+    def _check_shapes(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None, cache_params: TTT4RecCache | None
+    ) -> torch.Tensor:
+        """The checks that read no tensor values (types, shapes, the cache's rows and settings); returns the
+        attention mask."""
         if not isinstance(input_ids, torch.Tensor):
             raise ValueError(f"`input_ids` must be a torch.LongTensor, got {type(input_ids).__name__}.")
         if input_ids.is_floating_point() or input_ids.is_complex() or input_ids.dtype == torch.bool:
@@ -534,6 +580,24 @@ class TTT4RecModel(TTT4RecPreTrainedModel):
             )
         if input_ids.shape[0] == 0 or input_ids.shape[1] == 0:
             raise ValueError(f"`input_ids` is empty (shape {tuple(input_ids.shape)}): give at least one item per row.")
+        if attention_mask is None:
+            attention_mask = default_attention_mask(input_ids, self.config.pad_token_id)
+        elif attention_mask.shape != input_ids.shape:
+            raise ValueError(
+                f"`attention_mask` has shape {tuple(attention_mask.shape)} but `input_ids` has shape "
+                f"{tuple(input_ids.shape)}; they must match."
+            )
+        if cache_params is not None:
+            if cache_params.batch_size != input_ids.shape[0]:
+                raise ValueError(
+                    f"`input_ids` has {input_ids.shape[0]} rows but the cache holds {cache_params.batch_size}; "
+                    "select the cache's rows to match (`cache.select(rows)`) or start a new cache."
+                )
+            self.validate_cache(cache_params)
+        return attention_mask
+
+    def _check_item_ids(self, input_ids: torch.Tensor) -> None:
+        """Every id is in `[0, num_items)`."""
         num_items = self.config.num_items
         low, high = (int(v) for v in torch.aminmax(input_ids))
         if low < 0 or high >= num_items:
@@ -543,18 +607,16 @@ class TTT4RecModel(TTT4RecPreTrainedModel):
                 f"{self.config.pad_token_id} included). Map unknown items to known ids or drop them before calling "
                 "the model."
             )
-        attention_mask_given = attention_mask is not None
-        if attention_mask is None:
-            attention_mask = default_attention_mask(input_ids, self.config.pad_token_id)
-        elif attention_mask.shape != input_ids.shape:
-            raise ValueError(
-                f"`attention_mask` has shape {tuple(attention_mask.shape)} but `input_ids` has shape "
-                f"{tuple(input_ids.shape)}; they must match."
-            )
+
+    def _check_padding(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, mask_given: bool, whole_histories: bool
+    ) -> None:
+        """Right padding only, no padding id inside the mask, and (for whole histories, read without a cache) at
+        least one item per row."""
         mask = attention_mask.bool()
         if mask.shape[1] > 1 and (mask[:, 1:] & ~mask[:, :-1]).any():
             row = int((mask[:, 1:] & ~mask[:, :-1]).any(dim=1).nonzero()[0])
-            if attention_mask_given:
+            if mask_given:
                 raise ValueError(
                     f"`attention_mask` must be right-padded (row {row} is not): in each row, all items come first "
                     "and padding after."
@@ -568,16 +630,9 @@ class TTT4RecModel(TTT4RecPreTrainedModel):
                 f"The padding id {self.config.pad_token_id} appears at a position the attention mask marks as an "
                 "item; set the mask to 0 there."
             )
-        if cache_params is not None:
-            if cache_params.batch_size != input_ids.shape[0]:
-                raise ValueError(
-                    f"`input_ids` has {input_ids.shape[0]} rows but the cache holds {cache_params.batch_size}; "
-                    "select the cache's rows to match (`cache.select(rows)`) or start a new cache."
-                )
-            self._check_cache(cache_params)
-        else:
-            # (with a cache, a row may receive no item in a step: it keeps its state, or stays empty until its first
-            # item; `recommend` refuses rows that have read nothing)
+        # (with a cache, a row may receive no item in a step: it keeps its state, or stays empty until its first
+        # item; `recommend` refuses rows that have read nothing)
+        if whole_histories:
             empty = (~mask.any(dim=1)).nonzero().flatten()
             if empty.numel():
                 raise ValueError(
@@ -585,28 +640,29 @@ class TTT4RecModel(TTT4RecPreTrainedModel):
                     "(To keep a state for users who have no item yet, start from "
                     "`cache_params=model.init_cache(batch_size)`.)"
                 )
-        return attention_mask
-
-    def _check_cache(self, cache_params: TTT4RecCache) -> None:
-        """Raise a `ValueError` if `cache_params` was made by a model of another configuration, or is on another
-        device or in another dtype than this model."""
-        check_config(cache_params.config_dict, cache_config_dict(self.config))
-        weight = self.item_embeddings.weight
-        state = cache_params.last_hidden_state
-        if state.device != weight.device or state.dtype != weight.dtype:
-            raise ValueError(
-                f"The cache is on {state.device} in {state.dtype} but the model is on {weight.device} in "
-                f"{weight.dtype}; move it with `cache = cache.to({str(weight.device)!r}, {weight.dtype})`."
-            )
 
 
 class TTT4RecForNextItemPrediction(TTT4RecPreTrainedModel):
     """TTT4Rec encoder with the next-item head: the score of item `i` after hidden state `h` is `h . e_i` with the
-    (tied) item embedding, or `h . MLP(e_i)` with `item_scoring="target_mlp"`."""
+    (tied) item embedding, or `h . MLP(e_i)` with `item_scoring="target_mlp"`.
+
+    The recommender interface (what the project's trainer and evaluator use, and all they use):
+
+    * `config.num_items` (padding id included), `config.pad_token_id` (an id, or None), `config.loss_type`,
+      `config.num_negatives`;
+    * `forward(input_ids, attention_mask=None, labels=None, cache_params=None, use_cache=None, ..., *,
+      num_items_in_batch=None, return_logits=True, check_inputs=True)`: an output with `.loss` (from `labels`,
+      according to `config.loss_type`), `.logits` (each row's scores after its newest item; None with
+      `return_logits=False`), `.last_hidden_state` and `.cache_params`;
+    * `score_items(hidden_states)`: `[..., num_items]` scores of every item, the padding id at the lowest value;
+    * `score_candidates(hidden_states, candidate_ids)`: `[batch, num_candidates]` scores of each row's candidates.
+
+    Every score is `h . item_features()[i]`: the loss, the evaluation and `recommend` all score through these.
+    """
 
     _tied_weights_keys = {"item_head.weight": "model.item_embeddings.weight"}
-    # the loss is a mean over the batch's targets; `Trainer` must not pass `num_items_in_batch`
-    accepts_loss_kwargs = False
+    # the loss honours `num_items_in_batch` (sum over targets / num_items_in_batch), as `Trainer` expects
+    accepts_loss_kwargs = True
 
     def __init__(self, config: TTT4RecConfig):
         super().__init__(config)
@@ -638,8 +694,8 @@ class TTT4RecForNextItemPrediction(TTT4RecPreTrainedModel):
 
     def item_features(self, item_ids: torch.LongTensor | None = None) -> torch.Tensor:
         """The vectors hidden states are scored against: `[..., hidden]` for `item_ids` `[...]`, or
-        `[num_items, hidden]` for all items (row 0 is the padding id). The item embedding itself, or its image
-        through the target tower with `item_scoring="target_mlp"`."""
+        `[num_items, hidden]` for all items (the padding id's row included). The item embedding itself, or its
+        image through the target tower with `item_scoring="target_mlp"`."""
         weight = self.item_head.weight
         features = weight if item_ids is None else F.embedding(item_ids, weight)
         if self.target_mlp is not None:
@@ -647,10 +703,16 @@ class TTT4RecForNextItemPrediction(TTT4RecPreTrainedModel):
         return features
 
     def score_items(self, hidden_states: torch.Tensor, item_features: torch.Tensor | None = None) -> torch.Tensor:
-        """Scores `[..., num_items]` of every item for hidden states `[..., hidden]`; the padding id gets the
-        lowest representable score so it is never predicted. `item_features`: `self.item_features()` if already
-        computed (with `item_scoring="target_mlp"` it runs the target tower over every item)."""
-        if self.target_mlp is None:
+        """Scores `[..., num_items]` (float32 at least) of every item for hidden states `[..., hidden]`; the padding
+        id gets the lowest representable score so it is never ranked above an item.
+
+        Args:
+            hidden_states: `[..., hidden]`.
+            item_features: `self.item_features()` if already computed, e.g. once for a whole evaluation (with
+                `item_scoring="target_mlp"` computing it runs the target tower over every item). Any layout: the
+                evaluation passes `items_t.T` for a contiguous `items_t` `[hidden, num_items]`, the fastest matmul.
+        """
+        if item_features is None and self.target_mlp is None:
             logits = self.item_head(hidden_states)
         else:
             features = self.item_features() if item_features is None else item_features
@@ -660,19 +722,24 @@ class TTT4RecForNextItemPrediction(TTT4RecPreTrainedModel):
             logits[..., self.config.pad_token_id] = torch.finfo(logits.dtype).min
         return logits
 
-    def score_candidates(self, hidden_states: torch.Tensor, candidate_ids: torch.LongTensor) -> torch.Tensor:
-        """Scores `[batch, num_candidates]` of each row's own candidate items `candidate_ids`
-        `[batch, num_candidates]` for hidden states `[batch, hidden]` (the sampled protocols score only these)."""
+    def score_candidates(
+        self, hidden_states: torch.Tensor, candidate_ids: torch.LongTensor, *, check_inputs: bool = True
+    ) -> torch.Tensor:
+        """Scores `[batch, num_candidates]` (float32 at least) of each row's own candidate items `candidate_ids`
+        `[batch, num_candidates]` for hidden states `[batch, hidden]` (the sampled protocols score only these).
+        `check_inputs=False` skips the check that the ids are in range (it synchronises with the device)."""
         if candidate_ids.dim() != 2 or hidden_states.dim() != 2 or candidate_ids.shape[0] != hidden_states.shape[0]:
             raise ValueError(
                 "`candidate_ids` must be [batch, num_candidates] and `hidden_states` [batch, hidden]; got "
                 f"{tuple(candidate_ids.shape)} and {tuple(hidden_states.shape)}."
             )
-        if candidate_ids.numel() and (candidate_ids.min() < 0 or candidate_ids.max() >= self.config.num_items):
-            raise ValueError(
-                f"`candidate_ids` must be item ids in [0, {self.config.num_items}); got values in "
-                f"[{int(candidate_ids.min())}, {int(candidate_ids.max())}]. Map unknown items to known ids first."
-            )
+        if check_inputs and candidate_ids.numel():
+            low, high = (int(v) for v in torch.aminmax(candidate_ids))
+            if low < 0 or high >= self.config.num_items:
+                raise ValueError(
+                    f"`candidate_ids` must be item ids in [0, {self.config.num_items}); got values in "
+                    f"[{low}, {high}]. Map unknown items to known ids first."
+                )
         features = self.item_features(candidate_ids)  # [batch, num_candidates, hidden]
         scores = torch.einsum("bh,bch->bc", hidden_states, features.to(hidden_states.dtype))
         return scores.to(at_least_float32(scores.dtype))
@@ -686,6 +753,10 @@ class TTT4RecForNextItemPrediction(TTT4RecPreTrainedModel):
         use_cache: bool | None = None,
         output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
+        *,
+        num_items_in_batch: int | torch.Tensor | None = None,
+        return_logits: bool = True,
+        check_inputs: bool = True,
         **kwargs,
     ) -> TTT4RecNextItemOutput | tuple:
         r"""
@@ -695,7 +766,16 @@ class TTT4RecForNextItemPrediction(TTT4RecPreTrainedModel):
             labels (`torch.LongTensor`, *optional*):
                 Either `(batch_size, sequence_length)`: the next item after each position (`-100` where there is no
                 target), which trains on every prefix at once; or `(batch_size,)`: the next item after each row's
-                newest item. The loss is the mean cross-entropy over all items of the given targets.
+                newest item. The loss is `config.loss_type`'s over these targets.
+            num_items_in_batch (`int` or `torch.Tensor`, *optional*):
+                The loss is the sum over the targets divided by this (the number of targets of the whole batch
+                across processes and accumulated steps: exact distributed training and gradient accumulation);
+                without it, the mean over the targets.
+            return_logits (`bool`, *optional*, defaults to `True`):
+                Score every item after each row's newest item (`logits`); training needs no such scores.
+            check_inputs (`bool`, *optional*, defaults to `True`):
+                Validate the values of `input_ids`, `attention_mask` and `labels`; `False` skips every check that
+                synchronises with the device (for data validated before, as the trainer's).
         """
         return_dict = return_dict if return_dict is not None else self.config.return_dict
         outputs = self.model(
@@ -705,23 +785,19 @@ class TTT4RecForNextItemPrediction(TTT4RecPreTrainedModel):
             use_cache=use_cache,
             output_hidden_states=output_hidden_states,
             return_dict=True,
+            check_inputs=check_inputs,
             **kwargs,
         )
         hidden_states = outputs.last_hidden_state
-        mask = attention_mask
-        if mask is None:
-            mask = default_attention_mask(input_ids, self.config.pad_token_id)
-        # the target tower runs over every item once per forward, for the logits and the loss
-        item_features = self.item_features() if self.target_mlp is not None else None
-        logits = self.score_items(self._newest(hidden_states, mask, outputs.cache_params), item_features)
-
-        loss = None
-        if labels is not None:
-            loss = self._loss(hidden_states, logits, labels, mask.bool(), item_features)
-
+        mask = (
+            default_attention_mask(input_ids, self.config.pad_token_id) if attention_mask is None else attention_mask
+        )
+        logits, loss = self._head(
+            hidden_states, mask, outputs.cache_params, labels, num_items_in_batch, return_logits, check_inputs
+        )
         if not return_dict:
-            out = (logits, hidden_states, outputs.cache_params, outputs.hidden_states)
-            return tuple(v for v in ((loss,) + out if loss is not None else out) if v is not None)
+            out = (loss, logits, hidden_states, outputs.cache_params, outputs.hidden_states)
+            return tuple(v for v in out if v is not None)
         return TTT4RecNextItemOutput(
             loss=loss,
             logits=logits,
@@ -729,6 +805,89 @@ class TTT4RecForNextItemPrediction(TTT4RecPreTrainedModel):
             cache_params=outputs.cache_params,
             hidden_states=outputs.hidden_states,
         )
+
+    def _head(
+        self,
+        hidden_states: torch.Tensor,
+        mask: torch.Tensor,
+        cache_params: TTT4RecCache | None,
+        labels: torch.Tensor | None,
+        num_items_in_batch: int | torch.Tensor | None,
+        return_logits: bool,
+        check_inputs: bool,
+    ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """`(logits, loss)`: the scores after each row's newest item (when `return_logits`) and the loss of the
+        targets of `labels` (when given): their sum divided by `num_items_in_batch`, or their mean."""
+        newest = None
+        if return_logits or (labels is not None and labels.dim() == 1):
+            newest = self._newest(hidden_states, mask, cache_params)
+        # the target tower runs over every item once per forward, for the logits and the loss
+        item_features = self.item_features() if self.target_mlp is not None else None
+        logits = self.score_items(newest, item_features) if return_logits else None
+        if labels is None:
+            return logits, None
+        hidden, targets = self._targets(hidden_states, newest, labels, mask, check_inputs)
+        loss_sum = self._loss_sum(hidden, targets, item_features)
+        return logits, loss_sum / (targets.shape[0] if num_items_in_batch is None else num_items_in_batch)
+
+    def _targets(
+        self,
+        hidden_states: torch.Tensor,
+        newest: torch.Tensor | None,
+        labels: torch.Tensor,
+        mask: torch.Tensor,
+        check_inputs: bool,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """`(hidden [T, hidden], targets [T])`: the hidden state before each target of `labels`, in row-major
+        order (positions without a target are never scored)."""
+        if labels.shape == mask.shape:
+            targeted = labels != -100
+            if check_inputs and (targeted & ~mask.bool()).any():
+                raise ValueError(
+                    "`labels` has a target at a padding position; set `labels` to -100 wherever `input_ids` is "
+                    "padding."
+                )
+            hidden, targets = hidden_states[targeted], labels[targeted]
+        elif labels.shape == mask.shape[:1]:
+            hidden, targets = newest, labels
+        else:
+            raise ValueError(
+                f"`labels` must have shape {tuple(mask.shape)} (a target per position, -100 for none) or "
+                f"{tuple(mask.shape[:1])} (one target per row); got {tuple(labels.shape)}."
+            )
+        if check_inputs:
+            self._check_targets(targets, one_per_row=labels.dim() == 1)
+        return hidden, targets
+
+    def _check_targets(self, targets: torch.Tensor, one_per_row: bool) -> None:
+        """Targets are real item ids, and there is at least one."""
+        if targets.numel() == 0:
+            raise ValueError("`labels` holds no target (all -100): nothing to compute a loss from.")
+        if one_per_row and (targets == -100).any():
+            raise ValueError("With one target per row, `labels` cannot be -100.")
+        pad = self.config.pad_token_id
+        num_items = self.config.num_items
+        if targets.min() < 0 or targets.max() >= num_items or (pad is not None and (targets == pad).any()):
+            valid = f"[1, {num_items})" if pad == 0 else f"[0, {num_items})"
+            if pad not in (None, 0):
+                valid += f" other than {pad}"
+            never = "" if pad is None else f"the padding id {pad} is never a target; "
+            raise ValueError(
+                f"`labels` must be item ids in {valid} ({never}use -100 to mark positions without a target)."
+            )
+
+    def _loss_sum(
+        self, hidden: torch.Tensor, targets: torch.Tensor, item_features: torch.Tensor | None
+    ) -> torch.Tensor:
+        """`config.loss_type` of `targets` `[T]` after hidden states `[T, hidden]`, summed over the targets."""
+        pad = self.config.pad_token_id
+        if self.config.loss_type == "full_ce":
+            features = self.item_features() if item_features is None else item_features
+            return full_item_cross_entropy(hidden, features, targets, pad_token_id=pad)
+        # "sampled_bce"
+        negatives = sample_negatives(targets, self.config.num_items, self.config.num_negatives, pad_token_id=pad)
+        scores = self.score_candidates(hidden, torch.cat([targets[:, None], negatives], dim=1), check_inputs=False)
+        return sampled_binary_cross_entropy(scores[:, 0], scores[:, 1:])
 
     @torch.no_grad()
     def recommend(
@@ -764,13 +923,42 @@ class TTT4RecForNextItemPrediction(TTT4RecPreTrainedModel):
             raise ValueError("Pass `input_ids` (a history), `cache_params` (a state), or both.")
         # Everything is checked before the cache is advanced, so a call that fails has read nothing.
         if input_ids is not None:
-            attention_mask = self.model._check_inputs(input_ids, attention_mask, cache_params)
+            attention_mask = self.model.validate_inputs(input_ids, attention_mask, cache_params)
         else:
-            self.model._check_cache(cache_params)
+            self.model.validate_cache(cache_params)
         batch_size = cache_params.batch_size if cache_params is not None else input_ids.shape[0]
-        device = self.item_head.weight.device
         seen = input_ids if exclude_seen else None
-        allowed = self._allowed_items(batch_size, device, candidates, exclude_items, seen)
+        allowed = self._allowed_items(batch_size, self.device, candidates, exclude_items, seen)
+        self._check_recommendable(top_k, allowed, cache_params, attention_mask if input_ids is not None else None)
+
+        if input_ids is not None:  # (the inputs were checked above)
+            logits = self(
+                input_ids,
+                attention_mask,
+                cache_params=cache_params,
+                use_cache=cache_params is not None,
+                check_inputs=False,
+                return_dict=True,
+            ).logits
+        else:
+            logits = self.score_items(cache_params.last_hidden_state)
+        if allowed is not None:
+            logits = logits.masked_fill(~allowed, torch.finfo(logits.dtype).min)
+        scores, item_ids = logits.topk(top_k, dim=1)
+        original_ids = None if item_map is None else self._original_ids(item_ids, item_map)
+        return TTT4RecRecommendations(
+            item_ids=item_ids, scores=scores, cache_params=cache_params, original_ids=original_ids
+        )
+
+    def _check_recommendable(
+        self,
+        top_k: int,
+        allowed: torch.Tensor | None,
+        cache_params: TTT4RecCache | None,
+        attention_mask: torch.Tensor | None,
+    ) -> None:
+        """`top_k` items are left to recommend to every row, and every row of the cache has read an item (counting
+        this call's `attention_mask`)."""
         if allowed is None:  # every item but the padding id (which `score_items` rules out)
             available = self.config.num_items - (self.config.pad_token_id is not None)
         else:
@@ -778,31 +966,20 @@ class TTT4RecForNextItemPrediction(TTT4RecPreTrainedModel):
         if top_k < 1 or top_k > available:
             raise ValueError(f"`top_k` must be in [1, {available}] (the items left to recommend), got {top_k}.")
         if cache_params is not None:
-            new_items = attention_mask.sum(dim=1) if input_ids is not None else 0
+            new_items = attention_mask.sum(dim=1) if attention_mask is not None else 0
             empty = ((cache_params.seen + new_items) == 0).nonzero().flatten().tolist()
             if empty:
                 raise ValueError(f"Row(s) {empty} have read no item yet: there is nothing to recommend from.")
 
-        if input_ids is not None:  # (the encoder itself: the inputs were checked above)
-            hidden_states, _ = self.model._run(input_ids, attention_mask, cache_params, False)
-            logits = self.score_items(self._newest(hidden_states, attention_mask, cache_params))
-        else:
-            logits = self.score_items(cache_params.last_hidden_state)
-        if allowed is not None:
-            logits = logits.masked_fill(~allowed, torch.finfo(logits.dtype).min)
-        scores, item_ids = logits.topk(top_k, dim=1)
-        original_ids = None
-        if item_map is not None:
-            try:
-                original_ids = [[item_map[i] for i in row] for row in item_ids.tolist()]
-            except (KeyError, IndexError) as error:
-                raise ValueError(
-                    f"`item_map` has no entry for item id {error.args[0] if error.args else ''}: it must map every "
-                    f"id in [0, {self.config.num_items}) (e.g. the data set's `item_map.parquet`)."
-                ) from error
-        return TTT4RecRecommendations(
-            item_ids=item_ids, scores=scores, cache_params=cache_params, original_ids=original_ids
-        )
+    def _original_ids(self, item_ids: torch.Tensor, item_map) -> list[list]:
+        """`item_ids` mapped through `item_map`."""
+        try:
+            return [[item_map[i] for i in row] for row in item_ids.tolist()]
+        except (KeyError, IndexError) as error:
+            raise ValueError(
+                f"`item_map` has no entry for item id {error.args[0] if error.args else ''}: it must map every "
+                f"id in [0, {self.config.num_items}) (e.g. the data set's `item_map.parquet`)."
+            ) from error
 
     @staticmethod
     def _newest(
@@ -861,44 +1038,6 @@ class TTT4RecForNextItemPrediction(TTT4RecPreTrainedModel):
         if seen is not None:
             allowed.scatter_(1, seen.to(device), False)
         return allowed
-
-    def _loss(
-        self,
-        hidden_states: torch.Tensor,
-        logits: torch.Tensor,
-        labels: torch.Tensor,
-        mask: torch.Tensor,
-        item_features: torch.Tensor | None,
-    ) -> torch.Tensor:
-        """Cross-entropy over all items for each target, without scoring positions that have no target."""
-        input_shape = mask.shape
-        if labels.shape == input_shape:
-            targeted = labels != -100
-            if (targeted & ~mask).any():
-                raise ValueError(
-                    "`labels` has a target at a padding position; set `labels` to -100 wherever `input_ids` is "
-                    "padding."
-                )
-            scores = self.score_items(hidden_states[targeted], item_features)
-            targets = labels[targeted]
-        elif labels.shape == input_shape[:1]:
-            scores, targets = logits, labels
-        else:
-            raise ValueError(
-                f"`labels` must have shape {tuple(input_shape)} (a target per position, -100 for none) or "
-                f"{tuple(input_shape[:1])} (one target per row); got {tuple(labels.shape)}."
-            )
-        if targets.numel() == 0:
-            raise ValueError("`labels` holds no target (all -100): nothing to compute a loss from.")
-        if (targets == -100).any() and labels.dim() == 1:
-            raise ValueError("With one target per row, `labels` cannot be -100.")
-        pad = self.config.pad_token_id
-        if targets.min() < 0 or targets.max() >= self.config.num_items or (pad is not None and (targets == pad).any()):
-            raise ValueError(
-                f"`labels` must be item ids in [1, {self.config.num_items}) (the padding id "
-                f"{self.config.pad_token_id} is never a target; use -100 to mark positions without a target)."
-            )
-        return F.cross_entropy(scores, targets)
 
 
 __all__ = [

@@ -30,22 +30,30 @@ def main(argv: list[str] | None = None) -> dict:
     from modeling_ttt4rec import TTT4RecConfig, TTT4RecForNextItemPrediction
     from modeling_ttt4rec.training.data import collate, load_sequences, make_batches, prefix_units, stream_units
     from modeling_ttt4rec.training.evaluation import evaluate_split
-    from modeling_ttt4rec.training.trainer import NextItemTrainingModule, peak_memory_mb
+    from modeling_ttt4rec.training.trainer import peak_memory_mb
 
     if args.threads:
         torch.set_num_threads(args.threads)
     sequences, meta = load_sequences(args.dataset, args.dataset_config)
     torch.manual_seed(0)
     model = TTT4RecForNextItemPrediction(TTT4RecConfig(num_items=meta.num_items))
-    module = NextItemTrainingModule(model)
-    optimizer = torch.optim.Adam(module.parameters(), lr=1e-3)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
     units = prefix_units(sequences["train"], meta.max_length)
     epochs = []
     for epoch in range(args.epochs):
         start = time.perf_counter()
-        module.train()
+        model.train()
         for index in make_batches(units, 2048, shuffle=True, seed=epoch):
-            loss, _ = module(**collate(units, index), loss_scale=1 / 2048)
+            batch = collate(units, index)
+            labels = torch.full_like(batch["input_ids"], -100).masked_scatter_(batch["target_mask"], batch["targets"])
+            loss = model(
+                input_ids=batch["input_ids"],
+                attention_mask=batch["attention_mask"],
+                labels=labels,
+                num_items_in_batch=2048,
+                return_logits=False,
+                check_inputs=False,
+            ).loss
             loss.backward()
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)

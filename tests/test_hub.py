@@ -51,6 +51,7 @@ def test_exact_upload_and_model_card(checkpoint, tmp_path):
             "config.json",
             "configuration_ttt4rec.py",
             "item_map.parquet",
+            "losses.py",
             "model.safetensors",
             "modeling_ttt4rec.py",
             "training_info.json",

@@ -303,3 +303,183 @@ def test_one_step_of_the_transformers_trainer(tmp_path):
     result = Trainer(model=model, args=args, train_dataset=examples, data_collator=collate).train()
     assert result.global_step == 2 and torch.isfinite(torch.tensor(result.training_loss))
     assert not torch.equal(before, model.model.item_embeddings.weight)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The recommender interface: the model's own loss, padding ids, no validation on the trainer's hot path
+# ---------------------------------------------------------------------------------------------------------------
+
+PAD_IDS = [0, None, 39, 17]  # the default, no padding id, the last id, one in the middle
+
+
+def padded_batch(pad):
+    """Right-padded ids (padding = `pad`, or 1 with no padding id: then only the mask says so), per-position labels
+    with -100 where there is no target, and no id equal to `pad` anywhere else."""
+    generator = torch.Generator().manual_seed(3)
+    real = torch.tensor([i for i in range(40) if i != pad])
+    ids = real[torch.randint(0, len(real), (4, 9), generator=generator)]
+    labels = real[torch.randint(0, len(real), (4, 9), generator=generator)]
+    mask = torch.ones_like(ids)
+    ids[2, 5:], mask[2, 5:] = 1 if pad is None else pad, 0
+    labels[:, :3] = -100
+    labels[2, 4:] = -100
+    return ids, mask, labels
+
+
+@pytest.mark.parametrize("pad", PAD_IDS)
+@pytest.mark.parametrize("item_scoring", ["embedding", "target_mlp"])
+def test_loss_and_gradients_equal_cross_entropy_over_the_non_padding_items(pad, item_scoring):
+    """The fused full cross-entropy of `forward` against `F.cross_entropy` over the columns of `score_items` that
+    are not the padding id: same loss, same gradient for every parameter."""
+    model = small_model(pad_token_id=pad, item_scoring=item_scoring, hidden_dropout_prob=0.0)
+    ids, mask, labels = padded_batch(pad)
+    model.zero_grad()
+    out = model(ids, attention_mask=mask, labels=labels, use_cache=False, return_logits=False)
+    assert out.logits is None
+    out.loss.backward()
+    fused = {name: param.grad.clone() for name, param in model.named_parameters()}
+    model.zero_grad()
+    targeted = labels != -100
+    hidden = model.model(ids, attention_mask=mask, use_cache=False).last_hidden_state[targeted]
+    scores, targets = model.score_items(hidden), labels[targeted]
+    if pad is not None:  # drop the padding column; the targets' columns move down past it
+        keep = torch.arange(40) != pad
+        scores, targets = scores[:, keep], targets - (targets > pad).long()
+    reference = torch.nn.functional.cross_entropy(scores, targets)
+    reference.backward()
+    torch.testing.assert_close(out.loss, reference)
+    for name, param in model.named_parameters():
+        torch.testing.assert_close(param.grad, fused[name], atol=1e-6, rtol=1e-5, msg=name)
+    if pad is not None:
+        assert model.score_items(hidden)[:, pad].eq(torch.finfo(torch.float32).min).all()
+
+
+def test_num_items_in_batch_divides_the_summed_loss():
+    model = small_model(hidden_dropout_prob=0.0)
+    ids, mask, labels = padded_batch(0)
+    mean = model(ids, attention_mask=mask, labels=labels, use_cache=False).loss
+    summed = model(ids, attention_mask=mask, labels=labels, use_cache=False, num_items_in_batch=1).loss
+    scaled = model(ids, attention_mask=mask, labels=labels, use_cache=False, num_items_in_batch=100).loss
+    count = int((labels != -100).sum())
+    torch.testing.assert_close(summed, mean * count)
+    torch.testing.assert_close(scaled, summed / 100)
+
+
+def test_one_label_per_row_is_the_loss_of_the_newest_positions_scores():
+    model = small_model(pad_token_id=39)
+    ids = torch.tensor([[3, 5, 7, 39], [1, 2, 3, 4]])
+    labels = torch.tensor([8, 9])
+    out = model(ids, labels=labels, use_cache=False)
+    expected = torch.nn.functional.cross_entropy(out.logits, labels)
+    torch.testing.assert_close(out.loss, expected)
+    with pytest.raises(ValueError, match=r"item ids in \[0, 40\) other than 39"):
+        model(ids, labels=torch.tensor([39, 2]), use_cache=False)
+
+
+@pytest.mark.parametrize("pad", [None, 39])
+def test_training_negatives_and_evaluation_candidates_never_hold_the_padding_id(pad):
+    from modeling_ttt4rec.losses import sample_negatives
+    from modeling_ttt4rec.training.sampling import evaluation_candidates
+
+    real = [i for i in range(40) if i != pad]
+    positives = torch.tensor(real * 200)
+    negatives = sample_negatives(positives, 40, 6, torch.Generator().manual_seed(0), pad_token_id=pad)
+    assert (negatives != positives[:, None]).all()
+    # uniform over the other real items: every one of them is drawn, the padding id never
+    assert sorted(set(negatives.flatten().tolist())) == real
+    candidates = evaluation_candidates(positives.numpy(), 40, num_negatives=len(real) - 1, seed=1, pad_token_id=pad)
+    for row in candidates[:50].tolist():
+        assert sorted(row) == real  # the target and every other real item once
+
+
+def count_validations(monkeypatch) -> list[str]:
+    """Record each call of the validation that reads tensor values (and synchronises with the device)."""
+    calls = []
+    for name in ("validate_inputs", "_check_targets"):
+        cls = TTT4RecModel if name == "validate_inputs" else TTT4RecForNextItemPrediction
+        original = getattr(cls, name)
+
+        def recording(self, *args, _original=original, _name=name, **kwargs):
+            calls.append(_name)
+            return _original(self, *args, **kwargs)
+
+        monkeypatch.setattr(cls, name, recording)
+    return calls
+
+
+def test_user_calls_are_validated_and_check_inputs_false_skips_it(monkeypatch):
+    calls = count_validations(monkeypatch)
+    model = small_model()
+    ids, mask, labels = padded_batch(0)
+    model(ids, attention_mask=mask, labels=labels, use_cache=False)
+    assert calls == ["validate_inputs", "_check_targets"]
+    calls.clear()
+    model(ids, attention_mask=mask, labels=labels, use_cache=False, return_logits=False, check_inputs=False)
+    assert calls == []
+    bad = [
+        (torch.tensor([[1, 45]]), None, None, "Item id 45 is outside"),
+        (torch.tensor([[0, 3]]), None, None, "appears before an item"),
+        (torch.tensor([[2, 3, 4]]), None, torch.tensor([[3, 0, 5]]), "padding id 0 is never a target"),
+    ]
+    for input_ids, attention_mask, bad_labels, message in bad:  # ... and the default still gets the clear errors
+        with pytest.raises(ValueError, match=message):
+            model(input_ids, attention_mask=attention_mask, labels=bad_labels, use_cache=False)
+
+
+def test_a_trainer_step_and_an_evaluation_batch_do_not_validate_values(monkeypatch, tmp_path):
+    from accelerate.state import AcceleratorState
+    from helpers import random_sequences, write_split_dataset
+
+    from modeling_ttt4rec.training.data import SplitSequences
+    from modeling_ttt4rec.training.evaluation import compute_ranks
+    from modeling_ttt4rec.training.trainer import parse_args, train
+
+    calls = count_validations(monkeypatch)
+    seqs = random_sequences(12, 40, 2, 20, seed=3)
+    split = SplitSequences.from_rows(seqs, [max(1, len(s) // 2) for s in seqs])
+    model = small_model()
+    compute_ranks(model, split, 8, mode="window", batch_targets=7)
+    compute_ranks(model, split, 8, mode="stream", batch_targets=7, stream_chunk_size=3)
+    compute_ranks(model, split, 8, protocol="sampled", num_negatives=10)
+    data = write_split_dataset(tmp_path / "data", random_sequences(20, 30, 3, 10, seed=1), num_items=30, max_length=8)
+    argv = ["--dataset", str(data), "--output_dir", str(tmp_path / "run"), "--max_epochs", "1", "--disable_tqdm"]
+    argv += ["true", "--hidden_size", "8", "--intermediate_size", "8", "--num_attention_heads", "2"]
+    argv += ["--batch_targets", "32", "--test_eval_modes", "window,stream"]
+    AcceleratorState._reset_state(reset_partial_state=True)
+    try:
+        train(parse_args(argv))
+    finally:
+        AcceleratorState._reset_state(reset_partial_state=True)
+    assert calls == []
+
+
+@pytest.mark.parametrize("pad", [None, 29])
+def test_train_and_evaluate_with_another_padding_id(pad, tmp_path):
+    """A model whose padding id is not 0 (or that has none) trains a step and evaluates, with both losses and both
+    protocols (the data's own padding is the attention mask)."""
+    from accelerate.state import AcceleratorState
+    from helpers import random_sequences, write_split_dataset
+
+    from modeling_ttt4rec.training.data import load_sequences
+    from modeling_ttt4rec.training.evaluation import compute_ranks
+    from modeling_ttt4rec.training.trainer import parse_args, train
+
+    seqs = [[(i % 28) + 1 for i in s] for s in random_sequences(20, 30, 3, 10, seed=1)]  # ids 1 .. 28: never 29
+    data = write_split_dataset(tmp_path / "data", seqs, num_items=30, max_length=8)
+    sequences, _ = load_sequences(data)
+    config = TTT4RecConfig(num_items=30, hidden_size=8, intermediate_size=8, num_attention_heads=2, pad_token_id=pad)
+    torch.manual_seed(0)
+    model = TTT4RecForNextItemPrediction(config)
+    model.save_pretrained(tmp_path / "start")
+    for loss_type, protocol in (("full_ce", "full"), ("sampled_bce", "sampled")):
+        argv = ["--dataset", str(data), "--output_dir", str(tmp_path / loss_type), "--max_epochs", "1"]
+        argv += ["--model_name_or_path", str(tmp_path / "start"), "--disable_tqdm", "true", "--batch_targets", "32"]
+        argv += ["--loss_type", loss_type, "--eval_protocol", protocol, "--eval_num_negatives", "20"]
+        AcceleratorState._reset_state(reset_partial_state=True)
+        try:
+            results = train(parse_args([*argv, "--test_eval_modes", "window"]))
+        finally:
+            AcceleratorState._reset_state(reset_partial_state=True)
+        assert all(torch.isfinite(torch.tensor(v)) for r in results["rows"] for k, v in r.items() if "@" in k)
+    ranks = compute_ranks(model, sequences["test"], 8, mode="stream", stream_chunk_size=3)
+    assert (ranks >= 0).all() and (ranks < 30 - (pad is not None)).all()

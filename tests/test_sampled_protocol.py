@@ -18,7 +18,7 @@ from modeling_ttt4rec.training.evaluation import compute_ranks, evaluate_split, 
 from modeling_ttt4rec.training.grid import run_grid
 from modeling_ttt4rec.training.metrics import ranking_metrics
 from modeling_ttt4rec.training.sampling import evaluation_candidates
-from modeling_ttt4rec.training.trainer import NextItemTrainingModule, parse_args, train
+from modeling_ttt4rec.training.trainer import parse_args, train
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -46,7 +46,7 @@ def test_training_negatives_never_the_positive_nor_padding_and_cover_the_rest():
     num_items = 7
     positives = torch.tensor([1, 3, 6] * 2000)
     generator = torch.Generator().manual_seed(5)
-    negatives = sample_negatives(positives, num_items, 4, generator=generator)
+    negatives = sample_negatives(positives, num_items, 4, generator=generator, pad_token_id=0)
     assert negatives.shape == (6000, 4)
     assert (negatives != positives[:, None]).all()
     assert negatives.min() >= 1 and negatives.max() <= num_items - 1
@@ -57,37 +57,41 @@ def test_training_negatives_never_the_positive_nor_padding_and_cover_the_rest():
         # uniform over the 5 other items: 8000 draws, about 1600 each
         assert counts[p - 1] == 0
         assert all(1400 < counts[i - 1] < 1800 for i in others), counts.tolist()
-    again = sample_negatives(positives, num_items, 4, generator=torch.Generator().manual_seed(5))
+    again = sample_negatives(positives, num_items, 4, generator=torch.Generator().manual_seed(5), pad_token_id=0)
     assert torch.equal(negatives, again)
 
 
 def test_training_negatives_need_two_real_items():
     with pytest.raises(ValueError, match="at least 2 real items"):
-        sample_negatives(torch.tensor([1]), 2, 4)
+        sample_negatives(torch.tensor([1]), 2, 4, pad_token_id=0)
 
 
 def test_evaluation_candidates_are_distinct_never_the_target_and_repeatable():
     rng = np.random.default_rng(0)
     num_items = 150
     targets = rng.integers(1, num_items, size=3000)
-    candidates = evaluation_candidates(targets, num_items, num_negatives=99, seed=3)
+    candidates = evaluation_candidates(targets, num_items, num_negatives=99, seed=3, pad_token_id=0)
     assert candidates.shape == (3000, 100)
     assert (candidates[:, 0] == targets).all()
     negatives = candidates[:, 1:]
     assert (negatives != targets[:, None]).all()
     assert negatives.min() >= 1 and negatives.max() <= num_items - 1
     assert all(len(set(row)) == 99 for row in negatives.tolist())
-    assert np.array_equal(candidates, evaluation_candidates(targets, num_items, num_negatives=99, seed=3))
-    assert not np.array_equal(candidates, evaluation_candidates(targets, num_items, num_negatives=99, seed=4))
+    assert np.array_equal(
+        candidates, evaluation_candidates(targets, num_items, num_negatives=99, seed=3, pad_token_id=0)
+    )
+    assert not np.array_equal(
+        candidates, evaluation_candidates(targets, num_items, num_negatives=99, seed=4, pad_token_id=0)
+    )
 
 
 def test_evaluation_candidates_with_exactly_enough_items_take_all_of_them():
     targets = np.array([1, 5, 3])
-    candidates = evaluation_candidates(targets, num_items=7, num_negatives=5, seed=0)
+    candidates = evaluation_candidates(targets, num_items=7, num_negatives=5, seed=0, pad_token_id=0)
     for row in candidates.tolist():
         assert sorted(row) == [1, 2, 3, 4, 5, 6]
     with pytest.raises(ValueError, match="at least 7 real items"):
-        evaluation_candidates(targets, num_items=7, num_negatives=6)
+        evaluation_candidates(targets, num_items=7, num_negatives=6, pad_token_id=0)
 
 
 # ------------------------------------------------------------------------------------------------ losses
@@ -138,7 +142,7 @@ def test_fused_full_cross_entropy_through_the_target_tower_matches_autograd():
     model = tower_model(dtype=torch.float64)
     hidden = torch.randn(9, 16, dtype=torch.float64, requires_grad=True)
     targets = torch.randint(1, 40, (9,))
-    fused = full_item_cross_entropy(hidden, model.item_features(), targets, chunk_size=4)
+    fused = full_item_cross_entropy(hidden, model.item_features(), targets, pad_token_id=0, chunk_size=4)
     fused.backward()
     fused_grads = [hidden.grad.clone()] + [p.grad.clone() for p in model.target_mlp.parameters()]
     hidden.grad = None
@@ -155,18 +159,20 @@ def test_fused_full_cross_entropy_through_the_target_tower_matches_autograd():
 
 
 @pytest.mark.parametrize("num_negatives", [4, 2])
-def test_training_module_sampled_loss_matches_a_literal_computation(num_negatives):
-    model = tower_model()
-    module = NextItemTrainingModule(model, loss_type="sampled_bce", num_negatives=num_negatives)
+def test_model_sampled_loss_matches_a_literal_computation(num_negatives):
+    model = tower_model(loss_type="sampled_bce", num_negatives=num_negatives)
     ids = torch.tensor([[3, 5, 7, 9, 0], [2, 4, 6, 8, 10]])
     mask = ids != 0
     target_mask = torch.tensor([[1, 1, 1, 0, 0], [0, 1, 1, 1, 1]], dtype=torch.bool)
     targets = torch.tensor([5, 7, 9, 6, 8, 10, 11])
+    labels = torch.full_like(ids, -100).masked_scatter_(target_mask, targets)
     torch.manual_seed(11)
-    loss, loss_sum = module(ids, mask, target_mask, targets, loss_scale=1.0 / 7)
+    loss = model(ids, attention_mask=mask, labels=labels, use_cache=False, return_logits=False).loss
+    torch.manual_seed(11)
+    summed = model(ids, attention_mask=mask, labels=labels, use_cache=False, num_items_in_batch=1).loss
 
     torch.manual_seed(11)
-    negatives = sample_negatives(targets, 40, num_negatives)
+    negatives = sample_negatives(targets, 40, num_negatives, pad_token_id=0)
     assert negatives.shape == (7, num_negatives)
     hidden = model.model(ids, attention_mask=mask, use_cache=False).last_hidden_state[target_mask]
     expected = 0.0
@@ -174,12 +180,12 @@ def test_training_module_sampled_loss_matches_a_literal_computation(num_negative
         positive = torch.dot(h, model.item_features(t))
         negative = model.item_features(negs) @ h
         expected = expected + (F.softplus(-positive) + F.softplus(negative).sum()) / (1 + num_negatives)
-    torch.testing.assert_close(loss_sum, expected.detach())
+    torch.testing.assert_close(summed, expected)
     torch.testing.assert_close(loss, expected / 7)
-    with pytest.raises(ValueError, match="Unknown loss"):
-        NextItemTrainingModule(model, loss_type="bpr")
+    with pytest.raises(ValueError, match="Unknown `loss_type`"):
+        TTT4RecConfig(loss_type="bpr")
     with pytest.raises(ValueError, match="`num_negatives` must be >= 1"):
-        NextItemTrainingModule(model, loss_type="sampled_bce", num_negatives=0)
+        TTT4RecConfig(loss_type="sampled_bce", num_negatives=0)
 
 
 # ------------------------------------------------------------------------------------------------ evaluation
@@ -192,7 +198,9 @@ def brute_force_sampled_ranks(model, split: SplitSequences, max_length: int, num
         for r in range(split.num_rows)
         for j in range(int(split.target_start[r]), int(split.lengths[r]))
     ]
-    candidates = evaluation_candidates(np.array(targets), model.config.num_items, num_negatives, seed)
+    candidates = evaluation_candidates(
+        np.array(targets), model.config.num_items, num_negatives, seed, pad_token_id=model.config.pad_token_id
+    )
     ranks, k = [], 0
     for r in range(split.num_rows):
         seq = split.values[split.offsets[r] : split.offsets[r + 1]]

@@ -33,21 +33,24 @@ MODELS: dict[str, tuple[type[PreTrainedConfig], type[PreTrainedModel]]] = {
 DEFAULT_MODEL_TYPE = "ttt4rec"
 # config fields that the data set or the runtime sets, not the user
 NOT_SETTINGS = ("num_items", "pad_token_id", "use_cache")
-# training-loss settings the trainer offers while a registered config has no such fields
-LOSS_SETTINGS = {
-    "loss_type": (str, "full_ce", "full_ce (softmax over all items) or sampled_bce (the second paper's)"),
-    "num_negatives": (int, 4, "Negatives per target for sampled_bce (1:4)"),
-}
 SECTIONS = ("model", "data", "training")
 
 
 def register_model(name: str, config_class: type[PreTrainedConfig], model_class: type[PreTrainedModel]) -> None:
     """Make `--model_type name` build `model_class(config_class(num_items=..., **settings))`.
 
-    The model must offer the recommender interface the trainer uses: `config.num_items`, `config.pad_token_id`,
-    `model(input_ids, attention_mask, labels, num_items_in_batch=..., return_logits=False, check_inputs=False)`
-    returning `.loss` and `.last_hidden_state`, `score_items(hidden)`, `score_candidates(hidden, candidate_ids)`,
-    `save_pretrained` / `from_pretrained`.
+    The model must offer the recommender interface, which is all the trainer and the evaluator use:
+
+    - `config.num_items` (padding included) and `config.pad_token_id`;
+    - `model(input_ids, attention_mask, labels, num_items_in_batch=..., return_logits=False, check_inputs=False)`
+      returning `.loss` (its own loss, summed over the targets of `labels` and divided by `num_items_in_batch`) and
+      `.last_hidden_state` `[batch, seq, hidden]`;
+    - `item_features()` `[num_items, hidden]`, `score_items(hidden, item_features=None)` `[..., num_items]` (the
+      padding id scoring lowest) and `score_candidates(hidden, candidate_ids, check_inputs=False)`;
+    - `save_pretrained` / `from_pretrained`;
+    - for the `stream` evaluation mode only, a cache: `model(..., cache_params=cache, use_cache=True)` returning
+      `.cache_params` with `select(rows)` (and `config.mini_batch_size`, if reading in chunks of its multiples is
+      fastest).
     """
     if not (dataclasses.is_dataclass(config_class) and issubclass(config_class, PreTrainedConfig)):
         raise TypeError(f"{config_class.__name__} must be a dataclass PreTrainedConfig (its fields are the settings).")
@@ -118,10 +121,6 @@ def model_arguments(model_type: str = DEFAULT_MODEL_TYPE) -> type:
         fields.append(
             (f.name, _resolved_type(f, config_class), field(default=default, metadata={"help": helps.get(f.name, "")}))
         )
-    names = {name for name, _, _ in fields}
-    for name, (kind, default, text) in LOSS_SETTINGS.items():
-        if name not in names:
-            fields.append((name, kind, field(default=default, metadata={"help": text})))
     return dataclasses.make_dataclass(
         "ModelArguments", fields, namespace={"__doc__": f"Settings of the {model_type} model (from its config)."}
     )

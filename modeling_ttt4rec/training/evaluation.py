@@ -9,11 +9,12 @@ process or many.
   is longer than `L` this is the same computation as `window`, much cheaper; when histories are longer, `stream`
   lets the model see all of them (what a deployed TTT4Rec does).
 
-In the `full` protocol scores are computed for items `1 .. N` only (the padding id is excluded), with no masking of
-seen items; in the `sampled` protocol only for each sample's target and its 99 fixed negatives
-(`sampling.evaluation_candidates`). The rank of a target is the number of candidates scoring strictly higher
-(`metrics.ranks_from_scores`). With several processes
-each process scores a share of the batches and the per-sample ranks are gathered and put back in sample order, so
+In the `full` protocol every item is scored by the model's `score_items` (the padding id scores lowest, so it never
+counts), with no masking of seen items; in the `sampled` protocol only each sample's target and its 99 fixed
+negatives, by `score_candidates` (`sampling.evaluation_candidates`). The rank of a target is the number of candidates
+scoring strictly higher (`metrics.ranks_from_scores`). The model is run through its public interface only (`forward`
+with `return_logits=False, check_inputs=False`: the data were validated when loaded). With several processes each
+process scores a share of the batches and the per-sample ranks are gathered and put back in sample order, so
 the metrics are exactly those of one process (every sample counted once; checked).
 """
 
@@ -41,16 +42,16 @@ EVAL_PROTOCOLS = tuple(PROTOCOL_KS)
 
 
 def scoring_matrix(item_features: torch.Tensor) -> torch.Tensor:
-    """`[hidden, N]`: the float32 features of items `1 .. N` (`item_features` `[N + 1, hidden]` includes the
-    padding id 0), transposed and contiguous so that every block of scores reads the items in order."""
-    return item_features[1:].float().T.contiguous()
+    """`[hidden, num_items]`: the float32 `item_features` `[num_items, hidden]` transposed and contiguous, so that
+    every block of scores reads the items in order (pass `items_t.T` to `score_items`)."""
+    return item_features.float().T.contiguous()
 
 
 def score_ranks(
-    hidden: torch.Tensor, items_t: torch.Tensor, targets: torch.Tensor, chunk_size: int = 64
+    model, hidden: torch.Tensor, items_t: torch.Tensor, targets: torch.Tensor, chunk_size: int = 64
 ) -> torch.Tensor:
-    """Ranks of `targets` (item ids >= 1) among items `1 .. N` scored by `hidden @ items_t`, with
-    `items_t = scoring_matrix(model.item_features())` (the model's `score_items` scores without the padding column).
+    """Ranks of `targets` (item ids) among all items, scored by `model.score_items` (the padding id scores lowest,
+    so it never counts) with `items_t = scoring_matrix(model.item_features())`.
 
     Scores are computed `chunk_size` rows at a time in float32: small chunks keep each block of scores in the CPU
     cache while it is compared and counted (2-3x faster than blocks of 512 rows here).
@@ -58,8 +59,8 @@ def score_ranks(
     hidden = hidden.float()
     ranks = []
     for s in range(0, hidden.shape[0], chunk_size):
-        scores = hidden[s : s + chunk_size] @ items_t
-        ranks.append(ranks_from_scores(scores, targets[s : s + chunk_size] - 1))
+        scores = model.score_items(hidden[s : s + chunk_size], items_t.T)
+        ranks.append(ranks_from_scores(scores, targets[s : s + chunk_size]))
     if not ranks:
         return torch.zeros(0, dtype=torch.long, device=hidden.device)
     return torch.cat(ranks)
@@ -68,8 +69,14 @@ def score_ranks(
 def _window_batch(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
     """Hidden states at every target position of each unit (a prefix or a window), in the order of
     `batch["targets"]`."""
-    hidden = model.model(batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False).last_hidden_state
-    return hidden[batch["target_mask"]]
+    out = model(
+        batch["input_ids"],
+        attention_mask=batch["attention_mask"],
+        use_cache=False,
+        return_logits=False,
+        check_inputs=False,
+    )
+    return out.last_hidden_state[batch["target_mask"]]
 
 
 def _stream_batch(model, batch: dict[str, torch.Tensor], chunk_size: int) -> torch.Tensor:
@@ -86,11 +93,13 @@ def _stream_batch(model, batch: dict[str, torch.Tensor], chunk_size: int) -> tor
         active = sum(1 for n in lengths if n > s)
         if cache is not None and active < cache.batch_size:
             cache = cache.select(list(range(active)))
-        out = model.model(
+        out = model(
             ids[:active, s : s + chunk_size],
             attention_mask=mask[:active, s : s + chunk_size],
             cache_params=cache,
             use_cache=True,
+            return_logits=False,
+            check_inputs=False,
         )
         cache = out.cache_params
         hidden = out.last_hidden_state
@@ -128,66 +137,86 @@ def compute_ranks(
         raise ValueError(f"Unknown eval mode {mode!r}; choose one of {EVAL_MODES}.")
     if protocol not in EVAL_PROTOCOLS:
         raise ValueError(f"Unknown evaluation protocol {protocol!r}; choose one of {EVAL_PROTOCOLS}.")
-    candidates = None
-    if protocol == "sampled":
-        candidates = evaluation_candidates(
-            sample_targets(split), model.config.num_items, num_negatives=num_negatives, seed=candidate_seed
-        )
-        candidates = torch.from_numpy(candidates)
+    candidates = _sampled_candidates(model, split, num_negatives, candidate_seed) if protocol == "sampled" else None
     units: Units = prefix_units(split, max_length) if mode == "window" else stream_units(split)
-    num_samples = split.num_samples
-    if mode == "stream":
-        # a multiple of the inner mini-batch, so rows that continue always start a mini-batch (fastest path)
-        b = model.config.mini_batch_size
-        stream_chunk_size = max(b, (stream_chunk_size + b - 1) // b * b)
+    # a multiple of the inner mini-batch, so rows that continue always start a mini-batch (fastest path)
+    b = getattr(model.config, "mini_batch_size", 1)
+    stream_chunk_size = max(b, (stream_chunk_size + b - 1) // b * b)
     batches = make_batches(units, max_targets=batch_targets, max_tokens=batch_tokens)
     rank_id, world = (0, 1) if accelerator is None else (accelerator.process_index, accelerator.num_processes)
     device = model.device if accelerator is None else accelerator.device
     autocast = accelerator.autocast if accelerator is not None else contextlib.nullcontext
+    # Only the encoder runs in mixed precision: scores are compared in float32, since in bfloat16 many items tie
+    # with the target and the ranks (and metrics) come out wrong.
+    full_precision = torch.autocast(device.type, enabled=False)
     was_training = model.training
     model.eval()
     mine = batches[rank_id::world]
-    iterator = mine
     if progress:
         from tqdm.auto import tqdm
 
-        iterator = tqdm(mine, desc=f"eval ({mode})", leave=False)
+        mine = tqdm(mine, desc=f"eval ({mode})", leave=False)
     sample_ids, ranks = [], []
     encode_seconds = score_seconds = 0.0
-
-    # Only the encoder runs in mixed precision: scores are compared in float32, since in bfloat16 many items tie
-    # with the target and the ranks (and metrics) come out wrong.
-    def full_precision() -> torch.autocast:
-        return torch.autocast(device.type, enabled=False)
-
-    with full_precision():
+    with full_precision:
         items_t = scoring_matrix(model.item_features()) if candidates is None else None
-    for index in iterator:
+    for index in mine:
         batch = collate(units, index, device)
         start = time.perf_counter()
         with autocast():
-            if mode == "window":
-                hidden = _window_batch(model, batch)
-            else:
-                hidden = _stream_batch(model, batch, stream_chunk_size)
+            hidden = (
+                _window_batch(model, batch) if mode == "window" else _stream_batch(model, batch, stream_chunk_size)
+            )
         encoded = time.perf_counter()
-        encode_seconds += encoded - start
-        with full_precision():
-            hidden = hidden.float()
-            if candidates is None:
-                ranks.append(score_ranks(hidden, items_t, batch["targets"], score_chunk_size))
-            else:
-                # column 0 of every sample's candidates is its target
-                scores = model.score_candidates(hidden, candidates[batch["sample_ids"].cpu()].to(hidden.device))
-                ranks.append(ranks_from_scores(scores, torch.zeros_like(batch["targets"]), ties="pessimistic"))
+        with full_precision:
+            ranks.append(_rank_batch(model, hidden.float(), batch, items_t, candidates, score_chunk_size))
         sample_ids.append(batch["sample_ids"])
+        encode_seconds += encoded - start
         score_seconds += time.perf_counter() - encoded
     model.train(was_training)
     if timings is not None:
         timings.update(encode_seconds=encode_seconds, score_seconds=score_seconds)
+    return _ranks_in_sample_order(sample_ids, ranks, split.num_samples, device, accelerator)
+
+
+def _rank_batch(
+    model,
+    hidden: torch.Tensor,
+    batch: dict[str, torch.Tensor],
+    items_t: torch.Tensor | None,
+    candidates: torch.Tensor | None,
+    score_chunk_size: int,
+) -> torch.Tensor:
+    """Ranks of the batch's targets from the float32 hidden states before them: among all items (`items_t`, the
+    full protocol) or among each sample's `candidates` (the sampled protocol)."""
+    if candidates is None:
+        return score_ranks(model, hidden, items_t, batch["targets"], score_chunk_size)
+    # column 0 of every sample's candidates is its target
+    sample_candidates = candidates[batch["sample_ids"].cpu()].to(hidden.device)
+    scores = model.score_candidates(hidden, sample_candidates, check_inputs=False)
+    return ranks_from_scores(scores, torch.zeros_like(batch["targets"]), ties="pessimistic")
+
+
+def _sampled_candidates(model, split: SplitSequences, num_negatives: int, seed: int) -> torch.Tensor:
+    """`[num_samples, 1 + num_negatives]` the sampled protocol's candidates of every sample (target first)."""
+    candidates = evaluation_candidates(
+        sample_targets(split),
+        model.config.num_items,
+        num_negatives=num_negatives,
+        seed=seed,
+        pad_token_id=model.config.pad_token_id,
+    )
+    return torch.from_numpy(candidates)
+
+
+def _ranks_in_sample_order(
+    sample_ids: list[torch.Tensor], ranks: list[torch.Tensor], num_samples: int, device, accelerator
+) -> np.ndarray:
+    """The ranks of this process's batches, gathered from every process, in sample order; checks that every
+    sample was ranked exactly once."""
     local_ids = torch.cat(sample_ids) if sample_ids else torch.zeros(0, dtype=torch.long, device=device)
     local_ranks = torch.cat(ranks) if ranks else torch.zeros(0, dtype=torch.long, device=device)
-    if world > 1:
+    if accelerator is not None and accelerator.num_processes > 1:
         pairs = torch.stack([local_ids, local_ranks], dim=1)
         pairs = accelerator.pad_across_processes(pairs, dim=0, pad_index=-1)
         pairs = accelerator.gather(pairs)

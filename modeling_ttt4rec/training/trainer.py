@@ -39,7 +39,6 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..losses import LOSS_TYPES, full_item_cross_entropy, sample_negatives, sampled_binary_cross_entropy
 from .arguments import (
     DataArguments,
     RunConfig,
@@ -92,6 +91,10 @@ def build_model(model_args, num_items: int) -> nn.Module:
             raise ValueError(
                 f"The checkpoint {path} has num_items={model.config.num_items} but the data set has {num_items}."
             )
+        # the training loss is a setting of this run, not of the checkpoint
+        for name in ("loss_type", "num_negatives"):
+            if hasattr(model.config, name) and hasattr(model_args, name):
+                setattr(model.config, name, getattr(model_args, name))
         return model
     return model_class(config_class(num_items=num_items, **config_kwargs(model_args)))
 
@@ -120,53 +123,6 @@ def save_best_model(model, folder: Path, item_id_map: Path | None, extra: dict) 
     _atomic_replace(tmp, folder)
 
 
-class NextItemTrainingModule(nn.Module):
-    """What `accelerate` wraps for training: the model plus the loss over the targeted positions.
-
-    `forward` returns the loss to back-propagate (`sum of per-target losses * loss_scale`) and the detached sum.
-    Wrapping this module (not only the model) in DDP keeps gradient synchronisation working although the loss does
-    not go through `model.forward`.
-
-    Args:
-        model: a `TTT4RecForNextItemPrediction`.
-        loss_type: `"full_ce"` (softmax cross-entropy over all items, the first paper's) or `"sampled_bce"` (binary
-            cross-entropy against `num_negatives` uniform negatives per target, the second paper's).
-        num_negatives: negatives per target for `"sampled_bce"`.
-        chunk_size: rows scored at a time by the fused full cross-entropy.
-    """
-
-    def __init__(self, model: nn.Module, loss_type: str = "full_ce", num_negatives: int = 4, chunk_size: int = 256):
-        super().__init__()
-        if loss_type not in LOSS_TYPES:
-            raise ValueError(f"Unknown loss {loss_type!r}; choose one of {LOSS_TYPES}.")
-        if num_negatives < 1:
-            raise ValueError(f"`num_negatives` must be >= 1, got {num_negatives}.")
-        self.model = model
-        self.loss_type = loss_type
-        self.num_negatives = num_negatives
-        self.chunk_size = chunk_size
-
-    def forward(
-        self,
-        input_ids: torch.Tensor,
-        attention_mask: torch.Tensor,
-        target_mask: torch.Tensor,
-        targets: torch.Tensor,
-        loss_scale: float = 1.0,
-        **unused,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        hidden = self.model.model(input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state
-        hidden = hidden[target_mask]
-        if self.loss_type == "full_ce":
-            features = self.model.item_features()  # the tied embedding, or its image through the target tower
-            loss_sum = full_item_cross_entropy(hidden, features, targets, self.chunk_size)
-        else:
-            negatives = sample_negatives(targets, self.model.config.num_items, self.num_negatives)
-            scores = self.model.score_candidates(hidden, torch.cat([targets[:, None], negatives], dim=1))
-            loss_sum = sampled_binary_cross_entropy(scores[:, 0], scores[:, 1:])
-        return loss_sum * loss_scale, loss_sum.detach()
-
-
 # ----------------------------------------------------------------------------------------------------------------
 # The trainer, in phases
 # ----------------------------------------------------------------------------------------------------------------
@@ -179,8 +135,6 @@ def check_arguments(run: RunConfig) -> None:
         raise ValueError(f"Unknown --eval_mode {args.eval_mode!r}; choose one of {EVAL_MODES}.")
     if args.eval_protocol not in EVAL_PROTOCOLS:
         raise ValueError(f"Unknown --eval_protocol {args.eval_protocol!r}; choose one of {EVAL_PROTOCOLS}.")
-    if run.model.loss_type not in LOSS_TYPES:
-        raise ValueError(f"Unknown --loss_type {run.model.loss_type!r}; choose one of {LOSS_TYPES}.")
     names = metric_names(args.eval_protocol)
     if args.early_stopping_metric not in names:
         raise ValueError(
@@ -363,17 +317,28 @@ class Trainer:
 
     def _prepare_training(self, model: nn.Module) -> None:
         """Wrap the model for training (DDP, mixed precision) with its Adam optimizer."""
-        settings = self.run.model
-        self.module = NextItemTrainingModule(model, loss_type=settings.loss_type, num_negatives=settings.num_negatives)
         optimizer = torch.optim.Adam(
-            self.module.parameters(), lr=self.args.learning_rate, weight_decay=self.args.weight_decay
+            model.parameters(), lr=self.args.learning_rate, weight_decay=self.args.weight_decay
         )
-        self.module, self.optimizer = self.accelerator.prepare(self.module, optimizer)
-        self.model = self.accelerator.unwrap_model(self.module).model
+        self.module, self.optimizer = self.accelerator.prepare(model, optimizer)
+        self.model = self.accelerator.unwrap_model(self.module)
 
-    def _training_step(self, batch: dict[str, torch.Tensor], loss_scale: float) -> tuple[torch.Tensor, torch.Tensor]:
-        """The loss of one batch to back-propagate (`sum of per-target losses * loss_scale`) and its detached sum."""
-        return self.module(**batch, loss_scale=loss_scale)
+    def _training_step(self, batch: dict[str, torch.Tensor], group_targets: int) -> torch.Tensor:
+        """Back-propagate one batch's loss, the model's own (`config.loss_type`), normalised by the `group_targets`
+        targets of the optimizer step on all processes; returns the batch's summed loss (detached)."""
+        # the next item after each targeted position, in the row-major order of `targets`
+        labels = torch.full_like(batch["input_ids"], -100).masked_scatter_(batch["target_mask"], batch["targets"])
+        loss = self.module(
+            input_ids=batch["input_ids"],
+            attention_mask=batch["attention_mask"],
+            labels=labels,
+            num_items_in_batch=group_targets,
+            return_logits=False,
+            check_inputs=False,
+        ).loss
+        # DDP averages the gradients of the processes: scale back to the sum over the group's targets
+        self.accelerator.backward(loss * self.world)
+        return loss.detach() * group_targets
 
     # ------------------------------------------------------------------------------------------- resume
     def _resume(self) -> None:
@@ -421,8 +386,7 @@ class Trainer:
             sync = (step + 1) % accum == 0 or step + 1 == steps
             no_sync = self.accelerator.no_sync(self.module) if not sync and world > 1 else contextlib.nullcontext()
             with no_sync:
-                loss, batch_loss_sum = self._training_step(batch, loss_scale=world / group_targets)
-                self.accelerator.backward(loss)
+                batch_loss_sum = self._training_step(batch, group_targets)
             if sync:
                 self.optimizer.step()
                 self.optimizer.zero_grad(set_to_none=True)
@@ -552,7 +516,7 @@ class Trainer:
             "dataset_name": meta.name,
             "dataset_config": meta.config_name,
             "eval_protocol": self.args.eval_protocol,
-            "loss_type": self.run.model.loss_type,
+            "loss_type": getattr(best.config, "loss_type", "full_ce"),
             "model": {name: getattr(best.config, name) for name in config_kwargs(self.run.model)},
             "rows": rows,
             "epochs": self.state["epoch"],
@@ -606,4 +570,4 @@ def train(run: RunConfig) -> dict:
     return Trainer(run).fit()
 
 
-__all__ = ["NextItemTrainingModule", "RunConfig", "Trainer", "parse_args", "train"]
+__all__ = ["RunConfig", "Trainer", "parse_args", "train"]
