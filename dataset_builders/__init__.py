@@ -1,4 +1,4 @@
-"""Raw interaction data -> the filtered, chronologically split Hub datasets of PROTOCOL.md (sections 1-5).
+"""Raw interaction data -> the filtered, chronologically split Hub datasets of docs/protocol.md (sections 1-5).
 
 Build (see ``scripts/build_dataset.py`` for the command line)::
 

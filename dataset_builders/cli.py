@@ -31,8 +31,8 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="Options are spelled with underscores (--push_to_hub); the older spellings with hyphens "
         "(--push-to-hub) are accepted too.",
         allow_abbrev=False,  # so that no abbreviation of --token escapes recorded_arguments
-        description="Build a TTT4Rec benchmark dataset (PROTOCOL.md 1-5) from a raw file and write it as a Hub "
-        "dataset folder (Parquet per configuration and split, dataset card, id maps), optionally pushing it.",
+        description="Build a TTT4Rec benchmark dataset (docs/protocol.md sections 1-5) from a raw file and write it "
+        "as a Hub dataset folder (Parquet per configuration and split, dataset card, id maps), optionally pushing it.",
     )
     parser.add_argument("--dataset", required=True, help=f"data set name; one of: {', '.join(DATASETS)}")
     parser.add_argument("--raw", required=True, type=Path, help="raw file (plain or .gz); with --download, a folder")

@@ -1,4 +1,4 @@
-"""Iterated k-core filtering, exactly as PROTOCOL.md section 2 (RecBole's ``user_inter_num_interval`` /
+"""Iterated k-core filtering, exactly as docs/protocol.md section 2 (RecBole's ``user_inter_num_interval`` /
 ``item_inter_num_interval`` filter).
 
 Keep users with at least ``user_min`` interactions and items with at least ``item_min``, and repeat until

@@ -1,4 +1,4 @@
-"""The pipeline of PROTOCOL.md sections 2-5: raw interactions -> k-core -> ordered, dense-id sequences -> splits.
+"""The pipeline of docs/protocol.md sections 2-5: raw interactions -> k-core -> ordered, dense-id sequences -> splits.
 
 :func:`build_dataset` does everything from a raw file; :func:`prepare_sequences` starts from interactions that
 are already read. Ids follow RecBole: after filtering, items get dense ids 1..N and users 0..M-1 in order of
@@ -264,7 +264,7 @@ def build_dataset(
     separator: str = ",",
     progress: bool = False,
 ) -> BuiltDataset:
-    """Run PROTOCOL.md 1-5 on a raw file: read, k-core filter, order, renumber and split.
+    """Run docs/protocol.md sections 1-5 on a raw file: read, k-core filter, order, renumber and split.
 
     Args:
         dataset: A registry name (see :data:`dataset_builders.DATASETS`); it sets the layout and the defaults.

@@ -213,7 +213,7 @@ def _card_overview(built: BuiltDataset) -> str:
 {spec.description}
 
 Built by `dataset_builders` of the `ttt4rec` project exactly as the TTT4Rec paper's RecBole 1.2 pipeline
-prepared its data (the project's `PROTOCOL.md` sections 1-5): iterated k-core filtering, stable chronological order,
+prepared its data (the project's docs/protocol.md sections 1-5): iterated k-core filtering, stable chronological order,
 dense ids, and a per-user chronological ratio split of each user's next-item samples.
 
 ## Statistics

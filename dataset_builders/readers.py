@@ -1,4 +1,4 @@
-"""Readers: one per raw layout of PROTOCOL.md section 1, each giving the interactions in file order.
+"""Readers: one per raw layout of docs/protocol.md section 1, each giving the interactions in file order.
 
 Every reader returns a :class:`RawInteractions` whose ``frame`` has the columns ``user`` and ``item`` (original
 ids, as strings) and, where the raw data has times, ``time`` (Int64: Unix seconds, or the file's own integer
@@ -62,7 +62,7 @@ class LineLayout:
     header: bool = False
 
 
-#: The fixed line layouts of PROTOCOL.md section 1 (``movielens`` chooses between the two MovieLens ones).
+#: The fixed line layouts of docs/protocol.md section 1 (``movielens`` chooses between the two MovieLens ones).
 LINE_LAYOUTS: dict[str, LineLayout] = {
     # user \t 2010-10-19T23:55:27Z \t latitude \t longitude \t location_id
     "gowalla": LineLayout("\t", 5, user_field=0, item_field=4, time_field=1, time_kind="iso8601"),

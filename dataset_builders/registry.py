@@ -1,4 +1,4 @@
-"""The data sets the builders know, with the paper's settings (PROTOCOL.md sections 1, 2 and 4).
+"""The data sets the builders know, with the paper's settings (docs/protocol.md sections 1, 2 and 4).
 
 Each entry says which raw layout its file has, the k-core minimums, the maximum context length ``L``, where the
 official file lives, and how to cite and licence it. ``sasrec`` and the MovieLens sets are not in the paper; they

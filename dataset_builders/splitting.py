@@ -1,4 +1,4 @@
-"""The per-user chronological ratio split of PROTOCOL.md section 5 (RecBole's ``RS`` split after its sequential
+"""The per-user chronological ratio split of docs/protocol.md section 5 (RecBole's ``RS`` split after its sequential
 data augmentation), and the rows it publishes.
 
 A user with ``n`` interactions ``s_0 .. s_{n-1}`` has ``t = n - 1`` samples; sample ``j`` (``j = 1 .. t``) has

@@ -1,4 +1,5 @@
-"""The training losses: cross-entropy over all items (PROTOCOL.md 6) and sampled binary cross-entropy (PROTOCOL.md 9).
+"""The training losses: cross-entropy over all items (docs/protocol.md section 6) and sampled binary cross-entropy
+(docs/protocol.md section 9).
 
 `TTT4RecForNextItemPrediction.forward` computes them from `labels` according to `config.loss_type`; these are the
 implementations. Every score is `hidden . item_features[i]` (the model's `item_features()`, as in `score_items` and

@@ -1,6 +1,6 @@
 #!/usr/bin/env python
-"""Evaluate a saved TTT4Rec checkpoint: full ranking over all items (PROTOCOL.md 7) or sampled 1 + 99 ranking
-(`--eval_protocol sampled`, PROTOCOL.md 9).
+"""Evaluate a saved TTT4Rec checkpoint: full ranking over all items (docs/protocol.md section 7) or sampled 1 + 99
+ranking (`--eval_protocol sampled`, docs/protocol.md section 9).
 
     python scripts/evaluate.py --model_name_or_path outputs/run/best_model --dataset DATA_DIR --split test
     accelerate launch scripts/evaluate.py --model_name_or_path USER/NAME --dataset USER/DATA --eval_mode stream

@@ -1,5 +1,5 @@
-"""Helpers for the dataset-builder tests: raw files in the exact layouts of PROTOCOL.md 1, and a slow, literal
-reference implementation of PROTOCOL.md 2-5 to compare the builders with."""
+"""Helpers for the dataset-builder tests: raw files in the exact layouts of docs/protocol.md section 1, and a slow,
+literal reference implementation of docs/protocol.md sections 2-5 to compare the builders with."""
 
 from __future__ import annotations
 

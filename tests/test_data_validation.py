@@ -124,7 +124,8 @@ def test_well_formed_rows_written_by_pyarrow_load(dataset_dir):
 @pytest.mark.parametrize("n", range(1, 6))
 def test_target_start_range_matches_the_builders(n):
     """`validate` accepts exactly the rows `dataset_builders.WindowedSamples` accepts: 1 <= target_start <= n - 1.
-    A split never holds a user with no target (PROTOCOL.md 5 publishes a row only for a user with samples there)."""
+    A split never holds a user with no target (docs/protocol.md section 5 publishes a row only for a user with samples
+    there)."""
     item_ids = list(range(1, n + 1))
     for ts in range(-1, n + 2):
         try:

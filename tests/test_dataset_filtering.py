@@ -1,4 +1,4 @@
-"""Iterated k-core filtering (PROTOCOL.md 2)."""
+"""Iterated k-core filtering (docs/protocol.md section 2)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Readers of every raw layout (PROTOCOL.md 1), plain and gzip, and their errors on bad input."""
+"""Readers of every raw layout (docs/protocol.md section 1), plain and gzip, and their errors on bad input."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""The ratio split (PROTOCOL.md 5), the published rows, and the windowed samples (PROTOCOL.md 4)."""
+"""The ratio split (docs/protocol.md section 5), the published rows, and the windowed samples (docs/protocol.md section
+4)."""
 
 from __future__ import annotations
 
@@ -25,8 +26,9 @@ from dataset_builders.readers import RawInteractions
 RATIOS = [(0.3, 0.2, 0.5), (0.6, 0.2, 0.2)]
 
 
-# PROTOCOL.md 5 worked by hand: t = n - 1 samples; validation = floor(r1 * t), test = floor(r2 * t), train = the
-# rest; then test first, validation second: a part with 0 < r * t < 1 takes one sample from train while train > 1.
+# docs/protocol.md section 5 worked by hand: t = n - 1 samples; validation = floor(r1 * t), test = floor(r2 * t),
+# train = the rest; then test first, validation second: a part with 0 < r * t < 1 takes one sample from train while
+# train > 1.
 HAND_CASES = [
     # 3:2:5 (validation 0.2 t, test 0.5 t)
     ((0.3, 0.2, 0.5), 1, (0, 0, 0)),  # t = 0: no samples

@@ -26,7 +26,7 @@ def tiny_model(num_items=40, **kw):
 
 
 def brute_force_ranks(model, split: SplitSequences, max_length: int | None) -> list[int]:
-    """Each sample on its own through `model.forward`, rank from its logits (PROTOCOL.md 7 literally)."""
+    """Each sample on its own through `model.forward`, rank from its logits (docs/protocol.md section 7 literally)."""
     ranks = []
     for r in range(split.num_rows):
         seq = split.values[split.offsets[r] : split.offsets[r + 1]]

@@ -1,4 +1,4 @@
-"""The protocol's metrics (PROTOCOL.md 7): one formula, plain function and `evaluate` module."""
+"""The protocol's metrics (docs/protocol.md section 7): one formula, plain function and `evaluate` module."""
 
 import math
 from pathlib import Path

@@ -1,6 +1,7 @@
 """The README's examples run exactly as written."""
 
 import re
+import subprocess
 from pathlib import Path
 
 import torch
@@ -44,3 +45,19 @@ def test_readme_commands_match_ci():
     assert ".venv/bin/python -m pytest -q" in ci
     assert 'pip install --quiet -c constraints.txt -e ".[dev]"' in ci
     assert "torch==2.13.0" in (README.parent / "constraints.txt").read_text()
+
+
+def test_the_repository_cites_only_its_own_files():
+    """Code, tests and docs cite the protocol as docs/protocol.md, never notes that live outside the repository."""
+    root = README.parent
+    tracked = subprocess.run(["git", "ls-files"], cwd=root, capture_output=True, text=True, check=True).stdout.split()
+    outside = re.compile(r"\b(PROTOCOL|DESIGN|ECOSYSTEM)\.md\b|\.\./shared/(?!data\b)")
+    cited = [
+        f"{name}:{number}"
+        for name in tracked
+        if name.endswith((".py", ".md", ".txt", ".toml", ".cfg")) and not (root / name).is_symlink()
+        for number, line in enumerate((root / name).read_text().splitlines(), start=1)
+        if outside.search(line)
+    ]
+    assert not cited, f"citations of files outside the repository: {cited}"
+    assert (root / "docs" / "protocol.md").is_file()

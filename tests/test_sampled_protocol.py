@@ -1,5 +1,5 @@
-"""The second paper's model and protocol (PROTOCOL.md 9): the target MLP tower, sampled 1:4 binary cross-entropy
-training and sampled 1 + 99 evaluation, each against a slow, literal reference."""
+"""The second paper's model and protocol (docs/protocol.md section 9): the target MLP tower, sampled 1:4 binary
+cross-entropy training and sampled 1 + 99 evaluation, each against a slow, literal reference."""
 
 import json
 import math
@@ -242,7 +242,7 @@ def test_sampled_evaluation_counts_ties_against_the_target():
         model.target_mlp.fc2.weight.zero_()  # every item's feature is the bias: all scores equal
     ranks = compute_ranks(model, split, 8, protocol="sampled", num_negatives=20)
     assert (ranks == 20).all()
-    # the full protocol keeps PROTOCOL.md 7's "strictly higher"
+    # the full protocol keeps docs/protocol.md section 7's "strictly higher"
     assert (compute_ranks(model, split, 8, protocol="full") == 0).all()
 
 

@@ -24,7 +24,7 @@ from modeling_ttt4rec.training.data import (
 
 
 def protocol_samples(seqs, starts, L):
-    """PROTOCOL.md 4: sample j has target s[j] and history s[max(0, j - L):j]."""
+    """docs/protocol.md section 4: sample j has target s[j] and history s[max(0, j - L):j]."""
     return collections.Counter(
         (tuple(s[max(0, j - L) : j]), s[j]) for s, ts in zip(seqs, starts, strict=True) for j in range(ts, len(s))
     )

@@ -1,4 +1,4 @@
-"""Reading the published split data sets and turning them into the protocol's samples (PROTOCOL.md 4-5).
+"""Reading the published split data sets and turning them into the protocol's samples (docs/protocol.md sections 4-5).
 
 A data set (a local folder or a Hub dataset repository, as `dataset_builders` publish them) has one configuration
 per split ratio (`split-3-2-5`, `split-6-2-2`) with `train` / `validation` / `test` splits and one row per user with

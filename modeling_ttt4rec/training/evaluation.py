@@ -1,5 +1,5 @@
-"""Evaluation: full ranking (PROTOCOL.md 7) or sampled 1 + 99 ranking (PROTOCOL.md 9), in two modes, on one
-process or many.
+"""Evaluation: full ranking (docs/protocol.md section 7) or sampled 1 + 99 ranking (docs/protocol.md section 9), in two
+modes, on one process or many.
 
 * `window` (the paper's): every sample is scored from its history truncated to the last `L` items. Histories that
   start at the user's first item are whole prefixes, so one causal pass over each user's first `L` items scores all
@@ -242,9 +242,9 @@ def evaluate_split(
     digits: int | None = None,
     **kwargs,
 ) -> dict[str, float]:
-    """HR@10, HR@50, NDCG@10, NDCG@50 of `model` on `split` (full protocol, PROTOCOL.md 7) or HR@5, HR@10,
-    NDCG@5, NDCG@10 (sampled protocol, PROTOCOL.md 9), plus `num_samples` and `eval_seconds`. Keyword arguments
-    go to `compute_ranks`."""
+    """HR@10, HR@50, NDCG@10, NDCG@50 of `model` on `split` (full protocol, docs/protocol.md section 7) or HR@5, HR@10,
+    NDCG@5, NDCG@10 (sampled protocol, docs/protocol.md section 9), plus `num_samples` and `eval_seconds`. Keyword
+    arguments go to `compute_ranks`."""
     start = time.perf_counter()
     ranks = compute_ranks(model, split, max_length, mode=mode, accelerator=accelerator, protocol=protocol, **kwargs)
     metrics = ranking_metrics(ranks, ks=PROTOCOL_KS[protocol], digits=digits)

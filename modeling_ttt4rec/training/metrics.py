@@ -1,4 +1,4 @@
-"""The ranking metrics of the evaluation protocol (PROTOCOL.md section 7), in one place.
+"""The ranking metrics of the evaluation protocol (docs/protocol.md section 7), in one place.
 
 For every evaluated sample the model scores all items `1 .. N` (the padding id 0 is excluded, items the user has
 already seen are *not* masked), and `rank` is the number of items whose score is strictly higher than the target's.
@@ -8,10 +8,10 @@ Then, per sample,
     NDCG@K = 1 / log2(rank + 2) if rank < K else 0
 
 and each reported metric is the mean over all samples of the split (not per user first), rounded to 4 decimals
-when reported. In the sampled protocol (PROTOCOL.md 9) the same definitions apply to the `1 + 99` candidates of
-each sample instead of all items, reported at K = 5 and 10, except that a negative scoring exactly as the target
-counts as ranked above it: with only 100 candidates a model that gives them all the same score (a collapsed target
-tower does) would otherwise score HR = NDCG = 1. `ranks_from_scores` computes the ranks,
+when reported. In the sampled protocol (docs/protocol.md section 9) the same definitions apply to the `1 + 99`
+candidates of each sample instead of all items, reported at K = 5 and 10, except that a negative scoring exactly as the
+target counts as ranked above it: with only 100 candidates a model that gives them all the same score (a collapsed
+target tower does) would otherwise score HR = NDCG = 1. `ranks_from_scores` computes the ranks,
 `ranking_metrics` turns ranks into metrics; the `evaluate` module in `modeling_ttt4rec/training/ranking_metrics/` wraps
 the same function.
 """
@@ -24,7 +24,7 @@ import torch
 DEFAULT_KS = (10, 50)
 METRIC_NAMES = ("HR@10", "HR@50", "NDCG@10", "NDCG@50")
 # the cut-offs each evaluation protocol reports: full ranking over all items (the first paper) and ranking among
-# 1 + 99 sampled candidates (the second paper, PROTOCOL.md 9)
+# 1 + 99 sampled candidates (the second paper, docs/protocol.md section 9)
 PROTOCOL_KS = {"full": DEFAULT_KS, "sampled": (5, 10)}
 
 
@@ -36,8 +36,8 @@ def metric_names(protocol: str = "full") -> tuple[str, ...]:
 
 
 def ranks_from_scores(scores: torch.Tensor, targets: torch.Tensor, ties: str = "optimistic") -> torch.Tensor:
-    """Number of items scoring strictly higher than each target (`ties="optimistic"`, PROTOCOL.md 7), or higher or
-    equal (`ties="pessimistic"`: a candidate that ties with the target is ranked above it).
+    """Number of items scoring strictly higher than each target (`ties="optimistic"`, docs/protocol.md section 7), or
+    higher or equal (`ties="pessimistic"`: a candidate that ties with the target is ranked above it).
 
     Args:
         scores: `[batch, num_candidates]`, the scores of the candidate items (for the protocol: items `1 .. N`, so

@@ -1,4 +1,4 @@
-"""Negative sampling for the sampled protocol of Zhan, Lv, Zhang and Li (2025) (PROTOCOL.md 9).
+"""Negative sampling for the sampled protocol of Zhan, Lv, Zhang and Li (2025) (docs/protocol.md section 9).
 
 * Training: each positive (a target item) is paired with `num_negatives` (4) items drawn uniformly from the real
   items other than the positive; the loss is binary cross-entropy over the `1 + num_negatives` instances

@@ -10,9 +10,9 @@ import evaluate
 
 from modeling_ttt4rec.training.metrics import DEFAULT_KS, ranking_metrics
 
-_DESCRIPTION = """HR@K and NDCG@K of full-ranking next-item evaluation (TTT4Rec protocol, PROTOCOL.md 7): for each
-sample, rank = number of items (1..N, padding excluded, seen items not masked) scoring strictly higher than the
-target; HR@K = 1[rank < K], NDCG@K = 1/log2(rank + 2) if rank < K else 0; means over all samples."""
+_DESCRIPTION = """HR@K and NDCG@K of full-ranking next-item evaluation (TTT4Rec protocol, docs/protocol.md section 7):
+for each sample, rank = number of items (1..N, padding excluded, seen items not masked) scoring strictly higher than
+the target; HR@K = 1[rank < K], NDCG@K = 1/log2(rank + 2) if rank < K else 0; means over all samples."""
 
 _KWARGS_DESCRIPTION = """
 Args:
