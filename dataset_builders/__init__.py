@@ -20,6 +20,7 @@ Use (a trainer / evaluator)::
 from .errors import BadLineError, DataError, DatasetBuildError, EmptyDatasetError, UnknownDatasetError
 from .filtering import KCoreResult, kcore_filter
 from .format import SPLIT_NAMES, config_name
+from .item_ids import ItemIdMap, UnknownItemError
 from .pipeline import BuiltDataset, DataStats, Sequences, SplitConfig, build_dataset, prepare_sequences
 from .publish import (
     load_item_map,
@@ -36,6 +37,8 @@ from .samples import WindowedSamples, history_start, sample_positions, windowed_
 from .splitting import parse_ratios, split_counts, split_counts_array, split_tables
 
 __all__ = [
+    "ItemIdMap",
+    "UnknownItemError",
     "DATASETS",
     "DEFAULT_RATIOS",
     "LAYOUTS",
