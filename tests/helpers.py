@@ -1,5 +1,5 @@
 """Test helpers: tiny data sets in the published split format, written by the tests themselves (no downloads),
-and models moved away from their initialisation."""
+small models, and models moved away from their initialisation."""
 
 import json
 from pathlib import Path
@@ -75,6 +75,27 @@ def write_split_dataset(
     item_map = pa.table({ITEM_INDEX: pa.array(np.arange(num_items, dtype=np.int64)), ITEM_ID: item_ids})
     pq.write_table(item_map, folder / ITEM_MAP_FILE)
     return folder
+
+
+TINY_CONFIG = {
+    "num_items": 40,
+    "hidden_size": 16,
+    "intermediate_size": 32,
+    "num_attention_heads": 2,
+    "mini_batch_size": 4,
+}
+
+
+def tiny_model(perturb: float = 0.0, dtype: torch.dtype | None = None, **overrides):
+    """A small `TTT4RecForNextItemPrediction` in eval mode, built after `torch.manual_seed(0)`: `TINY_CONFIG` with
+    `overrides`, cast to `dtype`, and with `perturb * N(0, 1)` added to every parameter when `perturb` > 0."""
+    from modeling_ttt4rec import TTT4RecConfig, TTT4RecForNextItemPrediction
+
+    torch.manual_seed(0)
+    model = TTT4RecForNextItemPrediction(TTT4RecConfig(**{**TINY_CONFIG, **overrides})).eval()
+    if dtype is not None:
+        model = model.to(dtype)
+    return perturbed(model, perturb) if perturb else model
 
 
 def perturbed(model: torch.nn.Module, scale: float) -> torch.nn.Module:

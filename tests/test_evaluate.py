@@ -8,21 +8,13 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import random_sequences, write_split_dataset
+from helpers import random_sequences, tiny_model, write_split_dataset
 
-from modeling_ttt4rec import TTT4RecConfig, TTT4RecForNextItemPrediction
 from modeling_ttt4rec.training.data import SplitSequences, load_sequences
 from modeling_ttt4rec.training.evaluation import compute_ranks, evaluate_split, load_checkpoint
 from modeling_ttt4rec.training.metrics import ranking_metrics
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def tiny_model(num_items=40, **kw):
-    torch.manual_seed(0)
-    cfg = dict(num_items=num_items, hidden_size=16, intermediate_size=32, mini_batch_size=4, num_attention_heads=2)
-    cfg.update(kw)
-    return TTT4RecForNextItemPrediction(TTT4RecConfig(**cfg)).eval()
 
 
 def brute_force_ranks(model, split: SplitSequences, max_length: int | None) -> list[int]:

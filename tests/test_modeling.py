@@ -2,7 +2,7 @@
 
 import pytest
 import torch
-from helpers import perturbed
+from helpers import tiny_model
 
 from modeling_ttt4rec import TTT4RecConfig, TTT4RecForNextItemPrediction, TTT4RecModel
 
@@ -12,19 +12,15 @@ VARIANTS = [(b, t) for b in ("transformer", "mamba") for t in ("linear", "mlp")]
 def small_model(
     backbone="transformer", ttt_layer_type="mlp", mini_batch_size=3, **kwargs
 ) -> TTT4RecForNextItemPrediction:
-    config = TTT4RecConfig(
-        num_items=40,
-        hidden_size=16,
+    return tiny_model(
+        perturb=0.05,
         intermediate_size=24,
         num_hidden_layers=2,
-        num_attention_heads=2,
         backbone=backbone,
         ttt_layer_type=ttt_layer_type,
         mini_batch_size=mini_batch_size,
         **kwargs,
     )
-    torch.manual_seed(0)
-    return perturbed(TTT4RecForNextItemPrediction(config).eval(), 0.05)
 
 
 # ---------------------------------------------------------------------------------------------------------------

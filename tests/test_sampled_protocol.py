@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from helpers import perturbed, random_sequences, write_split_dataset
+from helpers import random_sequences, tiny_model, write_split_dataset
 
 from modeling_ttt4rec import TTT4RecConfig, TTT4RecForNextItemPrediction
 from modeling_ttt4rec.losses import full_item_cross_entropy, sample_negatives, sampled_binary_cross_entropy
@@ -24,19 +24,8 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def tower_model(num_items=40, dtype=torch.float32, **kw) -> TTT4RecForNextItemPrediction:
-    torch.manual_seed(0)
-    cfg = dict(
-        num_items=num_items,
-        hidden_size=16,
-        intermediate_size=32,
-        num_attention_heads=2,
-        mini_batch_size=4,
-        ttt_layer_type="linear",
-        item_scoring="target_mlp",
-        target_mlp_size=24,
-    )
-    cfg.update(kw)
-    return perturbed(TTT4RecForNextItemPrediction(TTT4RecConfig(**cfg)).to(dtype).eval(), 0.3)
+    tower = {"ttt_layer_type": "linear", "item_scoring": "target_mlp", "target_mlp_size": 24}
+    return tiny_model(perturb=0.3, dtype=dtype, num_items=num_items, **{**tower, **kw})
 
 
 # ------------------------------------------------------------------------------------------------ negative sampling

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import perturbed
+from helpers import tiny_model
 from transformers import AutoConfig, AutoModel
 
 import modeling_ttt4rec
@@ -24,20 +24,17 @@ IDS = torch.tensor([[3, 7, 1, 9, 4, 4, 2, 8, 5, 6, 1], [2, 2, 5, 0, 0, 0, 0, 0, 
 def trained_looking_model(
     backbone: str, ttt_layer_type: str, item_scoring: str = "embedding"
 ) -> TTT4RecForNextItemPrediction:
-    config = TTT4RecConfig(
+    return tiny_model(
+        perturb=0.1,
         num_items=12,
         hidden_size=8,
         intermediate_size=16,
-        num_attention_heads=2,
         num_hidden_layers=2,
         backbone=backbone,
         ttt_layer_type=ttt_layer_type,
-        mini_batch_size=4,
         item_scoring=item_scoring,
         target_mlp_size=6,
     )
-    torch.manual_seed(0)
-    return perturbed(TTT4RecForNextItemPrediction(config).eval(), 0.1)
 
 
 @pytest.mark.parametrize(("backbone", "ttt_layer_type", "item_scoring"), VARIANTS)
