@@ -13,6 +13,7 @@ from typing import TypeVar
 
 from .errors import DatasetBuildError
 from .format import SPLIT_NAMES
+from .hub_access import HubError, check_hub_access
 from .pipeline import BuiltDataset, build_dataset
 from .publish import push_folder_to_hub, write_hub_folder
 from .readers import LAYOUTS
@@ -174,7 +175,8 @@ def _build_and_write(args: argparse.Namespace, ratios: list[str], command: str) 
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the command line; returns the exit status (0 ok, 1 bad input, 2 bad arguments)."""
+    """Run the command line; returns the exit status: 0 ok, 2 bad arguments or input (one line `error: ...` on
+    stderr)."""
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(
@@ -191,11 +193,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     command = "python scripts/build_dataset.py " + shlex.join(arguments)
     start_all = time.perf_counter()
     try:
+        if args.push_to_hub:  # before the build: a token, and the Hub answering
+            check_hub_access(args.push_to_hub, args.token)
         built, seconds = _build_and_write(args, ratios, command)
-    except (DatasetBuildError, ValueError, OSError) as err:
-        logger.error("%s", err)
-        print(f"error: {err}", file=sys.stderr)
-        return 1
+    except (DatasetBuildError, ValueError, OSError, HubError) as err:
+        print(f"error: {' '.join(str(err).split())}", file=sys.stderr)
+        return 2
     seconds["total"] = time.perf_counter() - start_all
     print(summary_table(built, args.output, seconds))
     return 0

@@ -200,15 +200,15 @@ def test_train_push_to_hub_dry_run_and_offline_error(tmp_path):
     argv = ["--dataset", str(data), "--max_epochs", "1", "--hidden_size", "16", "--num_attention_heads", "2"]
     argv += ["--disable_tqdm", "true", "--test_eval_modes", "window", "--push_to_hub", "--hub_model_id", "me/tiny"]
     AcceleratorState._reset_state(reset_partial_state=True)
-    train(parse_args([*argv, "--output_dir", str(tmp_path / "dry"), "--hub_dry_run"]))
+    train(parse_args([*argv, "--output_dir", str(tmp_path / "dry"), "--hub_dry_run", "--hub_token", "hf_fake"]))
     upload = tmp_path / "dry" / "hub_upload"
     assert {"README.md", "model.safetensors", "config.json", ITEM_MAP_FILE} <= {p.name for p in upload.iterdir()}
     assert "me/tiny" in (upload / "README.md").read_text()
     AcceleratorState._reset_state(reset_partial_state=True)
     with pytest.raises(HubError, match="offline mode"):
-        train(parse_args([*argv, "--output_dir", str(tmp_path / "real")]))
+        train(parse_args([*argv, "--output_dir", str(tmp_path / "real"), "--hub_token", "hf_fake"]))
     AcceleratorState._reset_state(reset_partial_state=True)
-    assert (tmp_path / "real" / "best_model" / "model.safetensors").is_file()  # the run itself is kept
+    assert not (tmp_path / "real").exists()  # refused before training
 
 
 def test_upload_folder_never_replaces_the_checkpoint_or_a_foreign_folder(checkpoint, tmp_path):

@@ -147,6 +147,10 @@ class DataArguments:
     max_length: int | None = field(
         default=None, metadata={"help": "Maximum history length L (unset: the data set's metadata)"}
     )
+    ignore_item_map_mismatch: bool = field(
+        default=False,
+        metadata={"help": "Fine-tune --model_name_or_path even if this data set numbers its items otherwise"},
+    )
 
 
 @dataclass
