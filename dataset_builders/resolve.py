@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Literal
 
-__all__ = ["resolve_folder"]
+__all__ = ["looks_like_a_path", "resolve_folder"]
 
 
 # What to do about a local folder that does not exist, by repository type.
@@ -24,7 +24,7 @@ _HOW_TO_MAKE = {
 }
 
 
-def _looks_like_a_path(text: str) -> bool:
+def looks_like_a_path(text: str) -> bool:
     """A name meant as a local path: one that can only be a path (a Hub id is ``NAME`` or ``OWNER/NAME``), or
     ``PARENT/NAME`` where the folder ``PARENT`` exists here (``data/ml100k`` before it is built)."""
     if text.startswith((".", "/", "~")) or text.count("/") > 1 or os.sep in text.replace("/", ""):
@@ -69,7 +69,7 @@ def resolve_folder(
                 f"{repo_type} repository id)."
             )
         return path
-    if _looks_like_a_path(text):
+    if looks_like_a_path(text):
         raise error(
             f"{text!r}: no such {what} folder: it does not exist (and is not a Hub repository id OWNER/NAME); "
             + _HOW_TO_MAKE[repo_type].format(name=text)

@@ -109,6 +109,18 @@ def test_model_card_of_the_sampled_protocol(tmp_path):
     assert "early stopping on\nvalidation NDCG@5 with patience 10 (at most 10 epochs)" in body
 
 
+def test_model_card_of_a_local_data_set_names_no_path(checkpoint, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "data" / "ml100k").mkdir(parents=True)
+    results = {**RESULTS, "dataset": "data/ml100k", "dataset_name": "movielens-100k"}
+    prepare_hub_folder(checkpoint, tmp_path / "upload", "someone/ttt4rec-ml", results)
+    _, front, body = (tmp_path / "upload" / "README.md").read_text().split("---\n", 2)
+    meta = yaml.safe_load(front)
+    assert "datasets" not in meta and "data/ml100k" not in front + body
+    assert meta["model-index"][0]["results"][0]["dataset"]["type"] == "local"
+    assert "**Training data:** `local data set movielens-100k`" in body
+
+
 def test_incomplete_checkpoint_is_refused(tmp_path):
     (tmp_path / "ckpt").mkdir()
     (tmp_path / "ckpt" / "config.json").write_text("{}")

@@ -331,3 +331,20 @@ def test_resume_latest_without_a_checkpoint_starts_a_new_run(tmp_path, caplog):
     (tmp_path / "log.jsonl").write_text("{}\n")  # a run is there but its checkpoint is not: refuse
     with pytest.raises(FileNotFoundError, match="No training state"):
         find_resume_dir(args)
+
+
+def test_careless_training_settings_are_said_or_refused(data, tmp_path, caplog, capsys):
+    from modeling_ttt4rec.training.trainer import check_arguments
+
+    with pytest.raises(ValueError, match=r"--output_dir .* is \(inside\) the data set folder"):
+        check_arguments(parse_args(["--dataset", str(data), "--output_dir", str(data)]))
+    with pytest.raises(ValueError, match=r"is \(inside\) the data set folder"):
+        check_arguments(parse_args(["--dataset", str(data), "--output_dir", str(data / "runs" / "a")]))
+    with caplog.at_level(logging.WARNING):
+        argv = ["--dataset", str(data), "--output_dir", str(tmp_path), "--hub_model_id", "me/x"]
+        check_arguments(parse_args([*argv, "--eval_num_negatives", "50"]))
+    assert "--hub_model_id me/x does nothing without --push_to_hub" in caplog.text
+    assert "--eval_num_negatives 50 is ignored: the full protocol ranks every item" in caplog.text
+    with pytest.raises(SystemExit):
+        parse_args(["--help"])
+    assert "--sleep_after_epoch" not in capsys.readouterr().out  # a test hook, not a user setting

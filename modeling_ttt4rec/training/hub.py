@@ -13,6 +13,7 @@ from pathlib import Path
 
 from dataset_builders.format import ITEM_MAP_FILE
 from dataset_builders.hub_access import HubError, check_hub_access, hub_errors
+from dataset_builders.resolve import looks_like_a_path
 
 from .metrics import metric_names
 from .reports import split_metrics_table
@@ -43,6 +44,9 @@ def build_model_card(
     dataset = results.get("dataset", info.get("dataset", "unknown"))
     dataset_config = results.get("dataset_config", info.get("dataset_config"))
     dataset_name = results.get("dataset_name", info.get("dataset_name", dataset))
+    # a data set given as a local folder has no Hub id to link to: the card says so instead of showing a path
+    is_local_dataset = Path(str(dataset)).exists() or looks_like_a_path(str(dataset)) or dataset == "unknown"
+    dataset_type = "local" if is_local_dataset else dataset
     eval_results = []
     for row in results.get("rows", []):
         if row["split"] != "test":
@@ -52,7 +56,7 @@ def build_model_card(
                 EvalResult(
                     task_type="recommendation",
                     task_name="Sequential recommendation (next item)",
-                    dataset_type=dataset,
+                    dataset_type=dataset_type,
                     dataset_name=dataset_name,
                     dataset_config=dataset_config,
                     dataset_split="test",
@@ -62,7 +66,6 @@ def build_model_card(
                     metric_config=row["mode"],
                 )
             )
-    is_local_dataset = Path(str(dataset)).exists()
     card_data = ModelCardData(
         library_name="transformers",
         license="apache-2.0",
@@ -108,7 +111,7 @@ def build_model_card(
         mini_batch_size=config.get("mini_batch_size"),
         num_items=config.get("num_items"),
         max_length=info.get("max_length", "?"),
-        dataset=dataset,
+        dataset=f"local data set {dataset_name}" if is_local_dataset else dataset,
         dataset_config=dataset_config,
         results_table=split_metrics_table(
             results.get("rows", []), results.get("eval_protocol", "full"), samples=False

@@ -182,6 +182,17 @@ def check_arguments(run: RunConfig) -> None:
             raise ValueError(f"--{name} must be at least 1, got {getattr(args, name)}.")
     if args.push_to_hub and not args.hub_model_id:
         raise ValueError("--push_to_hub needs --hub_model_id USER/NAME.")
+    if args.hub_model_id and not args.push_to_hub:
+        logger.warning(
+            "--hub_model_id %s does nothing without --push_to_hub (or push the finished run: scripts/push_to_hub.py).",
+            args.hub_model_id,
+        )
+    output, dataset = Path(args.output_dir).resolve(), Path(run.data.dataset).resolve()
+    if dataset.is_dir() and (output == dataset or dataset in output.parents):
+        raise ValueError(
+            f"--output_dir {args.output_dir} is (inside) the data set folder {run.data.dataset}: write the run "
+            "elsewhere, e.g. --output_dir outputs/NAME."
+        )
 
 
 def final_test_modes(args: TrainerArguments) -> list[str]:
