@@ -11,7 +11,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TypeVar
 
-from .errors import DatasetBuildError
+from .errors import DatasetBuildError, one_line
 from .format import SPLIT_NAMES
 from .hub_access import HubError, check_hub_access
 from .pipeline import BuiltDataset, build_dataset
@@ -132,7 +132,7 @@ def _timed(seconds: dict[str, float], step: str, run: Callable[[], T]) -> T:
 
 
 def _build_and_write(args: argparse.Namespace, ratios: list[str], command: str) -> tuple[BuiltDataset, dict]:
-    """Download (with ``--download``), build, write (and push, with ``--push_to_hub``); returns the timings."""
+    """Download (with ``--download``), build and write; returns the timings."""
     seconds: dict[str, float] = {}
     progress = not args.no_progress
     raw_path = args.raw
@@ -163,15 +163,13 @@ def _build_and_write(args: argparse.Namespace, ratios: list[str], command: str) 
     seconds.update(built.seconds)
     _timed(seconds, "write", lambda: write_hub_folder(built, args.output, command=command, progress=progress))
     logger.info("wrote %s", args.output)
-    if args.push_to_hub:
-        private = args.private or None
-        url = _timed(
-            seconds,
-            "push",
-            lambda: push_folder_to_hub(args.output, args.push_to_hub, token=args.token, private=private),
-        )
-        logger.info("pushed to %s", url)
     return built, seconds
+
+
+def _fail(error: Exception) -> int:
+    """Print `error: MESSAGE` (one line) on stderr; the exit status of bad input."""
+    print(f"error: {one_line(error)}", file=sys.stderr)
+    return 2
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -197,8 +195,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             check_hub_access(args.push_to_hub, args.token)
         built, seconds = _build_and_write(args, ratios, command)
     except (DatasetBuildError, ValueError, OSError, HubError) as err:
-        print(f"error: {' '.join(str(err).split())}", file=sys.stderr)
-        return 2
+        return _fail(err)
     seconds["total"] = time.perf_counter() - start_all
     print(summary_table(built, args.output, seconds))
+    if args.push_to_hub:  # after the summary: a failed upload leaves the written folder, which can be pushed again
+        try:
+            url = push_folder_to_hub(args.output, args.push_to_hub, token=args.token, private=args.private or None)
+        except HubError as err:
+            return _fail(err)
+        print(f"pushed       {url}")
     return 0

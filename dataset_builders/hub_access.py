@@ -6,6 +6,8 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator
 
+from .errors import one_line
+
 __all__ = ["HubError", "check_hub_access", "hub_errors"]
 
 
@@ -36,7 +38,7 @@ def hub_errors(action: str) -> Iterator[None]:
     except OfflineModeIsEnabled as err:
         raise HubError(f"Cannot {action}: offline mode is on (HF_HUB_OFFLINE=1). Unset it to upload.") from err
     except HfHubHTTPError as err:
-        raise HubError(f"The Hub refused to {action}: {' '.join(str(err).split())}") from err
+        raise HubError(f"The Hub refused to {action}: {one_line(err)}") from err
     except HubError:
         raise
     except Exception as err:  # connection errors of the HTTP client (httpx2) are not OSErrors

@@ -289,6 +289,27 @@ def test_build_dataset_checks_the_hub_first_and_reports_once(tmp_path, capsys):
     assert capsys.readouterr().err.strip().splitlines() == ["error: user_min must be at least 1, got -3 (--user_min)."]
 
 
+def test_a_failed_dataset_push_still_prints_the_summary(tmp_path, capsys, monkeypatch):
+    import dataset_builders.cli as cli
+
+    def unreachable(*args, **kwargs):
+        raise HubError("Cannot reach the Hub at https://huggingface.co to push the data set 'me/x'")
+
+    monkeypatch.setattr(cli, "check_hub_access", lambda repo_id, token: "hf_fake")
+    monkeypatch.setattr(cli, "push_folder_to_hub", unreachable)
+    raw = tmp_path / "my.csv"
+    raw.write_text(
+        "user_id,item_id,timestamp\n" + "".join(f"u{u},i{(u + k) % 7},{k}\n" for u in range(8) for k in range(12))
+    )
+    args = ["--dataset", "csv", "--raw", str(raw), "--output", str(tmp_path / "out"), "-q", "--no_progress"]
+    assert cli.main([*args, "--push_to_hub", "me/x"]) == 2
+    captured = capsys.readouterr()
+    assert "after k-core" in captured.out and (tmp_path / "out" / "metadata.json").is_file()
+    assert captured.err.strip().splitlines() == [
+        "error: Cannot reach the Hub at https://huggingface.co to push the data set 'me/x'"
+    ]
+
+
 # ------------------------------------------------------------------------------------------------ one-line errors
 def test_user_errors_are_one_line_bugs_keep_their_traceback(capsys):
     def main(argv):

@@ -10,6 +10,7 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import TypeVar
 
+from dataset_builders.errors import one_line
 from dataset_builders.hub_access import HubError
 
 T = TypeVar("T")
@@ -28,11 +29,6 @@ USER_ERRORS: tuple[type[BaseException], ...] = (
 
 DEBUG_FLAG = "--debug"
 DEBUG_HELP = "Show the full traceback of an error (a user error is otherwise one line)"
-
-
-def one_line(error: BaseException) -> str:
-    """The error's message on one line."""
-    return " ".join(str(error).split()) or type(error).__name__
 
 
 def run_script(main: Callable[[list[str]], T], argv: Sequence[str] | None = None, interrupted: str = "") -> T:
@@ -62,4 +58,4 @@ def run_script(main: Callable[[list[str]], T], argv: Sequence[str] | None = None
         raise SystemExit(130) from None
 
 
-__all__ = ["DEBUG_FLAG", "DEBUG_HELP", "USER_ERRORS", "one_line", "run_script"]
+__all__ = ["DEBUG_FLAG", "DEBUG_HELP", "USER_ERRORS", "run_script"]
