@@ -20,6 +20,7 @@ from tqdm.auto import tqdm
 from dataset_builders import build_dataset, write_hub_folder
 from dataset_builders.item_ids import ItemIdMap
 from modeling_ttt4rec import TTT4RecConfig, TTT4RecForNextItemPrediction
+from modeling_ttt4rec.training.cli import run_script
 from modeling_ttt4rec.training.data import Units, collate, load_sequences, make_batches, prefix_units
 
 DEFAULT_RAW = Path(__file__).resolve().parents[2] / "shared" / "data" / "movielens-100k" / "u.data"
@@ -33,13 +34,13 @@ def training_batch(units: Units, index, device: str) -> dict[str, torch.Tensor]:
     return {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"], "labels": labels}
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--raw", type=Path, default=DEFAULT_RAW, help="a MovieLens u.data file")
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--batch_targets", type=int, default=4096, help="targets per step")
     parser.add_argument("--device", default="cpu")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     if not args.raw.exists():
         raise SystemExit(f"{args.raw} not found: pass --raw path/to/u.data (MovieLens-100K).")
 
@@ -82,4 +83,4 @@ def train_and_recommend(train, meta, item_map: ItemIdMap, args: argparse.Namespa
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main)
