@@ -21,7 +21,7 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from dataset_builders.format import ITEM_MAP_FILE  # noqa: E402
-from dataset_builders.item_ids import ItemIdMap  # noqa: E402
+from dataset_builders.item_ids import ItemIdMap, UnknownItemError  # noqa: E402
 from modeling_ttt4rec import TTT4RecConfig, TTT4RecForNextItemPrediction  # noqa: E402
 from modeling_ttt4rec.training.arguments import add_option  # noqa: E402
 from modeling_ttt4rec.training.cli import DEBUG_HELP, run_script  # noqa: E402
@@ -53,7 +53,10 @@ def build_parser() -> argparse.ArgumentParser:
 def dense_history(history: list[str], item_map: ItemIdMap | None) -> list[int]:
     """The history as dense ids: through the item map, or read as dense ids (integers, never the padding id 0)."""
     if item_map is not None:
-        return item_map.to_dense(history)
+        try:
+            return item_map.to_dense(history)
+        except UnknownItemError as error:
+            raise UnknownItemError(f"{error} (--dense_ids reads the model's dense ids instead)") from error
     bad = [item for item in history if not item.isdigit() or int(item) == 0]
     if bad:
         raise ValueError(

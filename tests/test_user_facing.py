@@ -116,6 +116,7 @@ def test_recommend_names_unknown_ids_and_never_reads_padding(run, capsys):
     best = str(run / "best_model")
     line = fails(capsys, "recommend", "--checkpoint", best, "--history", "item-3", "B00005", "12")
     assert line.startswith("error: Unknown item id(s) 'B00005', '12': not in the item map of 29 items")
+    assert line.endswith("(--dense_ids reads the model's dense ids instead)")
     line = fails(capsys, "recommend", "--checkpoint", best, "--dense_ids", "--history", "3", "0")
     assert "['0'] are not dense item ids (integers 1 .. num_items - 1; 0 is the padding id)" in line
 
