@@ -11,8 +11,9 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TypeVar
 
-from .errors import DatasetBuildError
+from .errors import DatasetBuildError, one_line
 from .format import SPLIT_NAMES
+from .hub_access import HubError, check_hub_access
 from .pipeline import BuiltDataset, build_dataset
 from .publish import push_folder_to_hub, write_hub_folder
 from .readers import LAYOUTS
@@ -131,7 +132,7 @@ def _timed(seconds: dict[str, float], step: str, run: Callable[[], T]) -> T:
 
 
 def _build_and_write(args: argparse.Namespace, ratios: list[str], command: str) -> tuple[BuiltDataset, dict]:
-    """Download (with ``--download``), build, write (and push, with ``--push_to_hub``); returns the timings."""
+    """Download (with ``--download``), build and write; returns the timings."""
     seconds: dict[str, float] = {}
     progress = not args.no_progress
     raw_path = args.raw
@@ -162,19 +163,18 @@ def _build_and_write(args: argparse.Namespace, ratios: list[str], command: str) 
     seconds.update(built.seconds)
     _timed(seconds, "write", lambda: write_hub_folder(built, args.output, command=command, progress=progress))
     logger.info("wrote %s", args.output)
-    if args.push_to_hub:
-        private = args.private or None
-        url = _timed(
-            seconds,
-            "push",
-            lambda: push_folder_to_hub(args.output, args.push_to_hub, token=args.token, private=private),
-        )
-        logger.info("pushed to %s", url)
     return built, seconds
 
 
+def _fail(error: Exception) -> int:
+    """Print `error: MESSAGE` (one line) on stderr; the exit status of bad input."""
+    print(f"error: {one_line(error)}", file=sys.stderr)
+    return 2
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the command line; returns the exit status (0 ok, 1 bad input, 2 bad arguments)."""
+    """Run the command line; returns the exit status: 0 ok, 2 bad arguments or input (one line `error: ...` on
+    stderr)."""
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(
@@ -191,11 +191,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     command = "python scripts/build_dataset.py " + shlex.join(arguments)
     start_all = time.perf_counter()
     try:
+        if args.push_to_hub:  # before the build: a token, and the Hub answering
+            check_hub_access(args.push_to_hub, args.token)
         built, seconds = _build_and_write(args, ratios, command)
-    except (DatasetBuildError, ValueError, OSError) as err:
-        logger.error("%s", err)
-        print(f"error: {err}", file=sys.stderr)
-        return 1
+    except (DatasetBuildError, ValueError, OSError, HubError) as err:
+        return _fail(err)
     seconds["total"] = time.perf_counter() - start_all
     print(summary_table(built, args.output, seconds))
+    if args.push_to_hub:  # after the summary: a failed upload leaves the written folder, which can be pushed again
+        try:
+            url = push_folder_to_hub(args.output, args.push_to_hub, token=args.token, private=args.private or None)
+        except HubError as err:
+            return _fail(err)
+        print(f"pushed       {url}")
     return 0

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-__all__ = ["BadLineError", "DataError", "DatasetBuildError", "EmptyDatasetError", "UnknownDatasetError"]
+__all__ = ["BadLineError", "DataError", "DatasetBuildError", "EmptyDatasetError", "UnknownDatasetError", "one_line"]
 
 
 class DatasetBuildError(ValueError):
@@ -37,3 +37,8 @@ class UnknownDatasetError(DatasetBuildError, KeyError):
 
 class DataError(ValueError):
     """A published data set that cannot be used as given (the message says what is wrong and how to fix it)."""
+
+
+def one_line(error: BaseException) -> str:
+    """The error's message on one line (how the command lines print an error)."""
+    return " ".join(str(error).split()) or type(error).__name__

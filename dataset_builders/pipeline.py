@@ -285,8 +285,9 @@ def build_dataset(
     user_min = spec.user_min if user_min is None else int(user_min)
     item_min = spec.item_min if item_min is None else int(item_min)
     max_length = spec.max_length if max_length is None else int(max_length)
-    if max_length < 1:
-        raise ValueError(f"max_length must be at least 1, got {max_length}")
+    for name, value in (("max_length", max_length), ("user_min", user_min), ("item_min", item_min)):
+        if value < 1:
+            raise ValueError(f"{name} must be at least 1, got {value} (--{name}).")
     named_ratios = _named_ratios(ratios)
     seconds: dict[str, float] = {}
     from tqdm.auto import tqdm

@@ -50,6 +50,7 @@ from .format import (
     split_file,
     split_file_pattern,
 )
+from .hub_access import hub_errors
 from .pipeline import BuiltDataset, DataStats
 from .resolve import resolve_folder
 
@@ -386,18 +387,22 @@ def push_folder_to_hub(
 
     Returns:
         The URL of the commit.
+
+    Raises:
+        HubError: the Hub is unreachable, refuses the upload, or offline mode is on.
     """
     from huggingface_hub import HfApi
 
     api = HfApi(token=token)
-    api.create_repo(repo_id, repo_type="dataset", private=private, exist_ok=True)
-    info = api.upload_folder(
-        repo_id=repo_id,
-        repo_type="dataset",
-        folder_path=str(folder),
-        commit_message="Upload dataset built by ttt4rec dataset_builders",
-        delete_patterns=["split-*/*.parquet"],
-    )
+    with hub_errors(f"push the data set {repo_id!r} (the folder {folder} is written and can be pushed again)"):
+        api.create_repo(repo_id, repo_type="dataset", private=private, exist_ok=True)
+        info = api.upload_folder(
+            repo_id=repo_id,
+            repo_type="dataset",
+            folder_path=str(folder),
+            commit_message="Upload dataset built by ttt4rec dataset_builders",
+            delete_patterns=["split-*/*.parquet"],
+        )
     return str(getattr(info, "commit_url", info))
 
 

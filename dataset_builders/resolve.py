@@ -12,12 +12,24 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Literal
 
-__all__ = ["resolve_folder"]
+__all__ = ["looks_like_a_path", "resolve_folder"]
 
 
-def _looks_like_a_path(text: str) -> bool:
-    """A name that can only be a local path (a Hub id is ``NAME`` or ``OWNER/NAME``)."""
-    return text.startswith((".", "/", "~")) or text.count("/") > 1 or os.sep in text.replace("/", "")
+# What to do about a local folder that does not exist, by repository type.
+_HOW_TO_MAKE = {
+    "dataset": "build it with `python scripts/build_dataset.py --dataset NAME --raw RAW_FILE --output {name}` "
+    "(docs/datasets.md), or pass a Hub dataset id OWNER/NAME",
+    "model": "train one with `python scripts/train.py --output_dir RUN_DIR` (the checkpoint is RUN_DIR/best_model), "
+    "or pass a Hub model id OWNER/NAME",
+}
+
+
+def looks_like_a_path(text: str) -> bool:
+    """A name meant as a local path: one that can only be a path (a Hub id is ``NAME`` or ``OWNER/NAME``), or
+    ``PARENT/NAME`` where the folder ``PARENT`` exists here (``data/ml100k`` before it is built)."""
+    if text.startswith((".", "/", "~")) or text.count("/") > 1 or os.sep in text.replace("/", ""):
+        return True
+    return "/" in text and Path(text).parent.is_dir()
 
 
 def _offline() -> bool:
@@ -57,8 +69,12 @@ def resolve_folder(
                 f"{repo_type} repository id)."
             )
         return path
-    if _looks_like_a_path(text):
-        raise error(f"{text!r}: no such {what} folder: it does not exist (and is not a Hub repository id OWNER/NAME).")
+    if looks_like_a_path(text):
+        raise error(
+            f"{text!r}: no such {what} folder: it does not exist (and is not a Hub repository id OWNER/NAME); "
+            + _HOW_TO_MAKE[repo_type].format(name=text)
+            + "."
+        )
     return _download(text, repo_type, what, revision, token, allow_patterns, error)
 
 
@@ -86,12 +102,16 @@ def _download(
             allow_patterns=patterns,
         )
     except RepositoryNotFoundError as err:
-        raise error(f"No {repo_type} repository {repo_id!r} on the Hub (or no access to it with this token).") from err
+        raise error(
+            f"No {repo_type} repository {repo_id!r} on the Hub (or no access to it with this token), and no local "
+            f"{what} folder of that name."
+        ) from err
     except LocalEntryNotFoundError as err:
         where = "offline mode (HF_HUB_OFFLINE=1) is on" if offline else "the Hub could not be reached"
         raise error(
             f"The {repo_type} repository {repo_id!r} is not in the Hugging Face cache ({constants.HF_HUB_CACHE}) and "
-            f"{where}. Download it once with network access, or pass a local {what} folder."
+            f"{where}; there is no local {what} folder of that name either. Download it once with network access, or "
+            f"pass a local {what} folder."
         ) from err
     except HfHubHTTPError as err:
         raise error(f"Could not download the {repo_type} repository {repo_id!r}: {err}") from err

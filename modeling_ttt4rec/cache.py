@@ -3,6 +3,7 @@
 import json
 import os
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -49,6 +50,14 @@ class TTT4RecCache:
     def device(self) -> torch.device:
         return self.seen.device
 
+    def __repr__(self) -> str:  # a summary: the tensors themselves are long
+        seen = self.seen.tolist()
+        shown = str(seen) if len(seen) <= 8 else f"{str(seen[:8])[:-1]}, ...]"
+        return (
+            f"TTT4RecCache(batch_size={self.batch_size}, layers={len(self.inner_states)}, seen={shown}, "
+            f"device={self.device}, dtype={self.last_hidden_state.dtype})"
+        )
+
     def get_seq_length(self) -> torch.Tensor:
         """Number of items read, per row `[batch]`."""
         return self.seen
@@ -73,6 +82,8 @@ class TTT4RecCache:
         """Rows `indices`, in that order: selects, reorders, repeats or drops rows (e.g. `cache.select([2, 0])`);
         a boolean mask of length `batch_size` keeps the rows where it is True."""
         indices = torch.as_tensor(indices, device=self.device)
+        if indices.numel() == 0:  # `[]` makes a float tensor: no rows is a valid selection
+            indices = indices.long()
         if indices.dtype == torch.bool:
             if indices.shape != (self.batch_size,):
                 raise ValueError(
@@ -150,6 +161,10 @@ class TTT4RecCache:
 
     def save(self, path: str | os.PathLike) -> None:
         """Write the cache to a safetensors file (with the model configuration in its metadata)."""
+        if Path(path).is_dir():
+            raise IsADirectoryError(
+                f"{path} is a folder: pass the path of the cache file to write, e.g. {path}/cache.safetensors."
+            )
         tensors = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
         save_file(tensors, str(path), metadata={"ttt4rec_config": json.dumps(self.config_dict, sort_keys=True)})
 
@@ -158,6 +173,9 @@ class TTT4RecCache:
         """Read a cache written by `save`. With `config` (the model's), check that the cache belongs to it."""
         from safetensors import SafetensorError, safe_open
 
+        if not Path(path).is_file():
+            what = "a folder" if Path(path).is_dir() else "not found"
+            raise FileNotFoundError(f"No cache file {path} ({what}): pass the file that `cache.save(path)` wrote.")
         try:
             with safe_open(str(path), framework="pt") as f:
                 metadata = f.metadata() or {}
@@ -228,6 +246,15 @@ _STATE_FIELDS = (
 def cache_config_dict(config) -> dict:
     """The part of a model configuration a cache depends on."""
     return {name: getattr(config, name) for name in _STATE_FIELDS}
+
+
+def check_cache_type(cache_params) -> None:
+    """Raise a `ValueError` unless `cache_params` is a `TTT4RecCache` (not e.g. transformers' `DynamicCache`)."""
+    if not isinstance(cache_params, TTT4RecCache):
+        raise ValueError(
+            f"`cache_params` must be a TTT4RecCache (from `model.init_cache(batch_size)` or an output's "
+            f"`.cache_params`), got {type(cache_params).__name__}: other caches do not hold a TTT model's state."
+        )
 
 
 def check_config(cache_config: dict, expected: dict) -> None:

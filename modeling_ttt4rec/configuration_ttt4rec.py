@@ -1,5 +1,7 @@
 """TTT4Rec model configuration."""
 
+import dataclasses
+
 from huggingface_hub.dataclasses import strict
 from transformers import PreTrainedConfig
 from transformers.activations import ACT2FN
@@ -11,6 +13,22 @@ ITEM_SCORINGS = ("embedding", "target_mlp")
 LOSS_TYPES = ("full_ce", "sampled_bce")
 
 
+def _ints_as_floats(cls):
+    """Accept an int where a field is a float (`rope_theta=10000`, a hand-edited `config.json`), stored as a float;
+    the strict type check of every other value is kept."""
+    floats = {f.name for f in dataclasses.fields(cls) if f.type in (float, "float")}
+    strict_setattr = cls.__setattr__
+
+    def __setattr__(self, name, value):
+        if name in floats and type(value) is int:
+            value = float(value)
+        strict_setattr(self, name, value)
+
+    cls.__setattr__ = __setattr__
+    return cls
+
+
+@_ints_as_floats
 @strict
 class TTT4RecConfig(PreTrainedConfig):
     r"""
@@ -172,6 +190,8 @@ class TTT4RecConfig(PreTrainedConfig):
         for name in ("ttt_base_lr", "rope_theta", "layer_norm_eps", "rms_norm_eps", "ttt_norm_eps"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"`{name}` must be > 0, got {getattr(self, name)}.")
+        if not self.initializer_range >= 0:
+            raise ValueError(f"`initializer_range` (a standard deviation) must be >= 0, got {self.initializer_range}.")
         if self.hidden_act not in ACT2FN:
             raise ValueError(f"Unknown `hidden_act` {self.hidden_act!r}; use an activation of transformers' ACT2FN.")
         if not 0.0 <= self.hidden_dropout_prob < 1.0:

@@ -22,6 +22,7 @@ and the evaluator use nothing else.
 """
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import torch
@@ -33,7 +34,7 @@ from transformers import initialization as init
 from transformers.activations import ACT2FN
 from transformers.utils import ModelOutput
 
-from .cache import CONV_NAMES, TTT4RecCache, cache_config_dict, check_config
+from .cache import CONV_NAMES, TTT4RecCache, cache_config_dict, check_cache_type, check_config
 from .configuration_ttt4rec import TTT4RecConfig
 from .losses import full_item_cross_entropy, sample_negatives, sampled_binary_cross_entropy
 from .ttt import InnerState, TTTLayer
@@ -553,6 +554,7 @@ class TTT4RecModel(TTT4RecPreTrainedModel):
     def validate_cache(self, cache_params: TTT4RecCache) -> None:
         """Raise a `ValueError` if `cache_params` was made by a model of another configuration, or is on another
         device or in another dtype than this model."""
+        check_cache_type(cache_params)
         check_config(cache_params.config_dict, cache_config_dict(self.config))
         weight = self.item_embeddings.weight
         state = cache_params.last_hidden_state
@@ -588,6 +590,7 @@ class TTT4RecModel(TTT4RecPreTrainedModel):
                 f"{tuple(input_ids.shape)}; they must match."
             )
         if cache_params is not None:
+            check_cache_type(cache_params)
             if cache_params.batch_size != input_ids.shape[0]:
                 raise ValueError(
                     f"`input_ids` has {input_ids.shape[0]} rows but the cache holds {cache_params.batch_size}; "
@@ -840,6 +843,9 @@ class TTT4RecForNextItemPrediction(TTT4RecPreTrainedModel):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """`(hidden [T, hidden], targets [T])`: the hidden state before each target of `labels`, in row-major
         order (positions without a target are never scored)."""
+        if labels.is_floating_point() or labels.is_complex() or labels.dtype == torch.bool:
+            raise ValueError(f"`labels` must hold integer item ids (-100: no target), got dtype {labels.dtype}.")
+        labels = labels.long()
         if labels.shape == mask.shape:
             targeted = labels != -100
             if check_inputs and (targeted & ~mask.bool()).any():
@@ -890,6 +896,13 @@ class TTT4RecForNextItemPrediction(TTT4RecPreTrainedModel):
         return sampled_binary_cross_entropy(scores[:, 0], scores[:, 1:])
 
     @torch.no_grad()
+    def generate(self, *args, **kwargs):
+        """Not a text generator: the next items come from `recommend`."""
+        raise NotImplementedError(
+            "TTT4Rec recommends items, it does not generate sequences: use `model.recommend(input_ids, top_k=10)` "
+            "(with `cache_params` to continue a user's history)."
+        )
+
     def recommend(
         self,
         input_ids: torch.LongTensor | None = None,
@@ -916,8 +929,10 @@ class TTT4RecForNextItemPrediction(TTT4RecPreTrainedModel):
                 to each row (entries equal to the padding id are ignored).
             candidates (`torch.LongTensor` of shape `(n,)` or `(batch_size, n)`, *optional*): recommend only among
                 these item ids.
-            item_map (*optional*): maps a dense item id to the original id (a sequence indexed by id or a dict);
-                fills `original_ids`.
+            item_map (*optional*): maps the recommended (dense) item ids to the original ids, filling
+                `original_ids`: `dataset_builders`' `ItemIdMap` (anything with `to_original(ids)` and `len()`), a
+                sequence indexed by id or a dict. The inputs (`input_ids`, `exclude_items`, `candidates`) are always
+                dense ids: map original ids first with `item_map.to_dense(ids)`.
         """
         if input_ids is None and cache_params is None:
             raise ValueError("Pass `input_ids` (a history), `cache_params` (a state), or both.")
@@ -930,6 +945,12 @@ class TTT4RecForNextItemPrediction(TTT4RecPreTrainedModel):
         seen = input_ids if exclude_seen else None
         allowed = self._allowed_items(batch_size, self.device, candidates, exclude_items, seen)
         self._check_recommendable(top_k, allowed, cache_params, attention_mask if input_ids is not None else None)
+        if item_map is not None and not isinstance(item_map, Mapping) and len(item_map) != self.config.num_items:
+            raise ValueError(
+                f"`item_map` has {len(item_map)} entries, the model {self.config.num_items} ids: "
+                + self._item_map_fix()
+                + "."
+            )
 
         if input_ids is not None:  # (the inputs were checked above)
             logits = self(
@@ -972,14 +993,22 @@ class TTT4RecForNextItemPrediction(TTT4RecPreTrainedModel):
                 raise ValueError(f"Row(s) {empty} have read no item yet: there is nothing to recommend from.")
 
     def _original_ids(self, item_ids: torch.Tensor, item_map) -> list[list]:
-        """`item_ids` mapped through `item_map`."""
+        """`item_ids` mapped through `item_map`: an object with `to_original(ids)` (`dataset_builders`' `ItemIdMap`),
+        a sequence indexed by item id, or a dict."""
+        if hasattr(item_map, "to_original"):
+            return [item_map.to_original(row) for row in item_ids.tolist()]
         try:
             return [[item_map[i] for i in row] for row in item_ids.tolist()]
         except (KeyError, IndexError) as error:
-            raise ValueError(
-                f"`item_map` has no entry for item id {error.args[0] if error.args else ''}: it must map every "
-                f"id in [0, {self.config.num_items}) (e.g. the data set's `item_map.parquet`)."
-            ) from error
+            missing = error.args[0] if error.args else ""
+            raise ValueError(f"`item_map` has no entry for item id {missing}: {self._item_map_fix()}.") from error
+
+    def _item_map_fix(self) -> str:
+        """How to pass a good `item_map` to `recommend`."""
+        return (
+            f"pass the item map of the data set the model was trained on, one entry per id in [0, "
+            f"{self.config.num_items}) (e.g. `ItemIdMap.from_file(checkpoint_folder)`)"
+        )
 
     @staticmethod
     def _newest(

@@ -20,6 +20,7 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from modeling_ttt4rec.training.arguments import add_option  # noqa: E402
+from modeling_ttt4rec.training.cli import run_script  # noqa: E402
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -65,4 +66,4 @@ def main(argv: list[str] | None = None) -> list[dict]:
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main)

@@ -12,15 +12,21 @@ from collections.abc import Sequence
 
 from dataset_builders.synthetic import write_synthetic_gowalla
 
+# the size of the default synthetic file (the real one's: 6.44M check-ins, 107,092 users, 1,280,969 locations)
+REAL_ROWS, REAL_USERS, REAL_ITEMS = 6_400_000, 107_000, 1_280_000
+
 
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("path", help="output file (.gz for gzip)")
     parser.add_argument("--rows", type=int, default=6_400_000)
-    parser.add_argument("--users", type=int, default=107_000)
-    parser.add_argument("--items", type=int, default=1_280_000)
+    parser.add_argument("--users", type=int, help="default: as many per check-in as the real file (107,000 at 6.4M)")
+    parser.add_argument("--items", type=int, help="default: as many per check-in as the real file (1.28M at 6.4M)")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
+    # a smaller file keeps the real file's shape, so that its users and locations survive the k-core filter
+    args.users = args.users or max(1, args.rows * REAL_USERS // REAL_ROWS)
+    args.items = args.items or max(1, args.rows * REAL_ITEMS // REAL_ROWS)
     if args.rows < args.users:
         parser.error(f"--rows ({args.rows:,}) must be at least --users ({args.users:,}): every user has a check-in")
     start = time.perf_counter()

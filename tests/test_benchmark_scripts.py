@@ -44,3 +44,21 @@ def test_benchmark_train_eval_reports_epochs_and_both_eval_modes(tmp_path):
     assert set(result["eval_seconds"]) == set(result["eval_parts"]) == {"window", "stream"}
     assert all(set(parts) == {"encode_seconds", "score_seconds"} for parts in result["eval_parts"].values())
     assert result["peak_memory_mb"] > 0
+
+
+def test_a_smaller_synthetic_gowalla_file_keeps_the_real_shape_and_builds(tmp_path, capsys):
+    """`make_synthetic_gowalla.py --rows N` scales users and locations with N (as `benchmark_builders.py --rows N`
+    runs it), so the k-core filter keeps users and the build succeeds."""
+    import importlib.util
+
+    from dataset_builders.cli import main as build
+
+    spec = importlib.util.spec_from_file_location("make_synthetic", ROOT / "scripts" / "make_synthetic_gowalla.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    raw = tmp_path / "g.txt.gz"
+    module.main([str(raw), "--rows", "200000"])
+    out = tmp_path / "out"
+    assert build(["--dataset", "gowalla", "--raw", str(raw), "--output", str(out), "--no_progress", "-q"]) == 0
+    metadata = json.loads((out / "metadata.json").read_text())
+    assert metadata["num_items"] > 1000

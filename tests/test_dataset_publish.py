@@ -203,9 +203,10 @@ def test_cli_bad_line_and_skip_bad_lines(capsys: pytest.CaptureFixture[str], tmp
     raw = write_raw(tmp_path / "ratings_Video_Games.csv", lines)
     out = tmp_path / "out"
     args = ["--dataset", "amazon-video-games", "--raw", str(raw), "--output", str(out), "--no_progress", "-q"]
-    assert main(args) == 1
+    assert main(args) == 2
     err = capsys.readouterr().err
-    assert f"{raw}, line 5: expected 4 fields separated by ',', found 3" in err
+    assert err.count(f"{raw}, line 5: expected 4 fields separated by ',', found 3") == 1  # once, on one line
+    assert err.startswith("error: ") and err.count("\n") == 1
     assert not out.exists()
     assert main([*args, "--skip_bad_lines", "--user_min", "3", "--item_min", "3"]) == 0
     summary = capsys.readouterr().out
@@ -219,7 +220,7 @@ def test_cli_bad_line_and_skip_bad_lines(capsys: pytest.CaptureFixture[str], tmp
 
 def test_cli_nothing_left_after_filtering(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     raw = write_raw(tmp_path / "u.data", format_lines([("1", "1", 5), ("1", "2", 6)], "movielens-100k"))
-    assert main(["--dataset", "movielens-100k", "--raw", str(raw), "--output", str(tmp_path / "o"), "-q"]) == 1
+    assert main(["--dataset", "movielens-100k", "--raw", str(raw), "--output", str(tmp_path / "o"), "-q"]) == 2
     assert "nothing is left after k-core filtering" in capsys.readouterr().err
 
 
@@ -297,6 +298,7 @@ def test_the_recorded_command_never_holds_the_token(monkeypatch: pytest.MonkeyPa
 
     pushed: list[dict] = []
     monkeypatch.setattr(cli, "push_folder_to_hub", lambda folder, repo_id, **kw: pushed.append(kw) or "url")
+    monkeypatch.setattr(cli, "check_hub_access", lambda repo_id, token: token)  # offline: no Hub to ask
     records = [(f"u{u}", f"i{(u + k) % 7}", k) for u in range(8) for k in range(12)]
     raw = write_raw(tmp_path / "my.csv", format_lines(records, "csv"))
     out = tmp_path / "out"
@@ -318,6 +320,7 @@ def test_movielens_is_pushed_only_to_a_private_repo(
 
     pushed: list[dict] = []
     monkeypatch.setattr(cli, "push_folder_to_hub", lambda folder, repo_id, **kw: pushed.append(kw) or "url")
+    monkeypatch.setattr(cli, "check_hub_access", lambda repo_id, token: token)  # offline: no Hub to ask
     records = [(f"{u}", f"{(u + k) % 9}", k) for u in range(1, 9) for k in range(12)]
     raw = write_raw(tmp_path / "u.data", format_lines(records, "movielens-100k"))
     args = ["--dataset", "movielens-100k", "--raw", str(raw), "--output", str(tmp_path / "o"), "-q", "--no_progress"]
@@ -333,7 +336,7 @@ def test_an_empty_split_is_refused_before_anything_is_written(tmp_path: Path) ->
     raw = write_raw(tmp_path / "my.csv", format_lines(records, "csv"))
     with pytest.raises(EmptyDatasetError, match="split-3-2-5: the validation and test split has no samples"):
         build_dataset("csv", raw, user_min=1, item_min=1)
-    assert main(["--dataset", "csv", "--raw", str(raw), "--output", str(tmp_path / "o"), "-q", "--user_min", "1"]) == 1
+    assert main(["--dataset", "csv", "--raw", str(raw), "--output", str(tmp_path / "o"), "-q", "--user_min", "1"]) == 2
     assert not (tmp_path / "o").exists()
 
 

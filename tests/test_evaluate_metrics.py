@@ -71,9 +71,13 @@ def test_bad_ranks(bad, message):
         ranking_metrics(np.array(bad))
 
 
-def test_evaluate_module_matches_plain_function():
+def test_evaluate_module_matches_plain_function(tmp_path, monkeypatch):
     evaluate = pytest.importorskip("evaluate")
-    metric = evaluate.load(str(METRIC_DIR))
+    from modeling_ttt4rec.training.metrics import EVALUATE_MODULE
+
+    assert Path(EVALUATE_MODULE) == METRIC_DIR
+    monkeypatch.chdir(tmp_path)  # the documented way loads from any working directory
+    metric = evaluate.load(EVALUATE_MODULE)
     ranks = np.random.default_rng(0).integers(0, 200, size=500)
     assert metric.compute(predictions=ranks.tolist()) == ranking_metrics(ranks)
     metric.add_batch(predictions=ranks[:100].tolist())

@@ -109,6 +109,18 @@ def test_model_card_of_the_sampled_protocol(tmp_path):
     assert "early stopping on\nvalidation NDCG@5 with patience 10 (at most 10 epochs)" in body
 
 
+def test_model_card_of_a_local_data_set_names_no_path(checkpoint, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "data" / "ml100k").mkdir(parents=True)
+    results = {**RESULTS, "dataset": "data/ml100k", "dataset_name": "movielens-100k"}
+    prepare_hub_folder(checkpoint, tmp_path / "upload", "someone/ttt4rec-ml", results)
+    _, front, body = (tmp_path / "upload" / "README.md").read_text().split("---\n", 2)
+    meta = yaml.safe_load(front)
+    assert "datasets" not in meta and "data/ml100k" not in front + body
+    assert meta["model-index"][0]["results"][0]["dataset"]["type"] == "local"
+    assert "**Training data:** `local data set movielens-100k`" in body
+
+
 def test_incomplete_checkpoint_is_refused(tmp_path):
     (tmp_path / "ckpt").mkdir()
     (tmp_path / "ckpt" / "config.json").write_text("{}")
@@ -200,15 +212,15 @@ def test_train_push_to_hub_dry_run_and_offline_error(tmp_path):
     argv = ["--dataset", str(data), "--max_epochs", "1", "--hidden_size", "16", "--num_attention_heads", "2"]
     argv += ["--disable_tqdm", "true", "--test_eval_modes", "window", "--push_to_hub", "--hub_model_id", "me/tiny"]
     AcceleratorState._reset_state(reset_partial_state=True)
-    train(parse_args([*argv, "--output_dir", str(tmp_path / "dry"), "--hub_dry_run"]))
+    train(parse_args([*argv, "--output_dir", str(tmp_path / "dry"), "--hub_dry_run", "--hub_token", "hf_fake"]))
     upload = tmp_path / "dry" / "hub_upload"
     assert {"README.md", "model.safetensors", "config.json", ITEM_MAP_FILE} <= {p.name for p in upload.iterdir()}
     assert "me/tiny" in (upload / "README.md").read_text()
     AcceleratorState._reset_state(reset_partial_state=True)
     with pytest.raises(HubError, match="offline mode"):
-        train(parse_args([*argv, "--output_dir", str(tmp_path / "real")]))
+        train(parse_args([*argv, "--output_dir", str(tmp_path / "real"), "--hub_token", "hf_fake"]))
     AcceleratorState._reset_state(reset_partial_state=True)
-    assert (tmp_path / "real" / "best_model" / "model.safetensors").is_file()  # the run itself is kept
+    assert not (tmp_path / "real").exists()  # refused before training
 
 
 def test_upload_folder_never_replaces_the_checkpoint_or_a_foreign_folder(checkpoint, tmp_path):

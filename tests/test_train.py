@@ -146,7 +146,9 @@ def test_resume_after_kill_gives_the_same_final_metrics(data, tmp_path):
 def test_resume_errors(data, tmp_path):
     with pytest.raises(FileNotFoundError, match="No training state"):
         train(
-            parse_args(["--dataset", str(data), "--output_dir", str(tmp_path), "--resume_from_checkpoint", "latest"])
+            parse_args(
+                ["--dataset", str(data), "--output_dir", str(tmp_path), "--resume_from_checkpoint", str(tmp_path)]
+            )
         )
     with pytest.raises(ValueError, match="Unknown --eval_mode"):
         train(parse_args(["--dataset", str(data), "--output_dir", str(tmp_path / "x"), "--eval_mode", "full"]))

@@ -147,6 +147,10 @@ class DataArguments:
     max_length: int | None = field(
         default=None, metadata={"help": "Maximum history length L (unset: the data set's metadata)"}
     )
+    ignore_item_map_mismatch: bool = field(
+        default=False,
+        metadata={"help": "Fine-tune --model_name_or_path even if this data set numbers its items otherwise"},
+    )
 
 
 @dataclass
@@ -193,7 +197,9 @@ class TrainerArguments:
     )
     disable_tqdm: bool = field(default=False, metadata={"help": "No progress bars"})
     sleep_after_epoch: float = field(
-        default=0.0, metadata={"help": "Seconds to sleep after each checkpoint (tests interrupt runs there)"}
+        # a test hook (tests interrupt runs there), not a user setting: hidden from --help
+        default=0.0,
+        metadata={"help": argparse.SUPPRESS},
     )
     torch_threads: int | None = field(default=None, metadata={"help": "torch.set_num_threads on CPU"})
 

@@ -19,12 +19,18 @@ the metrics are exactly those of one process (every sample counted once; checked
 """
 
 import contextlib
+import logging
+import os
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
 
+from dataset_builders.format import ITEM_MAP_FILE
+
 from .data import (
+    DEFAULT_CONFIG_NAME,
     SplitSequences,
     Units,
     collate,
@@ -36,6 +42,8 @@ from .data import (
 )
 from .metrics import PROTOCOL_KS, metric_names, metrics_by_history_length, ranking_metrics, ranks_from_scores
 from .sampling import evaluation_candidates
+
+logger = logging.getLogger(__name__)
 
 EVAL_MODES = ("window", "stream")
 EVAL_PROTOCOLS = tuple(PROTOCOL_KS)
@@ -252,19 +260,25 @@ def evaluate_split(
     return metrics
 
 
-#: The files of a model repository that loading a checkpoint needs (its config and weights).
-_CHECKPOINT_FILES = ("*.json", "*.safetensors")
+#: The files of a model repository that using a checkpoint needs (its config, weights, training record, item map).
+_CHECKPOINT_FILES = ("*.json", "*.safetensors", ITEM_MAP_FILE)
+
+
+def checkpoint_folder(path: str | os.PathLike) -> Path:
+    """The local folder of a checkpoint given as a folder or a Hub model id (through the Hugging Face cache, also
+    offline); a mistyped folder is a one-line error saying so."""
+    from dataset_builders.resolve import resolve_folder
+
+    return resolve_folder(path, "model", what="checkpoint", marker="config.json", allow_patterns=_CHECKPOINT_FILES)
 
 
 def load_checkpoint(path: str, device=None):
     """Load a `TTT4RecForNextItemPrediction` from a `save_pretrained` folder or a Hub model id (through the Hugging
     Face cache, also offline), refusing incomplete checkpoints (missing or truncated weights) with a clear error
     instead of silently re-initialising them."""
-    from dataset_builders.resolve import resolve_folder
-
     from ..modeling_ttt4rec import TTT4RecForNextItemPrediction
 
-    local = resolve_folder(path, "model", what="checkpoint", marker="config.json", allow_patterns=_CHECKPOINT_FILES)
+    local = checkpoint_folder(path)
     if not (local / "config.json").is_file():
         raise ValueError(f"{path} is not a TTT4Rec checkpoint: config.json is missing.")
     if not any(local.glob("*.safetensors")):
@@ -289,6 +303,107 @@ def load_checkpoint(path: str, device=None):
     return model.eval()
 
 
+#: The best model's record of its training (`trainer.save_best_model`): the data set, its item map, the settings.
+TRAINING_INFO_FILE = "training_info.json"
+#: The option that evaluates or fine-tunes a checkpoint on a data set of another item map anyway.
+IGNORE_ITEM_MAP_MISMATCH = "--ignore_item_map_mismatch"
+#: evaluate.py's settings that default to the checkpoint's training (else to these values).
+EVALUATION_DEFAULTS = {
+    "dataset_config": DEFAULT_CONFIG_NAME,
+    "max_length": None,  # the data set's metadata
+    "eval_protocol": "full",
+    "eval_num_negatives": 99,
+    "candidate_seed": 0,
+}
+
+
+def training_info(checkpoint: str | os.PathLike) -> dict:
+    """The `training_info.json` of a checkpoint folder (empty for a checkpoint saved otherwise)."""
+    import json
+
+    path = Path(checkpoint) / TRAINING_INFO_FILE
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def item_map_identity(item_map_file: str | os.PathLike | None, source_sha256: str | None) -> dict:
+    """What a checkpoint records of the item map it was trained with: the map's fingerprint
+    (`ItemIdMap.fingerprint()`) and the SHA-256 of the data set's raw file."""
+    from dataset_builders.item_ids import ItemIdMap
+
+    fingerprint = ItemIdMap.from_file(item_map_file).fingerprint() if item_map_file is not None else None
+    return {"item_map_fingerprint": fingerprint, "source_sha256": source_sha256}
+
+
+def check_item_map(checkpoint: str | os.PathLike, meta, ignore_mismatch: bool = False) -> None:
+    """Refuse to use the checkpoint on the data set of `meta` (a `data.DatasetMetadata`) when their item maps differ:
+    the same dense id would mean another item, and every metric would be meaningless. The checkpoint's map is the
+    fingerprint its `training_info.json` records, else its own `item_map.parquet`; a checkpoint with neither (or a
+    data set without a map) is only warned about. With `ignore_mismatch`, a mismatch is a warning too."""
+    from dataset_builders.item_ids import ItemIdMap
+
+    checkpoint = Path(checkpoint)
+    info = training_info(checkpoint)
+    trained = info.get("item_map_fingerprint")
+    if trained is None and (checkpoint / ITEM_MAP_FILE).is_file():
+        trained = ItemIdMap.from_file(checkpoint).fingerprint()
+    if trained is None or meta.item_id_map is None:
+        logger.warning(
+            "Cannot check that the data set %s has the item ids of the checkpoint %s (%s records no item map).",
+            meta.source,
+            checkpoint,
+            "the checkpoint" if trained is None else "the data set",
+        )
+        return
+    given = item_map_identity(meta.item_id_map, meta.extra.get("source_sha256"))
+    if given["item_map_fingerprint"] == trained:
+        return
+    message = (
+        f"The data set {meta.source} (raw file sha256 {given['source_sha256'] or 'unknown'}) numbers its items "
+        f"differently from the one the checkpoint {checkpoint} was trained on ({info.get('dataset', 'unknown')}, raw "
+        f"file sha256 {info.get('source_sha256') or 'unknown'}): the same dense id means another item, so the "
+        f"results would be meaningless. Use the data set the checkpoint was trained on (or one built from it), or "
+        f"pass {IGNORE_ITEM_MAP_MISMATCH} if you know the ids agree."
+    )
+    if not ignore_mismatch:
+        raise ValueError(message)
+    logger.warning("%s (ignored: %s)", message, IGNORE_ITEM_MAP_MISMATCH)
+
+
+def check_evaluation_arguments(args) -> None:
+    """Raise a `ValueError` naming the first evaluation setting of `args` (evaluate.py's or the trainer's) that is
+    meaningless; warn that `--eval_num_negatives` does nothing in the full protocol."""
+    if args.eval_protocol not in EVAL_PROTOCOLS:
+        raise ValueError(f"Unknown --eval_protocol {args.eval_protocol!r}; choose one of {EVAL_PROTOCOLS}.")
+    for name in ("eval_num_negatives", "eval_batch_targets", "eval_batch_tokens", "stream_chunk_size"):
+        value = getattr(args, name, None)
+        if value is not None and value < 1:
+            raise ValueError(f"--{name} must be at least 1, got {value}.")
+    if args.candidate_seed < 0:
+        raise ValueError(f"--candidate_seed must be >= 0 (a seed of numpy's generator), got {args.candidate_seed}.")
+    if args.eval_protocol == "full" and args.eval_num_negatives != EVALUATION_DEFAULTS["eval_num_negatives"]:
+        logger.warning(
+            "--eval_num_negatives %s is ignored: the full protocol ranks every item (use --eval_protocol sampled).",
+            args.eval_num_negatives,
+        )
+
+
+def evaluation_settings(args, info: dict) -> dict[str, tuple[object, str]]:
+    """evaluate.py's settings that a checkpoint's training fixes (`EVALUATION_DEFAULTS`), each with where its value
+    comes from: given on the command line, the checkpoint's training, or the default."""
+    settings = {}
+    for name, default in EVALUATION_DEFAULTS.items():
+        given = getattr(args, name, None)
+        if given is not None:
+            trained = info.get(name)
+            note = "given" if trained in (None, given) else f"given; the checkpoint was trained with {trained}"
+            settings[name] = (given, note)
+        elif info.get(name) is not None:
+            settings[name] = (info[name], "as trained")
+        else:
+            settings[name] = (default, "default")
+    return settings
+
+
 def run_evaluation(args) -> dict:
     """`scripts/evaluate.py`: evaluate a checkpoint on one split, in one or both modes, on any number of
     processes. Prints and returns `{mode: metrics}` (and writes `--output_json`)."""
@@ -305,7 +420,14 @@ def run_evaluation(args) -> dict:
         import datasets
 
         datasets.disable_progress_bars()
-    model = load_checkpoint(args.model_name_or_path, accelerator.device)
+    folder = checkpoint_folder(args.model_name_or_path)
+    model = load_checkpoint(str(folder), accelerator.device)
+    settings = evaluation_settings(args, training_info(folder))
+    for name, (value, _) in settings.items():
+        setattr(args, name, value)
+    if accelerator.is_main_process:
+        print("settings: " + ", ".join(f"{name} {value} ({note})" for name, (value, note) in settings.items()))
+    check_evaluation_arguments(args)
     sequences, meta = load_sequences(
         args.dataset, args.dataset_config, max_length=args.max_length, splits=(args.split,)
     )
@@ -314,6 +436,7 @@ def run_evaluation(args) -> dict:
             f"The model scores {model.config.num_items} item ids but the data set {meta.name} has {meta.num_items}: "
             "its item ids are not the model's. Evaluate a model trained on this data set."
         )
+    check_item_map(folder, meta, getattr(args, "ignore_item_map_mismatch", False))
     modes = list(EVAL_MODES) if args.eval_mode == "both" else [args.eval_mode]
     split = sequences[args.split]
     results, by_length = {}, {}
@@ -375,6 +498,8 @@ __all__ = [
     "EVAL_PROTOCOLS",
     "compute_ranks",
     "evaluate_split",
+    "check_item_map",
+    "checkpoint_folder",
     "load_checkpoint",
     "run_evaluation",
     "score_ranks",

@@ -12,16 +12,14 @@ import shutil
 from pathlib import Path
 
 from dataset_builders.format import ITEM_MAP_FILE
+from dataset_builders.hub_access import HubError, check_hub_access, hub_errors
+from dataset_builders.resolve import looks_like_a_path
 
 from .metrics import metric_names
 from .reports import split_metrics_table
 
 # the repository's model_card.md (linked into the package, so an installed wheel has it too)
 DEFAULT_TEMPLATE = Path(__file__).resolve().parent / "model_card.md"
-
-
-class HubError(RuntimeError):
-    """The Hub cannot be used (no token, unreachable, offline mode): the message says what to do."""
 
 
 def build_model_card(
@@ -46,6 +44,9 @@ def build_model_card(
     dataset = results.get("dataset", info.get("dataset", "unknown"))
     dataset_config = results.get("dataset_config", info.get("dataset_config"))
     dataset_name = results.get("dataset_name", info.get("dataset_name", dataset))
+    # a data set given as a local folder has no Hub id to link to: the card says so instead of showing a path
+    is_local_dataset = Path(str(dataset)).exists() or looks_like_a_path(str(dataset)) or dataset == "unknown"
+    dataset_type = "local" if is_local_dataset else dataset
     eval_results = []
     for row in results.get("rows", []):
         if row["split"] != "test":
@@ -55,7 +56,7 @@ def build_model_card(
                 EvalResult(
                     task_type="recommendation",
                     task_name="Sequential recommendation (next item)",
-                    dataset_type=dataset,
+                    dataset_type=dataset_type,
                     dataset_name=dataset_name,
                     dataset_config=dataset_config,
                     dataset_split="test",
@@ -65,7 +66,6 @@ def build_model_card(
                     metric_config=row["mode"],
                 )
             )
-    is_local_dataset = Path(str(dataset)).exists()
     card_data = ModelCardData(
         library_name="transformers",
         license="apache-2.0",
@@ -111,7 +111,7 @@ def build_model_card(
         mini_batch_size=config.get("mini_batch_size"),
         num_items=config.get("num_items"),
         max_length=info.get("max_length", "?"),
-        dataset=dataset,
+        dataset=f"local data set {dataset_name}" if is_local_dataset else dataset,
         dataset_config=dataset_config,
         results_table=split_metrics_table(
             results.get("rows", []), results.get("eval_protocol", "full"), samples=False
@@ -169,29 +169,15 @@ def prepare_hub_folder(
 
 def push_folder(upload_dir: str | os.PathLike, repo_id: str, token: str | None = None, private: bool = False) -> str:
     """Create `repo_id` (if needed) and upload `upload_dir` to it; returns the commit URL."""
-    from huggingface_hub import HfApi, constants, get_token
-    from huggingface_hub.errors import HfHubHTTPError, OfflineModeIsEnabled
+    from huggingface_hub import HfApi
 
-    if constants.HF_HUB_OFFLINE:
-        raise HubError("Cannot push to the Hub: offline mode is on (HF_HUB_OFFLINE=1). Unset it to upload.")
-    token = token or get_token()
-    if not token:
-        raise HubError("Cannot push to the Hub: no token. Run `hf auth login`, set HF_TOKEN, or pass --hub_token.")
+    token = check_hub_access(repo_id, token)
     api = HfApi(token=token)
-    try:
+    with hub_errors(f"push {repo_id!r} (the upload folder is kept and can be pushed later)"):
         api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
         info = api.upload_folder(
             repo_id=repo_id, folder_path=str(upload_dir), commit_message="Upload TTT4Rec model", repo_type="model"
         )
-    except OfflineModeIsEnabled as err:
-        raise HubError("Cannot push to the Hub: offline mode is on (HF_HUB_OFFLINE=1).") from err
-    except HfHubHTTPError as err:
-        raise HubError(f"The Hub refused the upload to {repo_id!r}: {err}") from err
-    except Exception as err:  # connection errors of the HTTP client (httpx2) are not OSErrors
-        raise HubError(
-            f"Cannot reach the Hub at {constants.ENDPOINT} to push {repo_id!r} ({type(err).__name__}: {err}). "
-            "Check the network connection or HF_ENDPOINT; the upload folder is kept and can be pushed later."
-        ) from err
     return str(getattr(info, "commit_url", info))
 
 
@@ -212,4 +198,47 @@ def push_best_model(
     return files
 
 
-__all__ = ["HubError", "build_model_card", "prepare_hub_folder", "push_best_model", "push_folder"]
+def push_run(
+    run_dir: str | os.PathLike,
+    repo_id: str,
+    token: str | None = None,
+    private: bool = False,
+    dry_run: bool = False,
+) -> list[str]:
+    """Push the best model of a finished training run (`scripts/train.py --output_dir RUN_DIR`) with its model card:
+    `RUN_DIR/best_model`, the results of `results.json` and the settings of `run_config.json`, prepared in
+    `RUN_DIR/hub_upload`. The Hub access is checked first (`check_hub_access`). Returns the uploaded file names."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise FileNotFoundError(f"No such run folder {str(run_dir)!r}: pass the --output_dir of a training run.")
+    for name in ("results.json", "run_config.json", "best_model"):
+        if not (run_dir / name).exists():
+            raise FileNotFoundError(
+                f"{run_dir} holds no finished run ({name} is missing): finish it first (scripts/train.py "
+                "--resume_from_checkpoint latest with the same settings)."
+            )
+    check_hub_access(repo_id, token, dry_run=dry_run)
+    results = json.loads((run_dir / "results.json").read_text())
+    settings = json.loads((run_dir / "run_config.json").read_text())
+    training = {k: v for section in ("model", "data", "training") for k, v in settings.get(section, {}).items()}
+    return push_best_model(
+        run_dir / "best_model",
+        run_dir / "hub_upload",
+        repo_id,
+        results,
+        token=token,
+        private=private,
+        dry_run=dry_run,
+        training=training,
+    )
+
+
+__all__ = [
+    "HubError",
+    "build_model_card",
+    "check_hub_access",
+    "push_run",
+    "prepare_hub_folder",
+    "push_best_model",
+    "push_folder",
+]

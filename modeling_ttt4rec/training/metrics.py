@@ -13,14 +13,17 @@ candidates of each sample instead of all items, reported at K = 5 and 10, except
 target counts as ranked above it: with only 100 candidates a model that gives them all the same score (a collapsed
 target tower does) would otherwise score HR = NDCG = 1. `ranks_from_scores` computes the ranks,
 `ranking_metrics` turns ranks into metrics; the `evaluate` module in `modeling_ttt4rec/training/ranking_metrics/` wraps
-the same function.
+the same function: `evaluate.load(EVALUATE_MODULE)` loads it from wherever the package is installed.
 """
 
 from collections.abc import Iterable, Sequence
+from pathlib import Path
 
 import numpy as np
 import torch
 
+#: The folder of the `evaluate` module of these metrics, for `evaluate.load(EVALUATE_MODULE)` from any directory.
+EVALUATE_MODULE = str(Path(__file__).resolve().parent / "ranking_metrics")
 DEFAULT_KS = (10, 50)
 METRIC_NAMES = ("HR@10", "HR@50", "NDCG@10", "NDCG@50")
 # the cut-offs each evaluation protocol reports: full ranking over all items (the first paper) and ranking among

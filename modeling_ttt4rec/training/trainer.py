@@ -27,6 +27,7 @@ batch of 2048 samples), grouped by length to avoid padding.
 """
 
 import contextlib
+import dataclasses
 import json
 import logging
 import math
@@ -46,17 +47,28 @@ from .arguments import (
     check_resume_settings,
     config_kwargs,
     model_classes,
+    model_settings,
     parse_args,
     resume_settings,
 )
 from .data import collate, load_sequences, make_batches, prefix_units
-from .evaluation import EVAL_MODES, EVAL_PROTOCOLS, evaluate_split
+from .evaluation import (
+    EVAL_MODES,
+    check_evaluation_arguments,
+    check_item_map,
+    checkpoint_folder,
+    evaluate_split,
+    item_map_identity,
+)
+from .hub import check_hub_access, push_run
 from .metrics import metric_names
 from .reports import plot_curves, results_table
 
 logger = logging.getLogger("ttt4rec.training")
 
 STATE_FILE = "trainer_state.json"
+# model settings that are this run's (the training loss), not the checkpoint's, when fine-tuning one
+RUN_MODEL_SETTINGS = ("loss_type", "num_negatives")
 # files and folders of a run in its output folder (what --overwrite_output_dir removes)
 RUN_FILES = ("log.jsonl", "results.json", "results.md", "run_config.json", "training_curves.png")
 RUN_FOLDERS = ("checkpoint", "checkpoint.tmp", "checkpoint.old", "best_model", "tensorboard", "hub_upload")
@@ -92,11 +104,33 @@ def build_model(model_args, num_items: int) -> nn.Module:
                 f"The checkpoint {path} has num_items={model.config.num_items} but the data set has {num_items}."
             )
         # the training loss is a setting of this run, not of the checkpoint
-        for name in ("loss_type", "num_negatives"):
+        for name in RUN_MODEL_SETTINGS:
             if hasattr(model.config, name) and hasattr(model_args, name):
                 setattr(model.config, name, getattr(model_args, name))
+        adopt_checkpoint_settings(model_args, model.config, path)
         return model
     return model_class(config_class(num_items=num_items, **config_kwargs(model_args)))
+
+
+def adopt_checkpoint_settings(model_args, config, path: str) -> None:
+    """Set `model_args` to the checkpoint's architecture, so the run's record is true; a setting given on the command
+    line (a value other than its default) that differs from the checkpoint's is refused, naming every conflict."""
+    config_class, _ = model_classes(model_args.model_type)
+    conflicts = []
+    for f in model_settings(config_class):
+        if f.name in RUN_MODEL_SETTINGS or not hasattr(config, f.name):
+            continue
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        given, trained = getattr(model_args, f.name), getattr(config, f.name)
+        if given != default and given != trained:
+            conflicts.append(f"--{f.name} {given} (the checkpoint has {trained})")
+        setattr(model_args, f.name, trained)
+    if conflicts:
+        raise ValueError(
+            f"--model_name_or_path {path} fixes the model's architecture, but other settings were given: "
+            + "; ".join(conflicts)
+            + ". Leave them out to fine-tune the checkpoint, or train a new model without --model_name_or_path."
+        )
 
 
 def _atomic_replace(tmp: Path, final: Path) -> None:
@@ -133,8 +167,7 @@ def check_arguments(run: RunConfig) -> None:
     args = run.training
     if args.eval_mode not in EVAL_MODES:
         raise ValueError(f"Unknown --eval_mode {args.eval_mode!r}; choose one of {EVAL_MODES}.")
-    if args.eval_protocol not in EVAL_PROTOCOLS:
-        raise ValueError(f"Unknown --eval_protocol {args.eval_protocol!r}; choose one of {EVAL_PROTOCOLS}.")
+    check_evaluation_arguments(args)
     names = metric_names(args.eval_protocol)
     if args.early_stopping_metric not in names:
         raise ValueError(
@@ -149,6 +182,17 @@ def check_arguments(run: RunConfig) -> None:
             raise ValueError(f"--{name} must be at least 1, got {getattr(args, name)}.")
     if args.push_to_hub and not args.hub_model_id:
         raise ValueError("--push_to_hub needs --hub_model_id USER/NAME.")
+    if args.hub_model_id and not args.push_to_hub:
+        logger.warning(
+            "--hub_model_id %s does nothing without --push_to_hub (or push the finished run: scripts/push_to_hub.py).",
+            args.hub_model_id,
+        )
+    output, dataset = Path(args.output_dir).resolve(), Path(run.data.dataset).resolve()
+    if dataset.is_dir() and (output == dataset or dataset in output.parents):
+        raise ValueError(
+            f"--output_dir {args.output_dir} is (inside) the data set folder {run.data.dataset}: write the run "
+            "elsewhere, e.g. --output_dir outputs/NAME."
+        )
 
 
 def final_test_modes(args: TrainerArguments) -> list[str]:
@@ -171,6 +215,10 @@ def find_resume_dir(args: TrainerArguments) -> Path | None:
     previous = resume_dir.with_name(resume_dir.name + ".old")  # a run killed between the two renames
     if not (resume_dir / STATE_FILE).is_file() and (previous / STATE_FILE).is_file():
         resume_dir = previous
+    if latest and not (resume_dir / STATE_FILE).is_file() and not (output_dir / "log.jsonl").exists():
+        # nothing to continue yet (a run stopped before its first epoch ended, or none started): begin it
+        logger.warning("No checkpoint in %s yet: starting a new run (--resume_from_checkpoint latest).", output_dir)
+        return None
     if not (resume_dir / STATE_FILE).is_file():
         raise FileNotFoundError(
             f"No training state to resume from in {resume_dir} (expected {STATE_FILE} written by a previous run)."
@@ -216,7 +264,7 @@ class Trainer:
         results = self._test()
         if self.main:
             self._write_reports(results)
-            self._push(results)
+            self._push()
         # every process waits here before the process group is torn down: a rank that destroys it while another is
         # still writing the results can leave the launcher waiting forever
         self.accelerator.wait_for_everyone()
@@ -232,6 +280,8 @@ class Trainer:
 
         args = self.args
         check_arguments(self.run)
+        if args.push_to_hub:  # before any long work: a token, and the Hub answering unless it is a dry run
+            check_hub_access(args.hub_model_id, args.hub_token, dry_run=args.hub_dry_run)
         self.names = metric_names(args.eval_protocol)
         if args.torch_threads:
             torch.set_num_threads(args.torch_threads)
@@ -293,6 +343,9 @@ class Trainer:
         """Build the model (seeded), write `run_config.json`, prepare the model and the optimizer."""
         torch.manual_seed(self.args.seed)
         model = build_model(self.run.model, self.meta.num_items)
+        if self.run.model.model_name_or_path:  # fine-tuning: the data set must number its items as the checkpoint's
+            folder = checkpoint_folder(self.run.model.model_name_or_path)
+            check_item_map(folder, self.meta, self.run.data.ignore_item_map_mismatch)
         if self.main:
             (self.output_dir / "run_config.json").write_text(
                 json.dumps(self._resolved_config(model), indent=2, default=str)
@@ -442,12 +495,18 @@ class Trainer:
 
     def _data_info(self) -> dict:
         """What the best model's `training_info.json` records of the data set."""
-        meta = self.meta
+        meta, args = self.meta, self.args
         return {
             "dataset": meta.source,
             "dataset_name": meta.name,
             "dataset_config": meta.config_name,
             "max_length": meta.max_length,
+            # which item each dense id is (evaluate.py and fine-tuning refuse a data set numbered otherwise)
+            **item_map_identity(meta.item_id_map, meta.extra.get("source_sha256")),
+            # how the run evaluated (evaluate.py's defaults for this checkpoint)
+            "eval_protocol": args.eval_protocol,
+            "eval_num_negatives": args.eval_num_negatives,
+            "candidate_seed": args.candidate_seed,
         }
 
     def _save_checkpoint(self) -> None:
@@ -546,23 +605,13 @@ class Trainer:
         info_path = self.best_dir / "training_info.json"
         info_path.write_text(json.dumps({**json.loads(info_path.read_text()), "results": results}, indent=2))
 
-    def _push(self, results: dict) -> None:
-        """With `--push_to_hub`: the best model and its model card to the Hub (main process)."""
+    def _push(self) -> None:
+        """With `--push_to_hub`: the best model and its model card to the Hub (main process; `hub.push_run`)."""
         args = self.args
-        if not args.push_to_hub:
-            return
-        from .hub import push_best_model
-
-        push_best_model(
-            self.best_dir,
-            self.output_dir / "hub_upload",
-            args.hub_model_id,
-            results,
-            token=args.hub_token,
-            private=args.hub_private,
-            dry_run=args.hub_dry_run,
-            training=self.run.flat(),
-        )
+        if args.push_to_hub:
+            push_run(
+                self.output_dir, args.hub_model_id, args.hub_token, private=args.hub_private, dry_run=args.hub_dry_run
+            )
 
 
 def train(run: RunConfig) -> dict:
