@@ -9,8 +9,9 @@ import sys
 from pathlib import Path
 
 import pytest
+import test_train
 import torch
-from helpers import perturbed, random_sequences, write_split_dataset
+from helpers import logits_in_fresh_process, perturbed
 from test_save_load import REMOTE_SCRIPT
 from transformers import AutoConfig, AutoModel
 
@@ -26,7 +27,10 @@ from modeling_ttt4rec.training.evaluation import compute_ranks, load_checkpoint
 from modeling_ttt4rec.training.trainer import train
 
 ROOT = Path(__file__).resolve().parents[1]
-FAST = ["--batch_targets", "64", "--disable_tqdm", "true", "--torch_threads", "1"]
+FAST = test_train.FAST
+# the tiny data set of the training tests, and a clean accelerator state for every test (pytest fixtures)
+data = test_train.data
+fresh_accelerator_state = test_train.fresh_accelerator_state
 IDS = torch.tensor(
     [[3, 7, 1, 9, 4, 4, 2, 8, 5, 6, 1], [2, 2, 5, 0, 0, 0, 0, 0, 0, 0, 0], [11, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]]
 )
@@ -42,21 +46,6 @@ def tiny(model_type: str):
 
 
 MODEL_TYPES = ["sasrec", "gru4rec"]
-
-
-@pytest.fixture(scope="module")
-def data(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("data") / "tiny"
-    return write_split_dataset(folder, random_sequences(60, 30, 3, 20, seed=7), num_items=30, max_length=8)
-
-
-@pytest.fixture(autouse=True)
-def fresh_accelerator_state():
-    from accelerate.state import AcceleratorState
-
-    AcceleratorState._reset_state(reset_partial_state=True)
-    yield
-    AcceleratorState._reset_state(reset_partial_state=True)
 
 
 def test_parameter_counts_equal_recboles_on_video_games():
@@ -173,21 +162,7 @@ def test_remote_code_in_fresh_process(tmp_path, model_type):
     model = tiny(model_type)
     checkpoint = tmp_path / "checkpoint"
     model.save_pretrained(checkpoint)
-    script = tmp_path / "load_remote.py"
-    script.write_text(REMOTE_SCRIPT)
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    env["HF_HOME"] = str(tmp_path / "hf_home")
-    result = subprocess.run(
-        [sys.executable, str(script), str(checkpoint), json.dumps(IDS.tolist())],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        stdin=subprocess.DEVNULL,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    loaded = json.loads(result.stdout.strip().splitlines()[-1])
+    loaded = logits_in_fresh_process(checkpoint, IDS, tmp_path, REMOTE_SCRIPT)
     assert loaded["module"].startswith("transformers_modules."), loaded["module"]
     with torch.no_grad():
         expected = model(IDS, use_cache=False).logits

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 from helpers import random_sequences, write_split_dataset
+from test_train import fresh_accelerator_state  # noqa: F401 - a clean accelerator state per test
 
 import modeling_ttt4rec.training.compare as compare_module
 
@@ -14,15 +15,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
 import compare as compare_script  # noqa: E402
 
 FAST = ["--batch_targets", "64", "--disable_tqdm", "true", "--torch_threads", "1", "--hidden_size", "16"]
-
-
-@pytest.fixture(autouse=True)
-def fresh_accelerator_state():
-    from accelerate.state import AcceleratorState
-
-    AcceleratorState._reset_state(reset_partial_state=True)
-    yield
-    AcceleratorState._reset_state(reset_partial_state=True)
 
 
 def test_compare_end_to_end_and_resumable(tmp_path, monkeypatch):
