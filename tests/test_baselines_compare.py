@@ -1,8 +1,8 @@
 """`scripts/compare.py` end to end on a tiny generated data set: every model trained with the same settings, one
 table and two plots, resumable (a finished model is not retrained), clear errors for bad input."""
 
+import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import pytest
@@ -11,8 +11,11 @@ from test_train import fresh_accelerator_state  # noqa: F401 - a clean accelerat
 
 import modeling_ttt4rec.training.compare as compare_module
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
-import compare as compare_script  # noqa: E402
+# the script as a module, without putting scripts/ on the import path (its evaluate.py would shadow `evaluate`)
+SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "compare.py"
+_spec = importlib.util.spec_from_file_location("compare", SCRIPT)
+compare_script = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(compare_script)
 
 FAST = ["--batch_targets", "64", "--disable_tqdm", "true", "--torch_threads", "1", "--hidden_size", "16"]
 
