@@ -17,8 +17,6 @@ training.
 import torch
 import torch.nn.functional as F
 
-from .configuration_ttt4rec import LOSS_TYPES
-
 
 def _without_row(matrix: torch.Tensor, row: int | None) -> torch.Tensor:
     """`matrix` without row `row` (all of it when `row` is None)."""
@@ -159,4 +157,4 @@ def sample_negatives(
     return draws + (draws >= high).long()
 
 
-__all__ = ["LOSS_TYPES", "full_item_cross_entropy", "sample_negatives", "sampled_binary_cross_entropy"]
+__all__ = ["full_item_cross_entropy", "sample_negatives", "sampled_binary_cross_entropy"]

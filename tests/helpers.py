@@ -105,3 +105,28 @@ def perturbed(model: torch.nn.Module, scale: float) -> torch.nn.Module:
         for param in model.parameters():
             param.add_(scale * torch.randn_like(param))
     return model
+
+
+def logits_in_fresh_process(checkpoint: Path, ids: torch.Tensor, tmp_path: Path, script: str) -> dict:
+    """Run `script` (it loads `checkpoint` with `trust_remote_code=True` and prints `{"module", "logits"}` for
+    `ids`) in a fresh Python process that cannot import this project (HF_HOME `tmp_path / "hf_home"`); its printed
+    JSON."""
+    import os
+    import subprocess
+    import sys
+
+    path = tmp_path / "load_remote.py"
+    path.write_text(script)
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    env["HF_HOME"] = str(tmp_path / "hf_home")
+    result = subprocess.run(
+        [sys.executable, str(path), str(checkpoint), json.dumps(ids.tolist())],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        stdin=subprocess.DEVNULL,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    return json.loads(result.stdout.strip().splitlines()[-1])

@@ -262,6 +262,7 @@ def test_the_wheel_ships_the_model_card_template_and_the_metric_module(tmp_path)
         sys.path.insert(0, sys.argv[1])  # the unpacked wheel, ahead of the editable install of this checkout
         import evaluate
         import modeling_ttt4rec
+        import modeling_ttt4rec.baselines  # a subpackage, with its link to the one loss module
         from modeling_ttt4rec.training.hub import DEFAULT_TEMPLATE
         assert Path(modeling_ttt4rec.__file__).is_relative_to(sys.argv[1]), modeling_ttt4rec.__file__
         print(DEFAULT_TEMPLATE.read_text(), end="")

@@ -1,15 +1,12 @@
 """save_pretrained / from_pretrained, the Auto classes and remote code (trust_remote_code) round trips."""
 
 import json
-import os
-import subprocess
-import sys
 import textwrap
 from pathlib import Path
 
 import pytest
 import torch
-from helpers import tiny_model
+from helpers import logits_in_fresh_process, tiny_model
 from transformers import AutoConfig, AutoModel
 
 import modeling_ttt4rec
@@ -53,7 +50,7 @@ def test_save_and_load_with_auto_classes(tmp_path, backbone, ttt_layer_type, ite
     package_root = Path(modeling_ttt4rec.__file__).parent
     root_modules = {p.name for p in package_root.glob("*.py")} - {"__init__.py"}
     assert {"configuration_ttt4rec.py", "modeling_ttt4rec.py", "ttt.py", "cache.py", "losses.py"} <= set(files)
-    assert {f for f in files if f.endswith(".py")} <= root_modules
+    assert {f for f in files if f.endswith(".py")} == root_modules
 
     assert isinstance(AutoConfig.from_pretrained(tmp_path), TTT4RecConfig)
     loaded = AutoModel.from_pretrained(tmp_path)
@@ -116,23 +113,9 @@ def test_remote_code_in_fresh_process(tmp_path, backbone, ttt_layer_type, item_s
     model = trained_looking_model(backbone, ttt_layer_type, item_scoring)
     checkpoint = tmp_path / "checkpoint"
     model.save_pretrained(checkpoint)
-    script = tmp_path / "load_remote.py"
-    script.write_text(REMOTE_SCRIPT)
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    env["HF_HOME"] = str(tmp_path / "hf_home")
-    result = subprocess.run(
-        [sys.executable, str(script), str(checkpoint), json.dumps(IDS.tolist())],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        stdin=subprocess.DEVNULL,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    loaded = json.loads(result.stdout.strip().splitlines()[-1])
+    loaded = logits_in_fresh_process(checkpoint, IDS, tmp_path, REMOTE_SCRIPT)
     assert loaded["module"].startswith("transformers_modules."), loaded["module"]
     with torch.no_grad():
         expected = model(IDS, use_cache=False).logits
     torch.testing.assert_close(torch.tensor(loaded["logits"]), expected, rtol=0, atol=0)
-    assert Path(env["HF_HOME"], "modules").exists()
+    assert Path(tmp_path, "hf_home", "modules").exists()  # the HF_HOME of the fresh process

@@ -22,17 +22,21 @@ from pathlib import Path
 
 from transformers import PreTrainedConfig, PreTrainedModel
 
+from ..baselines import GRU4RecConfig, GRU4RecForNextItemPrediction, SASRecConfig, SASRecForNextItemPrediction
 from ..configuration_ttt4rec import TTT4RecConfig
 from ..modeling_ttt4rec import TTT4RecForNextItemPrediction
 from .data import DEFAULT_CONFIG_NAME
 
 # name (`--model_type`) -> (config class, model class)
 MODELS: dict[str, tuple[type[PreTrainedConfig], type[PreTrainedModel]]] = {
-    "ttt4rec": (TTT4RecConfig, TTT4RecForNextItemPrediction)
+    "ttt4rec": (TTT4RecConfig, TTT4RecForNextItemPrediction),
+    # the baselines, as RecBole 1.2.1 builds them (modeling_ttt4rec/baselines)
+    "sasrec": (SASRecConfig, SASRecForNextItemPrediction),
+    "gru4rec": (GRU4RecConfig, GRU4RecForNextItemPrediction),
 }
 DEFAULT_MODEL_TYPE = "ttt4rec"
-# config fields that the data set or the runtime sets, not the user
-NOT_SETTINGS = ("num_items", "pad_token_id", "use_cache")
+# config fields that the data set or the runtime sets, not the user (`max_position_embeddings`: the data set's `L`)
+NOT_SETTINGS = ("num_items", "pad_token_id", "use_cache", "max_position_embeddings")
 SECTIONS = ("model", "data", "training")
 
 
@@ -48,9 +52,9 @@ def register_model(name: str, config_class: type[PreTrainedConfig], model_class:
     - `item_features()` `[num_items, hidden]`, `score_items(hidden, item_features=None)` `[..., num_items]` (the
       padding id scoring lowest) and `score_candidates(hidden, candidate_ids, check_inputs=False)`;
     - `save_pretrained` / `from_pretrained`;
-    - for the `stream` evaluation mode only, a cache: `model(..., cache_params=cache, use_cache=True)` returning
-      `.cache_params` with `select(rows)` (and `config.mini_batch_size`, if reading in chunks of its multiples is
-      fastest).
+    - for the `stream` evaluation mode only, a cache: `init_cache(batch_size)` (a model without it has no cache) and
+      `model(..., cache_params=cache, use_cache=True)` returning `.cache_params` with `select(rows)` (and
+      `config.mini_batch_size`, if reading in chunks of its multiples is fastest).
     """
     if not (dataclasses.is_dataclass(config_class) and issubclass(config_class, PreTrainedConfig)):
         raise TypeError(f"{config_class.__name__} must be a dataclass PreTrainedConfig (its fields are the settings).")

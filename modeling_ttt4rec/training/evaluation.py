@@ -49,6 +49,11 @@ EVAL_MODES = ("window", "stream")
 EVAL_PROTOCOLS = tuple(PROTOCOL_KS)
 
 
+def has_cache(model) -> bool:
+    """Whether a recommender (a model or its class) has a cache (`init_cache`), which the `stream` mode needs."""
+    return hasattr(model, "init_cache")
+
+
 def scoring_matrix(item_features: torch.Tensor) -> torch.Tensor:
     """`[hidden, num_items]`: the float32 `item_features` `[num_items, hidden]` transposed and contiguous, so that
     every block of scores reads the items in order (pass `items_t.T` to `score_items`)."""
@@ -145,6 +150,11 @@ def compute_ranks(
         raise ValueError(f"Unknown eval mode {mode!r}; choose one of {EVAL_MODES}.")
     if protocol not in EVAL_PROTOCOLS:
         raise ValueError(f"Unknown evaluation protocol {protocol!r}; choose one of {EVAL_PROTOCOLS}.")
+    if mode == "stream" and not has_cache(model):
+        raise ValueError(
+            f"{type(model).__name__} has no cache, so it cannot read histories in the stream mode: evaluate it in "
+            "the window mode (--eval_mode window, --test_eval_modes window)."
+        )
     candidates = _sampled_candidates(model, split, num_negatives, candidate_seed) if protocol == "sampled" else None
     units: Units = prefix_units(split, max_length) if mode == "window" else stream_units(split)
     # a multiple of the inner mini-batch, so rows that continue always start a mini-batch (fastest path)
@@ -272,25 +282,41 @@ def checkpoint_folder(path: str | os.PathLike) -> Path:
     return resolve_folder(path, "model", what="checkpoint", marker="config.json", allow_patterns=_CHECKPOINT_FILES)
 
 
-def load_checkpoint(path: str, device=None):
-    """Load a `TTT4RecForNextItemPrediction` from a `save_pretrained` folder or a Hub model id (through the Hugging
-    Face cache, also offline), refusing incomplete checkpoints (missing or truncated weights) with a clear error
-    instead of silently re-initialising them."""
-    from ..modeling_ttt4rec import TTT4RecForNextItemPrediction
+def load_checkpoint(path: str, device=None, model_type: str | None = None):
+    """Load a registered recommender (`arguments.MODELS`, chosen by the checkpoint's `model_type`) from a
+    `save_pretrained` folder or a Hub model id (through the Hugging Face cache, also offline), refusing incomplete
+    checkpoints (missing or truncated weights) with a clear error instead of silently re-initialising them. With
+    `model_type` (a `--model_type` name), a checkpoint of another model is an error."""
+    import json
+
+    from .arguments import MODELS
 
     local = checkpoint_folder(path)
     if not (local / "config.json").is_file():
-        raise ValueError(f"{path} is not a TTT4Rec checkpoint: config.json is missing.")
+        raise ValueError(f"{path} is not a checkpoint: config.json is missing.")
     if not any(local.glob("*.safetensors")):
         raise ValueError(f"{path} has no weights (model.safetensors is missing): the checkpoint is incomplete.")
+    saved_type = json.loads((local / "config.json").read_text()).get("model_type")
+    names = {config_class.model_type: name for name, (config_class, _) in MODELS.items()}
+    if saved_type not in names:
+        raise ValueError(
+            f"The checkpoint {path} holds a {saved_type!r} model, which is not a registered recommender (model "
+            f"types {sorted(names)}, `--model_type` {sorted(MODELS)})."
+        )
+    if model_type is not None and names[saved_type] != model_type:
+        raise ValueError(
+            f"The checkpoint {path} is a {names[saved_type]} model but --model_type is {model_type}: pass "
+            f"--model_type {names[saved_type]}, or a {model_type} checkpoint."
+        )
+    model_class = MODELS[names[saved_type]][1]
     try:
-        model, info = TTT4RecForNextItemPrediction.from_pretrained(local, output_loading_info=True)
+        model, info = model_class.from_pretrained(local, output_loading_info=True)
     except (OSError, ValueError, RuntimeError) as err:
         raise ValueError(f"Could not load the checkpoint {path}: {err}") from err
     except Exception as err:  # e.g. safetensors' header errors for a truncated file
         raise ValueError(f"Could not load the checkpoint {path} (damaged or truncated weights?): {err}") from err
     # a tied item head is the item embedding, not stored separately
-    tied = model.config.tie_word_embeddings
+    tied = getattr(model.config, "tie_word_embeddings", False)
     missing = [k for k in info.get("missing_keys", []) if not (tied and k == "item_head.weight")]
     if missing or info.get("mismatched_keys"):
         raise ValueError(
@@ -500,6 +526,7 @@ __all__ = [
     "evaluate_split",
     "check_item_map",
     "checkpoint_folder",
+    "has_cache",
     "load_checkpoint",
     "run_evaluation",
     "score_ranks",

@@ -109,6 +109,23 @@ def plot_curves(history: list[dict], path: str | Path, names: Sequence[str]) -> 
     plt.close(fig)
 
 
+def plot_validation_by_epoch(histories: dict[str, list[dict]], metric: str, path: str | Path) -> None:
+    """PNG of validation `metric` by epoch, one line per run (`{label: epoch records}`, e.g. one per model)."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(8, 4))
+    for label, history in histories.items():
+        points = [(h["epoch"], h[f"val_{metric}"]) for h in history if f"val_{metric}" in h]
+        if points:
+            ax.plot(*zip(*points, strict=True), marker=".", label=label)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel(f"validation {metric}")
+    ax.set_title(f"Validation {metric} by epoch")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
 def plot_metrics_by_history_length(
     by_length: dict[str, list[dict]], metric: str, path: str | Path, max_length: int | None = None
 ) -> None:
@@ -166,6 +183,7 @@ __all__ = [
     "plot_curves",
     "plot_grid",
     "plot_metrics_by_history_length",
+    "plot_validation_by_epoch",
     "results_table",
     "split_metrics_table",
 ]

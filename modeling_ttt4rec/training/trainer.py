@@ -58,6 +58,7 @@ from .evaluation import (
     check_item_map,
     checkpoint_folder,
     evaluate_split,
+    has_cache,
     item_map_identity,
 )
 from .hub import check_hub_access, push_run
@@ -86,19 +87,23 @@ def peak_memory_mb(device: torch.device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def build_model(model_args, num_items: int) -> nn.Module:
+def build_model(model_args, num_items: int, max_length: int | None = None) -> nn.Module:
     """A new model of the registered `model_args.model_type` with the given settings, or the checkpoint
-    `model_name_or_path`."""
+    `model_name_or_path`. A model with learned positions (`max_position_embeddings`) gets one per history item up to
+    the data set's `max_length`."""
     config_class, model_class = model_classes(model_args.model_type)
+    positions = {f.name for f in dataclasses.fields(config_class)} & {"max_position_embeddings"}
     if model_args.model_name_or_path:
-        from ..modeling_ttt4rec import TTT4RecForNextItemPrediction
         from .evaluation import load_checkpoint
 
         path = model_args.model_name_or_path
-        # `load_checkpoint` refuses incomplete TTT4Rec checkpoints with a clear error
-        model = (
-            load_checkpoint(path) if model_class is TTT4RecForNextItemPrediction else model_class.from_pretrained(path)
-        )
+        # `load_checkpoint` refuses incomplete checkpoints and checkpoints of another model with a clear error
+        model = load_checkpoint(path, model_type=model_args.model_type)
+        if positions and max_length is not None and max_length > model.config.max_position_embeddings:
+            raise ValueError(
+                f"The checkpoint {path} reads at most {model.config.max_position_embeddings} items but the data "
+                f"set's histories have up to {max_length}: pass --max_length {model.config.max_position_embeddings}."
+            )
         if model.config.num_items != num_items:
             raise ValueError(
                 f"The checkpoint {path} has num_items={model.config.num_items} but the data set has {num_items}."
@@ -109,7 +114,8 @@ def build_model(model_args, num_items: int) -> nn.Module:
                 setattr(model.config, name, getattr(model_args, name))
         adopt_checkpoint_settings(model_args, model.config, path)
         return model
-    return model_class(config_class(num_items=num_items, **config_kwargs(model_args)))
+    extra = {"max_position_embeddings": max_length} if positions and max_length is not None else {}
+    return model_class(config_class(num_items=num_items, **config_kwargs(model_args), **extra))
 
 
 def adopt_checkpoint_settings(model_args, config, path: str) -> None:
@@ -168,6 +174,8 @@ def check_arguments(run: RunConfig) -> None:
     if args.eval_mode not in EVAL_MODES:
         raise ValueError(f"Unknown --eval_mode {args.eval_mode!r}; choose one of {EVAL_MODES}.")
     check_evaluation_arguments(args)
+    if args.eval_mode == "stream" and not has_cache(model_classes(run.model.model_type)[1]):
+        raise ValueError(f"--model_type {run.model.model_type} has no cache: validate with --eval_mode window.")
     names = metric_names(args.eval_protocol)
     if args.early_stopping_metric not in names:
         raise ValueError(
@@ -342,7 +350,7 @@ class Trainer:
     def _build_model(self) -> None:
         """Build the model (seeded), write `run_config.json`, prepare the model and the optimizer."""
         torch.manual_seed(self.args.seed)
-        model = build_model(self.run.model, self.meta.num_items)
+        model = build_model(self.run.model, self.meta.num_items, self.meta.max_length)
         if self.run.model.model_name_or_path:  # fine-tuning: the data set must number its items as the checkpoint's
             folder = checkpoint_folder(self.run.model.model_name_or_path)
             check_item_map(folder, self.meta, self.run.data.ignore_item_map_mismatch)
@@ -564,6 +572,9 @@ class Trainer:
             | {m: best_record[f"val_{m}"] for m in self.names}
         ]
         for mode in final_test_modes(self.args):
+            if mode == "stream" and not has_cache(best):
+                logger.warning("%s has no cache: the test skips the stream mode.", type(best).__name__)
+                continue
             rows.append({"split": "test", "mode": mode, **self._evaluate(best, "test", mode)})
         return self._results(best, rows, test_seconds=time.perf_counter() - start)
 

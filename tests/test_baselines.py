@@ -1,0 +1,202 @@
+"""The baselines (SASRec, GRU4Rec): RecBole's parameter counts, causality and padding invariance, GRU4Rec's cache,
+save/load with the Auto classes and remote code in a fresh process, training and evaluation through the project's
+scripts, and clear errors for bad input. (Parity with RecBole itself: test_baselines_parity.py.)"""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import test_train
+import torch
+from helpers import logits_in_fresh_process, perturbed
+from test_save_load import REMOTE_SCRIPT
+from transformers import AutoConfig, AutoModel
+
+import modeling_ttt4rec.baselines as baselines
+from modeling_ttt4rec.baselines import (
+    GRU4RecConfig,
+    GRU4RecForNextItemPrediction,
+    SASRecConfig,
+    SASRecForNextItemPrediction,
+)
+from modeling_ttt4rec.training.arguments import parse_args
+from modeling_ttt4rec.training.evaluation import compute_ranks, load_checkpoint
+from modeling_ttt4rec.training.trainer import train
+
+ROOT = Path(__file__).resolve().parents[1]
+FAST = test_train.FAST
+# the tiny data set of the training tests, and a clean accelerator state for every test (pytest fixtures)
+data = test_train.data
+fresh_accelerator_state = test_train.fresh_accelerator_state
+IDS = torch.tensor(
+    [[3, 7, 1, 9, 4, 4, 2, 8, 5, 6, 1], [2, 2, 5, 0, 0, 0, 0, 0, 0, 0, 0], [11, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]]
+)
+
+
+def tiny(model_type: str):
+    torch.manual_seed(0)
+    if model_type == "sasrec":
+        config = SASRecConfig(num_items=12, max_position_embeddings=16, hidden_size=8, intermediate_size=16)
+        return perturbed(SASRecForNextItemPrediction(config).eval(), 0.1)
+    config = GRU4RecConfig(num_items=12, embedding_size=8, hidden_size=6, num_hidden_layers=2)
+    return perturbed(GRU4RecForNextItemPrediction(config).eval(), 0.1)
+
+
+MODEL_TYPES = ["sasrec", "gru4rec"]
+
+
+def test_parameter_counts_equal_recboles_on_video_games():
+    # RecBole 1.2.1 with the paper-run settings on Video.txt's 10,672 items (+ padding), measured with RecBole
+    num_params = {
+        "sasrec": SASRecForNextItemPrediction(SASRecConfig(num_items=10673)).num_parameters(),
+        "gru4rec": GRU4RecForNextItemPrediction(GRU4RecConfig(num_items=10673)).num_parameters(),
+    }
+    assert num_params == {"sasrec": 786_368, "gru4rec": 711_808}
+
+
+@pytest.mark.parametrize("model_type", MODEL_TYPES)
+def test_causal_and_padding_invariant(model_type):
+    model = tiny(model_type)
+    with torch.no_grad():
+        hidden = model(IDS, return_logits=False).last_hidden_state
+        # a later item never changes an earlier hidden state; padding never changes an item's
+        changed = IDS.clone()
+        changed[0, 6:] = 10
+        torch.testing.assert_close(model(changed).last_hidden_state[0, :6], hidden[0, :6], rtol=0, atol=1e-6)
+        for row in range(IDS.shape[0]):
+            n = int((IDS[row] > 0).sum())
+            alone = model(IDS[row : row + 1, :n]).last_hidden_state[0]
+            torch.testing.assert_close(alone, hidden[row, :n], rtol=1e-5, atol=1e-6)
+
+
+def test_gru4rec_cache_equals_the_full_forward_at_every_position_on_ragged_batches():
+    model = tiny("gru4rec")
+    with torch.no_grad():
+        full = model(IDS).last_hidden_state
+        lengths = (IDS > 0).sum(dim=1)
+        for chunk in (1, 3, 4):
+            cache = model.init_cache(IDS.shape[0])
+            pieces = []
+            for s in range(0, IDS.shape[1], chunk):
+                out = model(IDS[:, s : s + chunk], cache_params=cache, use_cache=True, check_inputs=False)
+                pieces.append(out.last_hidden_state)
+                # the cache's hidden state is each row's newest item's
+                newest = (lengths.clamp(max=s + chunk) - 1).clamp(min=0)
+                torch.testing.assert_close(cache.last_hidden_state, full[torch.arange(3), newest], atol=1e-6, rtol=0)
+                torch.testing.assert_close(out.logits, model.score_items(cache.last_hidden_state))
+            streamed = torch.cat(pieces, dim=1)
+            mask = IDS > 0
+            torch.testing.assert_close(streamed[mask], full[mask], rtol=1e-5, atol=1e-6)
+            assert cache.seen.tolist() == lengths.tolist()
+        assert cache.select([2, 0]).hidden.shape == (2, 2, 6)
+
+
+def test_gru4rec_stream_and_window_evaluation_agree(data):
+    from modeling_ttt4rec.training.data import load_sequences
+
+    sequences, meta = load_sequences(str(data), "split-3-2-5")
+    model = GRU4RecForNextItemPrediction(GRU4RecConfig(num_items=meta.num_items, embedding_size=8, hidden_size=8))
+    test = sequences["test"]
+    # histories are at most L = 8 items long in window mode: read whole in stream mode they differ beyond L only
+    window = compute_ranks(model, test, 64, mode="window")
+    stream = compute_ranks(model, test, 64, mode="stream", stream_chunk_size=3)
+    assert (window == stream).all()
+
+
+def test_sasrec_has_no_cache_and_a_clear_stream_error(data):
+    from modeling_ttt4rec.training.data import load_sequences
+
+    model = tiny("sasrec")
+    with pytest.raises(ValueError, match="SASRec has no cache"):
+        model(IDS, use_cache=True)
+    with pytest.raises(ValueError, match="at most 16 items"):
+        model(torch.ones(1, 17, dtype=torch.long))
+    sequences, meta = load_sequences(str(data), "split-3-2-5")
+    with pytest.raises(ValueError, match="has no cache, so it cannot read histories in the stream mode"):
+        compute_ranks(model, sequences["test"], meta.max_length, mode="stream")
+
+
+@pytest.mark.parametrize("model_type", MODEL_TYPES)
+def test_bad_inputs_are_clear_errors(model_type):
+    model = tiny(model_type)
+    with pytest.raises(ValueError, match=r"`input_ids` must be item ids in \[0, 12\)"):
+        model(torch.tensor([[1, 12]]))
+    with pytest.raises(ValueError, match="right-padded"):
+        model(torch.tensor([[0, 3]]))
+    with pytest.raises(ValueError, match="other than the padding id 0"):
+        model(torch.tensor([[1, 3]]), labels=torch.tensor([[0, -100]]))
+    with pytest.raises(ValueError, match="`labels` must have shape"):
+        model(torch.tensor([[1, 3]]), labels=torch.tensor([[1, 2, 3]]))
+    with pytest.raises(ValueError, match="candidate_ids"):
+        model.score_candidates(torch.zeros(1, 8), torch.tensor([[1, 99]]))
+
+
+@pytest.mark.parametrize("model_type", MODEL_TYPES)
+def test_save_load_ships_exactly_the_models_files(tmp_path, model_type):
+    model = tiny(model_type)
+    model.save_pretrained(tmp_path)
+    config = json.loads((tmp_path / "config.json").read_text())
+    assert config["model_type"] == model_type
+    name = {"sasrec": "SASRec", "gru4rec": "GRU4Rec"}[model_type]
+    assert config["auto_map"] == {
+        "AutoConfig": f"configuration_{model_type}.{name}Config",
+        "AutoModel": f"modeling_{model_type}.{name}ForNextItemPrediction",
+    }
+    # each model ships exactly its own files; losses.py is the package's one loss module (a link to it)
+    shipped = {p.name for p in tmp_path.glob("*.py")}
+    assert shipped == {f"configuration_{model_type}.py", f"modeling_{model_type}.py", "recommender.py", "losses.py"}
+    assert (tmp_path / "losses.py").read_text() == (ROOT / "modeling_ttt4rec" / "losses.py").read_text()
+    assert shipped <= {p.name for p in Path(baselines.__file__).parent.glob("*.py")}
+    assert type(AutoConfig.from_pretrained(tmp_path)) is type(model.config)
+    loaded = AutoModel.from_pretrained(tmp_path)
+    assert type(loaded) is type(model)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(IDS).logits, model(IDS).logits, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("model_type", MODEL_TYPES)
+def test_remote_code_in_fresh_process(tmp_path, model_type):
+    model = tiny(model_type)
+    checkpoint = tmp_path / "checkpoint"
+    model.save_pretrained(checkpoint)
+    loaded = logits_in_fresh_process(checkpoint, IDS, tmp_path, REMOTE_SCRIPT)
+    assert loaded["module"].startswith("transformers_modules."), loaded["module"]
+    with torch.no_grad():
+        expected = model(IDS, use_cache=False).logits
+    torch.testing.assert_close(torch.tensor(loaded["logits"]), expected, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("model_type", MODEL_TYPES)
+def test_train_and_evaluate_with_the_scripts(data, tmp_path, model_type):
+    out = tmp_path / "run"
+    argv = ["--model_type", model_type, "--dataset", str(data), "--output_dir", str(out), "--max_epochs", "2", *FAST]
+    results = train(parse_args(argv))
+    modes = [r["mode"] for r in results["rows"] if r["split"] == "test"]
+    # SASRec has no cache: its test skips the stream mode
+    assert modes == (["window"] if model_type == "sasrec" else ["window", "stream"])
+    model = load_checkpoint(str(out / "best_model"))
+    assert model.config.model_type == model_type
+    if model_type == "sasrec":
+        assert model.config.max_position_embeddings == 8  # the data set's L
+    cmd = [sys.executable, str(ROOT / "scripts" / "evaluate.py"), "--model_name_or_path", str(out / "best_model")]
+    cmd += ["--dataset", str(data), "--torch_threads", "1", "--output_json", str(tmp_path / "eval.json")]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=str(ROOT)))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    window = next(r for r in results["rows"] if r["split"] == "test" and r["mode"] == "window")
+    assert json.loads((tmp_path / "eval.json").read_text())["window"]["NDCG@10"] == pytest.approx(window["NDCG@10"])
+
+    # a checkpoint of one model given with another model's type, and a catalog that differs: clear errors
+    other = "gru4rec" if model_type == "sasrec" else "sasrec"
+    with pytest.raises(ValueError, match=f"is a {model_type} model but --model_type is {other}"):
+        load_checkpoint(str(out / "best_model"), model_type=other)
+    again = ["--model_type", model_type, "--model_name_or_path", str(out / "best_model"), "--num_items", "40"]
+    with pytest.raises(ValueError, match="has num_items=30 but the data set has 40"):
+        train(parse_args([*again, "--dataset", str(data), "--output_dir", str(tmp_path / "again"), *FAST]))
+
+
+def test_unknown_model_type_is_a_clear_error():
+    with pytest.raises(SystemExit, match="Unknown --model_type 'narm'"):
+        parse_args(["--dataset", "x", "--model_type", "narm"])

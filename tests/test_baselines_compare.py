@@ -1,0 +1,75 @@
+"""`scripts/compare.py` end to end on a tiny generated data set: every model trained with the same settings, one
+table and two plots, resumable (a finished model is not retrained), clear errors for bad input."""
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+from helpers import random_sequences, write_split_dataset
+from test_train import fresh_accelerator_state  # noqa: F401 - a clean accelerator state per test
+
+import modeling_ttt4rec.training.compare as compare_module
+
+# the script as a module, without putting scripts/ on the import path (its evaluate.py would shadow `evaluate`)
+SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "compare.py"
+_spec = importlib.util.spec_from_file_location("compare", SCRIPT)
+compare_script = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(compare_script)
+
+FAST = ["--batch_targets", "64", "--disable_tqdm", "true", "--torch_threads", "1", "--hidden_size", "16"]
+
+
+def test_compare_end_to_end_and_resumable(tmp_path, monkeypatch):
+    data = write_split_dataset(tmp_path / "data", random_sequences(40, 25, 3, 14, seed=3), num_items=25, max_length=6)
+    out = tmp_path / "compare"
+    argv = ["--dataset", str(data), "--models", "ttt4rec,sasrec,gru4rec", "--output_dir", str(out)]
+    result = compare_script.main([*argv, "--max_epochs", "2", "--seed", "7", *FAST])
+    rows = {(r["model"], r["mode"]): r for r in result["rows"]}
+    # window for every model; stream for the models with a cache
+    assert set(rows) == {
+        ("ttt4rec", "window"),
+        ("ttt4rec", "stream"),
+        ("sasrec", "window"),
+        ("gru4rec", "window"),
+        ("gru4rec", "stream"),
+    }
+    assert all(r["epochs"] == 2 for r in rows.values())
+    for model in ("ttt4rec", "sasrec", "gru4rec"):
+        settings = json.loads((out / model / "run_config.json").read_text())
+        assert settings["training"]["seed"] == 7 and settings["training"]["max_epochs"] == 2
+        # the table's numbers are each run's own test results
+        run = json.loads((out / model / "results.json").read_text())
+        window = next(r for r in run["rows"] if r["split"] == "test" and r["mode"] == "window")
+        assert rows[(model, "window")]["NDCG@10"] == window["NDCG@10"]
+    assert {"comparison.md", "comparison.json", "validation_by_epoch.png", "test_by_history_length.png"} <= {
+        p.name for p in out.iterdir()
+    }
+    table = (out / "comparison.md").read_text()
+    assert "| gru4rec | stream |" in table and "sasrec (window)" in table
+    by_length = json.loads((out / "comparison.json").read_text())["by_history_length"]
+    assert set(by_length) == {
+        "ttt4rec (window)",
+        "ttt4rec (stream)",
+        "sasrec (window)",
+        "gru4rec (window)",
+        "gru4rec (stream)",
+    }
+
+    # run again: nothing is retrained, the same table comes out
+    def no_training(run):
+        raise AssertionError("a finished model was retrained")
+
+    monkeypatch.setattr(compare_module, "train", no_training)
+    again = compare_script.main([*argv, "--max_epochs", "2", "--seed", "7", *FAST])
+    assert again["rows"] == result["rows"]
+
+
+def test_compare_bad_input(tmp_path):
+    with pytest.raises(SystemExit, match="Unknown --model_type 'narm'"):
+        compare_script.main(["--dataset", str(tmp_path), "--models", "ttt4rec,narm", "--output_dir", str(tmp_path)])
+    with pytest.raises(SystemExit, match="lists a model twice"):
+        compare_script.main(["--dataset", str(tmp_path), "--models", "sasrec,sasrec", "--output_dir", str(tmp_path)])
+    with pytest.raises(SystemExit, match="full protocol"):
+        argv = ["--dataset", str(tmp_path), "--models", "sasrec", "--eval_protocol", "sampled"]
+        compare_script.main([*argv, "--output_dir", str(tmp_path)])
