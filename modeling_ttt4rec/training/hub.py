@@ -32,7 +32,7 @@ def build_model_card(
     """A `huggingface_hub.ModelCard` for the checkpoint: YAML metadata (library, tags, data set, license,
     `model-index` with the test metrics of every evaluation mode) and the template's text filled in. `training` is
     the run's settings in one mapping (`RunConfig.flat()`: learning rate, batch, patience, loss, ...)."""
-    from huggingface_hub import EvalResult, ModelCard, ModelCardData
+    from huggingface_hub import ModelCard, ModelCardData
 
     checkpoint_dir = Path(checkpoint_dir)
     template_path = Path(template_path) if template_path else DEFAULT_TEMPLATE
@@ -46,26 +46,7 @@ def build_model_card(
     dataset_name = results.get("dataset_name", info.get("dataset_name", dataset))
     # a data set given as a local folder has no Hub id to link to: the card says so instead of showing a path
     is_local_dataset = Path(str(dataset)).exists() or looks_like_a_path(str(dataset)) or dataset == "unknown"
-    dataset_type = "local" if is_local_dataset else dataset
-    eval_results = []
-    for row in results.get("rows", []):
-        if row["split"] != "test":
-            continue
-        for metric in metric_names(results.get("eval_protocol", "full")):
-            eval_results.append(
-                EvalResult(
-                    task_type="recommendation",
-                    task_name="Sequential recommendation (next item)",
-                    dataset_type=dataset_type,
-                    dataset_name=dataset_name,
-                    dataset_config=dataset_config,
-                    dataset_split="test",
-                    metric_type=metric.lower().replace("@", "_at_"),
-                    metric_name=f"{metric} ({row['mode']} eval)",
-                    metric_value=round(float(row[metric]), 4),
-                    metric_config=row["mode"],
-                )
-            )
+    eval_results = _eval_results(results, "local" if is_local_dataset else dataset, dataset_name, dataset_config)
     card_data = ModelCardData(
         library_name="transformers",
         license="apache-2.0",
@@ -76,12 +57,67 @@ def build_model_card(
         eval_results=eval_results or None,
     )
     training = training or {}
-    note = (
-        f"Item ids are the data set's dense ids; `{ITEM_MAP_FILE}` in this repository maps them back to the original "
-        "item ids."
-        if (checkpoint_dir / ITEM_MAP_FILE).is_file()
-        else "Item ids are the data set's dense ids (1 .. num_items - 1)."
+    return ModelCard.from_template(
+        card_data,
+        template_path=str(template_path),
+        model_name=repo_id.split("/")[-1],
+        repo_id=repo_id,
+        max_length=info.get("max_length", "?"),
+        dataset=f"local data set {dataset_name}" if is_local_dataset else dataset,
+        dataset_config=dataset_config,
+        **_model_fields(config, checkpoint_dir),
+        **_training_fields(results, training),
     )
+
+
+def _eval_results(results: dict, dataset_type: str, dataset_name: str, dataset_config: str | None) -> list:
+    """The `model-index` entries: every test metric of every evaluation mode."""
+    from huggingface_hub import EvalResult
+
+    return [
+        EvalResult(
+            task_type="recommendation",
+            task_name="Sequential recommendation (next item)",
+            dataset_type=dataset_type,
+            dataset_name=dataset_name,
+            dataset_config=dataset_config,
+            dataset_split="test",
+            metric_type=metric.lower().replace("@", "_at_"),
+            metric_name=f"{metric} ({row['mode']} eval)",
+            metric_value=round(float(row[metric]), 4),
+            metric_config=row["mode"],
+        )
+        for row in results.get("rows", [])
+        if row["split"] == "test"
+        for metric in metric_names(results.get("eval_protocol", "full"))
+    ]
+
+
+def _model_fields(config: dict, checkpoint_dir: Path) -> dict:
+    """The template's fields about the model: architecture, item scoring, item ids."""
+    scoring = config.get("item_scoring", "embedding")
+    return {
+        "backbone": config.get("backbone"),
+        "ttt_layer_type": config.get("ttt_layer_type"),
+        "hidden_size": config.get("hidden_size"),
+        "num_hidden_layers": config.get("num_hidden_layers"),
+        "num_attention_heads": config.get("num_attention_heads"),
+        "mini_batch_size": config.get("mini_batch_size"),
+        "num_items": config.get("num_items"),
+        "item_scoring": (
+            "the tied item embedding (`h . e_i`)" if scoring == "embedding" else "a target MLP tower (`h . MLP(e_i)`)"
+        ),
+        "item_id_map_note": (
+            f"Item ids are the data set's dense ids; `{ITEM_MAP_FILE}` in this repository maps them back to the "
+            "original item ids."
+            if (checkpoint_dir / ITEM_MAP_FILE).is_file()
+            else "Item ids are the data set's dense ids (1 .. num_items - 1)."
+        ),
+    }
+
+
+def _training_fields(results: dict, training: dict) -> dict:
+    """The template's fields about training and evaluation: protocol, results, schedule, loss."""
     if results.get("eval_protocol", "full") == "sampled":
         protocol = (
             "Sampled ranking (Zhan, Lv, Zhang and Li, 2025): each test target against 99 fixed random negatives "
@@ -92,40 +128,22 @@ def build_model_card(
             "Full ranking over all items (no sampled negatives, seen items not masked), means over all samples of "
             "the split"
         )
-    scoring = config.get("item_scoring", "embedding")
-    scoring_note = (
-        "the tied item embedding (`h . e_i`)" if scoring == "embedding" else "a target MLP tower (`h . MLP(e_i)`)"
-    )
-    return ModelCard.from_template(
-        card_data,
-        protocol_description=protocol,
-        item_scoring=scoring_note,
-        template_path=str(template_path),
-        model_name=repo_id.split("/")[-1],
-        repo_id=repo_id,
-        backbone=config.get("backbone"),
-        ttt_layer_type=config.get("ttt_layer_type"),
-        hidden_size=config.get("hidden_size"),
-        num_hidden_layers=config.get("num_hidden_layers"),
-        num_attention_heads=config.get("num_attention_heads"),
-        mini_batch_size=config.get("mini_batch_size"),
-        num_items=config.get("num_items"),
-        max_length=info.get("max_length", "?"),
-        dataset=f"local data set {dataset_name}" if is_local_dataset else dataset,
-        dataset_config=dataset_config,
-        results_table=split_metrics_table(
+    return {
+        "protocol_description": protocol,
+        "results_table": split_metrics_table(
             results.get("rows", []), results.get("eval_protocol", "full"), samples=False
         ),
-        best_epoch=results.get("best_epoch", "?"),
-        epochs=results.get("epochs", "?"),
-        learning_rate=training.get("learning_rate", 1e-3),
-        batch_targets=training.get("batch_targets", 2048),
-        patience=training.get("patience", 5),
-        max_epochs=training.get("max_epochs", 300),
-        early_stopping_metric=training.get("early_stopping_metric", "NDCG@10"),
-        loss_description=_loss_description(results.get("loss_type", training.get("loss_type", "full_ce")), training),
-        item_id_map_note=note,
-    )
+        "best_epoch": results.get("best_epoch", "?"),
+        "epochs": results.get("epochs", "?"),
+        "learning_rate": training.get("learning_rate", 1e-3),
+        "batch_targets": training.get("batch_targets", 2048),
+        "patience": training.get("patience", 5),
+        "max_epochs": training.get("max_epochs", 300),
+        "early_stopping_metric": training.get("early_stopping_metric", "NDCG@10"),
+        "loss_description": _loss_description(
+            results.get("loss_type", training.get("loss_type", "full_ce")), training
+        ),
+    }
 
 
 def _loss_description(loss_type: str, training: dict) -> str:
