@@ -152,14 +152,17 @@ class StateCodec:
         """A cache whose row `i` is `states[i]` at its last mini-batch boundary (nothing pending), with the final
         hidden state after its newest item: replaying `states[i].pending` from it gives the user's exact cache."""
         cache = self.model.init_cache(len(states))
-        flat = cache.state_dict()  # (the cache's own tensors: writing into them fills the cache)
         rows = [i for i, s in enumerate(states) if s.boundary is not None]
         if rows:
             data = torch.stack([states[i].boundary for i in rows]).to(cache.last_hidden_state.dtype)
             index = torch.tensor(rows)
+            flat = cache.state_dict()
             for name, part in zip(self.boundary_names, data.split(self.boundary_sizes, dim=1), strict=True):
-                target = flat[name]
-                target[index] = part.reshape(len(rows), *target.shape[1:])
+                # a new tensor, never a write into the initial one (for one row it may share the model's weights)
+                filled = flat[name].index_copy(0, index, part.reshape(len(rows), *flat[name].shape[1:]))
+                _, layer, kind, key = name.split(".")
+                parts = cache.inner_states[int(layer)].weights if kind == "weights" else cache.conv_states[int(layer)]
+                parts[key] = filled
         cache.seen.copy_(torch.tensor([s.seen - len(s.pending) for s in states]))
         cache.last_hidden_state.copy_(torch.stack([s.last_hidden for s in states]))
         return cache
