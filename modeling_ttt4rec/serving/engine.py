@@ -82,7 +82,7 @@ class Engine:
         self.lru: collections.OrderedDict[str, bytes] = collections.OrderedDict()
         self.num_items = model.config.num_items
         self.item_features = model.item_features().detach() if model.config.item_scoring == "target_mlp" else None
-        self._queue: asyncio.Queue[Operation] = asyncio.Queue()
+        self._queue: asyncio.Queue[Operation] | None = None
         self._deferred: collections.deque[Operation] = collections.deque()
         self._worker: asyncio.Task | None = None
 
@@ -91,15 +91,21 @@ class Engine:
     # --------------------------------------------------------------------------------------------------------------
 
     async def start(self) -> None:
+        """Start the worker in the running event loop (the queue belongs to that loop)."""
+        self._queue = asyncio.Queue()
+        self._deferred.clear()
         self._worker = asyncio.create_task(self._run())
 
     async def stop(self) -> None:
         if self._worker is not None:
             self._worker.cancel()
             await asyncio.gather(self._worker, return_exceptions=True)
+            self._worker = None
 
     async def submit(self, kind: str, user_id: str, **kwargs) -> dict:
         """Queue one operation and wait for its answer (or its error)."""
+        if self._worker is None or self._worker.done():
+            raise RuntimeError("The engine is not running: `await engine.start()` first (the app does it).")
         future = asyncio.get_running_loop().create_future()
         await self._queue.put(Operation(kind, user_id, future, **kwargs))
         return await future
