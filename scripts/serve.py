@@ -8,6 +8,7 @@ Options are snake_case (kebab-case spellings are accepted too).
 
 import argparse
 
+import torch
 import uvicorn
 
 from modeling_ttt4rec.serving.app import build_engine, create_app
@@ -27,7 +28,10 @@ def main() -> None:
     add_option(parser, "lru_size", type=int, default=100_000, help="user states kept in memory (0: none)")
     add_option(parser, "max_items", type=int, default=256, help="most items in one event")
     add_option(parser, "log_level", default="warning", help="uvicorn's log level")
+    add_option(parser, "torch_threads", type=int, default=1, help="torch's threads (1 leaves a core to the HTTP loop)")
     args = parser.parse_args()
+
+    torch.set_num_threads(args.torch_threads)
 
     engine = build_engine(
         args.model,
