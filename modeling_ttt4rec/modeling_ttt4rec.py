@@ -289,10 +289,11 @@ def default_attention_mask(input_ids: torch.Tensor, pad_token_id: int | None) ->
 
 
 def _detached(state: InnerState) -> InnerState:
-    """A cache-ready copy of `state`: no autograd history, pending gradient sums always present."""
+    """A cache-ready copy of `state`: no autograd history, pending gradient sums always present, and weights that
+    never share memory with the model's parameters (for one row, `expand` + `contiguous` would not copy)."""
     pending = state.pending or {k: torch.zeros_like(v) for k, v in state.weights.items()}
     return InnerState(
-        weights={k: v.detach().contiguous() for k, v in state.weights.items()},
+        weights={k: v.detach().clone(memory_format=torch.contiguous_format) for k, v in state.weights.items()},
         pending={k: v.detach() for k, v in pending.items()},
     )
 

@@ -404,3 +404,17 @@ def test_compiled_step_compiles_once_per_batch_size():
         for item in range(7, 14):
             model.recommend(torch.tensor([[item], [item + 1]]), cache_params=cache)
     assert cache.seen.tolist() == [10, 10]
+
+
+@pytest.mark.parametrize("batch_size", [1, 3])
+def test_a_new_cache_never_shares_memory_with_the_model(batch_size):
+    """Writing into a fresh cache in place (as a server restoring a state does) must not change the model."""
+    model = TTT4RecForNextItemPrediction(
+        TTT4RecConfig(num_items=20, hidden_size=8, intermediate_size=8, num_attention_heads=2)
+    ).eval()
+    before = {name: p.detach().clone() for name, p in model.named_parameters()}
+    cache = model.init_cache(batch_size)
+    for state in cache.inner_states:
+        for tensor in (*state.weights.values(), *state.pending.values()):
+            tensor.add_(1.0)
+    assert all(torch.equal(p, before[name]) for name, p in model.named_parameters())

@@ -1,0 +1,325 @@
+"""The serving engine: applies users' events to their states in micro-batches, in order, durably.
+
+One worker takes the queued operations in arrival order and forms a micro-batch of up to `max_batch` of them
+(waiting at most `max_wait_ms` for more), **one per user**: a user's later operation waits for the next batch, so each
+user's events are applied one at a time in arrival order (the worker is the per-user lock). A batch is:
+
+1. load the states of its users (the in-memory LRU, else the store) and the `event_id`s already applied;
+2. advance every user with new items in one batched cached step of the model (two, when some users finish a
+   mini-batch and the boundary state must be kept: see `state.py`);
+3. commit all new states and event ids in one atomic write (a group commit), and only then update the LRU and
+   answer. If the commit fails, nothing of the batch is applied and its requests get `StoreUnavailable`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import time
+from dataclasses import dataclass, field
+
+import torch
+
+from .metrics import Metrics
+from .state import StateCodec, StateError, UserState
+from .store import Commit, StoreUnavailable
+
+
+class RequestError(ValueError):
+    """A request the server refuses, with the HTTP status to answer."""
+
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status = status
+
+
+@dataclass
+class Operation:
+    """One queued request: `kind` is "event" (apply `items`), "read" (recommend) or "delete"."""
+
+    kind: str
+    user_id: str
+    future: asyncio.Future
+    items: list[int] = field(default_factory=list)
+    event_id: str | None = None
+    k: int = 10
+    exclude_seen: bool = False
+
+
+class Engine:
+    """Users' states for one model and checkpoint.
+
+    Args:
+        model: a `TTT4RecForNextItemPrediction` in eval mode.
+        item_map: the checkpoint's `ItemIdMap` (original ids in and out).
+        store: a `SQLiteStore` or `RedisStore`, already bound to the checkpoint.
+        codec: the `StateCodec` of the model and checkpoint.
+        max_batch: most operations in one micro-batch.
+        max_wait_ms: longest wait for more operations once one is queued.
+        lru_size: most user states kept in memory (0: always read the store).
+        metrics: where to record batch sizes, store latencies and the states held.
+    """
+
+    def __init__(
+        self,
+        model,
+        item_map,
+        store,
+        codec: StateCodec,
+        max_batch: int = 64,
+        max_wait_ms: float = 2.0,
+        lru_size: int = 100_000,
+        metrics: Metrics | None = None,
+    ):
+        self.model = model
+        self.item_map = item_map
+        self.store = store
+        self.codec = codec
+        self.max_batch = max_batch
+        self.max_wait = max_wait_ms / 1000
+        self.lru_size = lru_size
+        self.metrics = metrics or Metrics()
+        self.lru: collections.OrderedDict[str, bytes] = collections.OrderedDict()
+        self.num_items = model.config.num_items
+        self.item_features = model.item_features().detach() if model.config.item_scoring == "target_mlp" else None
+        self._queue: asyncio.Queue[Operation] | None = None
+        self._deferred: collections.deque[Operation] = collections.deque()
+        self._worker: asyncio.Task | None = None
+
+    # --------------------------------------------------------------------------------------------------------------
+    # The asynchronous interface (called by the HTTP handlers)
+    # --------------------------------------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Start the worker in the running event loop (the queue belongs to that loop)."""
+        self._queue = asyncio.Queue()
+        self._deferred.clear()
+        self._worker = asyncio.create_task(self._run())
+
+    async def stop(self) -> None:
+        if self._worker is not None:
+            self._worker.cancel()
+            await asyncio.gather(self._worker, return_exceptions=True)
+            self._worker = None
+
+    async def submit(self, kind: str, user_id: str, **kwargs) -> dict:
+        """Queue one operation and wait for its answer (or its error)."""
+        if self._worker is None or self._worker.done():
+            raise RuntimeError("The engine is not running: `await engine.start()` first (the app does it).")
+        future = asyncio.get_running_loop().create_future()
+        await self._queue.put(Operation(kind, user_id, future, **kwargs))
+        return await future
+
+    async def _run(self) -> None:
+        while True:
+            batch = await self._next_batch()
+            started = time.perf_counter()
+            try:
+                outcomes = await asyncio.to_thread(self.process, batch)
+            except Exception as error:  # a bug must fail the batch's requests, never stop the server
+                outcomes = [error] * len(batch)
+            self.metrics.batch_seconds.observe(time.perf_counter() - started)
+            for op, outcome in zip(batch, outcomes, strict=True):
+                if op.future.done():  # (the client went away)
+                    continue
+                if isinstance(outcome, Exception):
+                    op.future.set_exception(outcome)
+                else:
+                    op.future.set_result(outcome)
+
+    async def _next_batch(self) -> list[Operation]:
+        """Up to `max_batch` operations of distinct users, oldest first; a user's later operations stay queued."""
+        batch: list[Operation] = []
+        users: set[str] = set()
+        deferred, self._deferred = self._deferred, collections.deque()
+
+        def take(op: Operation) -> None:
+            if op.user_id in users or len(batch) >= self.max_batch:
+                self._deferred.append(op)
+            else:
+                users.add(op.user_id)
+                batch.append(op)
+
+        for op in deferred:
+            take(op)
+        if not batch:
+            take(await self._queue.get())
+        deadline = time.perf_counter() + self.max_wait
+        while len(batch) < self.max_batch:
+            try:
+                op = self._queue.get_nowait()
+            except asyncio.QueueEmpty:
+                remaining = deadline - time.perf_counter()
+                if remaining <= 0:
+                    break
+                try:
+                    op = await asyncio.wait_for(self._queue.get(), remaining)
+                except TimeoutError:
+                    break
+            take(op)
+        return batch
+
+    # --------------------------------------------------------------------------------------------------------------
+    # One micro-batch (runs in a worker thread)
+    # --------------------------------------------------------------------------------------------------------------
+
+    def process(self, batch: list[Operation]) -> list[dict | Exception]:
+        """Apply one micro-batch of operations of distinct users; returns each one's answer or error."""
+        self.metrics.batch_size.observe(len(batch))
+        outcomes: list[dict | Exception | None] = [None] * len(batch)
+        try:
+            states = self._load([op.user_id for op in batch])
+            events = [(op.user_id, op.event_id) for op in batch if op.kind == "event" and op.event_id is not None]
+            with self.metrics.store_seconds.labels("read").time():
+                applied = self.store.applied(events)
+        except StoreUnavailable as error:
+            return [error] * len(batch)
+
+        commit = Commit()
+        answer: list[int] = []  # operations answered with recommendations
+        advance: list[int] = []  # events to apply
+        for i, op in enumerate(batch):
+            state = states[op.user_id]
+            if op.kind == "delete":  # (also the way out of a state this server cannot use)
+                commit.deletes.append(op.user_id)
+                outcomes[i] = {"user_id": op.user_id, "deleted": True}
+            elif isinstance(state, StateError):
+                outcomes[i] = RequestError(409, str(state))
+            elif op.kind == "event" and (op.user_id, op.event_id) not in applied:
+                advance.append(i)
+                answer.append(i)
+                if op.event_id is not None:
+                    commit.events.append((op.user_id, op.event_id))
+            else:  # a read, or an event already applied (a retry): answer from the state as it is
+                answer.append(i)
+
+        new_states = self._advance([states[batch[i].user_id] for i in advance], [batch[i].items for i in advance])
+        for i, state in zip(advance, new_states, strict=True):
+            states[batch[i].user_id] = state
+            commit.states[batch[i].user_id] = self.codec.encode(state)
+        if commit.states or commit.deletes:
+            try:
+                with self.metrics.store_seconds.labels("commit").time():
+                    self.store.commit(commit)
+            except StoreUnavailable as error:
+                return [error] * len(batch)
+        for user_id in commit.deletes:
+            self.lru.pop(user_id, None)
+        for user_id, blob in commit.states.items():
+            self._remember(user_id, blob)
+
+        ranked = self._top_k([states[batch[i].user_id] for i in answer], [batch[i] for i in answer])
+        for i, result in zip(answer, ranked, strict=True):
+            result["applied"] = i in advance if batch[i].kind == "event" else None
+            outcomes[i] = result
+        return outcomes
+
+    def _load(self, user_ids: list[str]) -> dict[str, UserState | StateError]:
+        """Each user's state: from the LRU, else the store, else a new user's."""
+        blobs = {u: self.lru[u] for u in user_ids if u in self.lru}
+        for u in blobs:
+            self.lru.move_to_end(u)
+        missing = [u for u in user_ids if u not in blobs]
+        if missing:
+            with self.metrics.store_seconds.labels("read").time():
+                stored = self.store.get(missing)
+            for u, blob in stored.items():
+                blobs[u] = blob
+                self._remember(u, blob)
+        states: dict[str, UserState | StateError] = {}
+        for u in user_ids:
+            try:
+                states[u] = self.codec.decode(blobs[u], u) if u in blobs else self.codec.new_user()
+            except StateError as error:
+                states[u] = error
+        return states
+
+    def _remember(self, user_id: str, blob: bytes) -> None:
+        if self.lru_size <= 0:
+            return
+        self.lru[user_id] = blob
+        self.lru.move_to_end(user_id)
+        while len(self.lru) > self.lru_size:
+            self.lru.popitem(last=False)
+        self.metrics.states_in_memory.set(len(self.lru))
+
+    @torch.no_grad()
+    def _advance(self, states: list[UserState], new_items: list[list[int]]) -> list[UserState]:
+        """The states after reading `new_items`, in one batched step from each user's last mini-batch boundary.
+
+        Each row reads its pending items again, then the new ones: first up to its last new mini-batch boundary
+        (phase A, whose state is kept as the new boundary), then the rest (phase B, the new pending items).
+        """
+        if not states:
+            return []
+        b = self.codec.mini_batch_size
+        cache = self.codec.boundary_cache(states)
+        reads = [s.pending + items for s, items in zip(states, new_items, strict=True)]
+        # items up to the last boundary: the boundary count after the step minus the one before it
+        to_boundary = [
+            (s.seen + len(items)) // b * b - (s.seen - len(s.pending))
+            for s, items in zip(states, new_items, strict=True)
+        ]
+        with self.metrics.step_seconds.time():
+            self._read(cache, [r[:n] for r, n in zip(reads, to_boundary, strict=True)])
+            crossed = [i for i, n in enumerate(to_boundary) if n > 0]
+            boundaries = dict(zip(crossed, self.codec.boundaries(cache, crossed), strict=True)) if crossed else {}
+            self._read(cache, [r[n:] for r, n in zip(reads, to_boundary, strict=True)])
+        last_hidden = cache.last_hidden_state.float()
+        out = []
+        for i, (state, items, read, n) in enumerate(zip(states, new_items, reads, to_boundary, strict=True)):
+            history = state.history + [item for item in dict.fromkeys(items) if item not in state.history_set]
+            out.append(
+                UserState(
+                    seen=state.seen + len(items),
+                    pending=read[n:],
+                    history=history,
+                    boundary=boundaries.get(i, state.boundary),
+                    last_hidden=last_hidden[i].clone(),
+                )
+            )
+        return out
+
+    def _read(self, cache, rows: list[list[int]]) -> None:
+        """Advance `cache` by each row's items (rows may be empty; nothing happens if all are)."""
+        width = max(map(len, rows))
+        if width == 0:
+            return
+        pad = self.model.config.pad_token_id or 0
+        input_ids = torch.full((len(rows), width), pad, dtype=torch.long)
+        attention_mask = torch.zeros((len(rows), width), dtype=torch.long)
+        for i, row in enumerate(rows):
+            input_ids[i, : len(row)] = torch.tensor(row, dtype=torch.long)
+            attention_mask[i, : len(row)] = 1
+        # (ids come from the item map, hence in range: skip the checks that read values)
+        self.model(
+            input_ids, attention_mask, cache_params=cache, use_cache=True, return_logits=False, check_inputs=False
+        )
+
+    @torch.no_grad()
+    def _top_k(self, states: list[UserState], ops: list[Operation]) -> list[dict]:
+        """Each operation's top-k from its user's final hidden state, scored as `model.recommend` scores."""
+        if not states:
+            return []
+        hidden = torch.stack([s.last_hidden for s in states]).to(self.model.dtype)
+        scores = self.model.score_items(hidden, self.item_features)
+        for row, (state, op) in enumerate(zip(states, ops, strict=True)):
+            if op.exclude_seen and state.history:
+                scores[row, state.history] = torch.finfo(scores.dtype).min
+        values, indices = scores.topk(max(op.k for op in ops), dim=1)
+        floor = torch.finfo(scores.dtype).min
+        results = []
+        for row, (state, op) in enumerate(zip(states, ops, strict=True)):
+            ranked = zip(indices[row, : op.k].tolist(), values[row, : op.k].tolist(), strict=True)
+            keep = [(i, v) for i, v in ranked if v > floor]  # (fewer than k when exclude_seen leaves fewer)
+            originals = self.item_map.to_original([i for i, _ in keep])
+            results.append(
+                {
+                    "user_id": op.user_id,
+                    "items_read": state.seen,
+                    "recommendations": [
+                        {"item_id": item, "score": score} for item, (_, score) in zip(originals, keep, strict=True)
+                    ],
+                }
+            )
+        return results

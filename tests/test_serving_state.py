@@ -1,0 +1,144 @@
+"""The serving package in one process: the compact state, the stores, micro-batching, ordering, the LRU."""
+
+import asyncio
+import sqlite3
+
+import pytest
+import torch
+from serving_fixtures import make_checkpoint
+
+from modeling_ttt4rec.serving.app import build_engine
+from modeling_ttt4rec.serving.state import StateCodec, StateError
+from modeling_ttt4rec.serving.store import Commit, SQLiteStore, StoreUnavailable, open_store
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    return make_checkpoint(tmp_path_factory.mktemp("ckpt"), "mamba", "mlp")
+
+
+def engine_for(checkpoint, tmp_path, **kwargs):
+    return build_engine(str(checkpoint), f"sqlite:///{tmp_path / 'states.db'}", **kwargs)
+
+
+def run(engine, coroutine_factory):
+    async def main():
+        await engine.start()
+        try:
+            return await coroutine_factory()
+        finally:
+            await engine.stop()
+
+    return asyncio.run(main())
+
+
+def events(engine, batches: list[list[tuple[str, list[int]]]]) -> list[list[dict]]:
+    """Each inner list submitted concurrently, the lists one after the other."""
+
+    async def go():
+        out = []
+        for batch in batches:
+            out.append(await asyncio.gather(*(engine.submit("event", u, items=i) for u, i in batch)))
+        return out
+
+    return run(engine, go)
+
+
+def test_compact_state_round_trips_and_is_smaller_than_the_cache(checkpoint, tmp_path):
+    engine = engine_for(checkpoint, tmp_path)
+    codec = engine.codec
+    events(engine, [[("a", [1, 2, 3, 4, 5, 6]), ("b", [7, 8])]])
+    blobs = engine.store.get(["a", "b"])
+    a, b = codec.decode(blobs["a"]), codec.decode(blobs["b"])
+    assert (a.seen, a.pending, a.history) == (6, [5, 6], [1, 2, 3, 4, 5, 6])
+    assert (b.seen, b.pending, b.boundary) == (2, [7, 8], None)  # no boundary yet: the initial weights are implied
+    assert codec.encode(a) == blobs["a"] and codec.encode(b) == blobs["b"]
+    cache_bytes = sum(t[0].numel() * t.element_size() for t in engine.model.init_cache(1).state_dict().values())
+    assert len(blobs["a"]) < 0.55 * cache_bytes  # (no gradient sums: about half)
+    assert len(blobs["b"]) < 200
+    half = StateCodec(engine.model, "ab" * 32, "bfloat16")
+    a_half = half.decode(half.encode(a))
+    assert len(half.encode(a)) < 0.55 * len(blobs["a"])
+    torch.testing.assert_close(a_half.boundary, a.boundary, rtol=1e-2, atol=1e-2)
+
+
+def test_a_damaged_or_foreign_state_is_refused(checkpoint, tmp_path):
+    engine = engine_for(checkpoint, tmp_path)
+    events(engine, [[("a", [1, 2, 3, 4, 5])]])
+    blob = engine.store.get(["a"])["a"]
+    other = StateCodec(engine.model, "cd" * 32)
+    with pytest.raises(StateError, match="computed with another checkpoint"):
+        other.decode(blob, "a")
+    with pytest.raises(StateError, match="damaged"):
+        engine.codec.decode(blob[:-4], "a")
+    with pytest.raises(StateError, match="truncated"):
+        engine.codec.decode(blob[:10], "a")
+    with pytest.raises(StateError, match="not a TTT4Rec serving state"):
+        engine.codec.decode(b"XXXX" + blob[4:], "a")
+
+
+def test_serving_never_changes_the_model(checkpoint, tmp_path):
+    engine = engine_for(checkpoint, tmp_path, lru_size=0)
+    before = {k: v.clone() for k, v in engine.model.state_dict().items()}
+    events(engine, [[("a", [1, 2, 3, 4, 5])], [("a", [6, 7, 8, 9])], [("a", [1])]])  # one row, boundaries crossed
+    for name, value in engine.model.state_dict().items():
+        assert torch.equal(value, before[name]), name
+
+
+def test_events_of_different_users_share_one_batched_step(checkpoint, tmp_path):
+    engine = engine_for(checkpoint, tmp_path, max_batch=8, max_wait_ms=500)
+    events(engine, [[(f"u{i}", [i + 1]) for i in range(8)]])
+    batches = engine.metrics.registry.get_sample_value("ttt4rec_batch_size_count")
+    assert batches == 1 and engine.metrics.registry.get_sample_value("ttt4rec_batch_size_sum") == 8
+
+
+def test_events_of_one_user_are_applied_in_arrival_order(checkpoint, tmp_path):
+    engine = engine_for(checkpoint, tmp_path, max_batch=4, max_wait_ms=50)
+    (answers,) = events(engine, [[("same", [i]) for i in range(1, 11)] + [("other", [3])]])
+    assert [a["items_read"] for a in answers[:10]] == list(range(1, 11))
+    assert engine.codec.decode(engine.store.get(["same"])["same"]).history == list(range(1, 11))
+
+
+def test_the_lru_is_bounded(checkpoint, tmp_path):
+    engine = engine_for(checkpoint, tmp_path, lru_size=3)
+    events(engine, [[(f"u{i}", [1]) for i in range(10)]])
+    assert len(engine.lru) == 3 and engine.metrics.registry.get_sample_value("ttt4rec_states_in_memory") == 3
+
+
+def test_a_failed_commit_applies_nothing(checkpoint, tmp_path):
+    engine = engine_for(checkpoint, tmp_path)
+    events(engine, [[("a", [1])]])
+    before = engine.store.get(["a"])
+    with pytest.raises(StoreUnavailable):  # (the second event row breaks the primary key: the whole commit fails)
+        engine.store.commit(Commit(states={"a": b"new", "b": b"new"}, events=[("a", "e"), ("a", "e")]))
+    assert engine.store.get(["a", "b"]) == before
+
+
+def test_an_unreachable_store_fails_the_batch_and_changes_nothing(checkpoint, tmp_path):
+    engine = engine_for(checkpoint, tmp_path)
+    events(engine, [[("a", [1])]])
+
+    def broken(commit):
+        raise StoreUnavailable("no store")
+
+    engine.store.commit = broken
+    with pytest.raises(StoreUnavailable):
+        events(engine, [[("a", [2])]])
+    assert engine.codec.decode(engine.lru["a"]).history == [1]
+
+
+def test_sqlite_store_is_durable_and_bound_to_one_checkpoint(tmp_path):
+    store = SQLiteStore(tmp_path / "s.db")
+    store.bind("f1")
+    db = sqlite3.connect(tmp_path / "s.db")
+    assert db.execute("PRAGMA journal_mode").fetchone() == ("wal",)
+    assert store._connect().execute("PRAGMA synchronous").fetchone() == (2,)  # FULL
+    with pytest.raises(RuntimeError, match="another checkpoint"):
+        SQLiteStore(tmp_path / "s.db").bind("f2")
+
+
+def test_store_urls(tmp_path):
+    assert isinstance(open_store(f"sqlite:///{tmp_path / 'a.db'}"), SQLiteStore)
+    assert isinstance(open_store(str(tmp_path / "b.db")), SQLiteStore)
+    with pytest.raises(ValueError, match="sqlite:///PATH or redis://"):
+        open_store("postgres://x")
