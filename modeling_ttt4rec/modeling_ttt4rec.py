@@ -35,7 +35,13 @@ from transformers.utils import ModelOutput
 
 from .cache import CONV_NAMES, TTT4RecCache, cache_config_dict, check_config
 from .configuration_ttt4rec import TTT4RecConfig
-from .losses import full_item_cross_entropy, sample_negatives, sampled_binary_cross_entropy
+from .losses import (
+    full_item_cross_entropy,
+    sample_negatives,
+    sampled_binary_cross_entropy,
+    sampled_softmax_cross_entropy,
+    shared_negatives,
+)
 from .ttt import InnerState, TTTLayer
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -649,7 +655,8 @@ class TTT4RecForNextItemPrediction(TTT4RecPreTrainedModel):
     The recommender interface (what the project's trainer and evaluator use, and all they use):
 
     * `config.num_items` (padding id included), `config.pad_token_id` (an id, or None), `config.loss_type`,
-      `config.num_negatives`;
+      `config.num_negatives` (and, for `"sampled_softmax"`, `config.negative_sampler`, `config.in_batch_negatives`
+      and `set_item_counts(counts)`);
     * `forward(input_ids, attention_mask=None, labels=None, cache_params=None, use_cache=None, ..., *,
       num_items_in_batch=None, return_logits=True, check_inputs=True)`: an output with `.loss` (from `labels`,
       according to `config.loss_type`), `.logits` (each row's scores after its newest item; None with
@@ -669,7 +676,23 @@ class TTT4RecForNextItemPrediction(TTT4RecPreTrainedModel):
         self.model = TTT4RecModel(config)
         self.item_head = nn.Linear(config.hidden_size, config.num_items, bias=False)
         self.target_mlp = TTT4RecTargetMLP(config) if config.item_scoring == "target_mlp" else None
+        # the training-split count of each item, for `negative_sampler="popularity"` (`set_item_counts`); a buffer,
+        # so it follows the model to its device, but not saved: it belongs to the training data, not the model
+        self.register_buffer("item_counts", None, persistent=False)
         self.post_init()
+
+    def set_item_counts(self, counts: torch.Tensor | None) -> None:
+        """Give the model the training-split count of every item id `[num_items]`, which
+        `negative_sampler="popularity"` draws its negatives by (the trainer calls this on every process)."""
+        if counts is not None:
+            counts = torch.as_tensor(counts)
+            if counts.shape != (self.config.num_items,) or bool((counts < 0).any()):
+                raise ValueError(
+                    f"`counts` must be [num_items] = [{self.config.num_items}] non-negative counts, got shape "
+                    f"{tuple(counts.shape)}."
+                )
+            counts = counts.to(device=self.device, dtype=torch.long)
+        self.item_counts = counts
 
     def get_input_embeddings(self) -> nn.Embedding:
         return self.model.item_embeddings
@@ -884,10 +907,41 @@ class TTT4RecForNextItemPrediction(TTT4RecPreTrainedModel):
         if self.config.loss_type == "full_ce":
             features = self.item_features() if item_features is None else item_features
             return full_item_cross_entropy(hidden, features, targets, pad_token_id=pad)
+        if self.config.loss_type == "sampled_softmax":
+            return self._sampled_softmax_sum(hidden, targets)
         # "sampled_bce"
         negatives = sample_negatives(targets, self.config.num_items, self.config.num_negatives, pad_token_id=pad)
         scores = self.score_candidates(hidden, torch.cat([targets[:, None], negatives], dim=1), check_inputs=False)
         return sampled_binary_cross_entropy(scores[:, 0], scores[:, 1:])
+
+    def _sampled_softmax_sum(self, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """The sampled softmax of `targets` against `config.num_negatives` negatives shared by the batch (drawn from
+        torch's global generator: the same seed gives the same negatives)."""
+        counts = None
+        if self.config.negative_sampler == "popularity":
+            if self.item_counts is None:
+                raise ValueError(
+                    "`negative_sampler='popularity'` needs the training-split item counts: call "
+                    "`model.set_item_counts(counts)` first (the trainer does), or use `negative_sampler='uniform'`."
+                )
+            counts = self.item_counts
+        negatives, log_expected = shared_negatives(
+            self.config.num_items,
+            self.config.num_negatives,
+            pad_token_id=self.config.pad_token_id,
+            item_counts=counts,
+            device=hidden.device,
+        )
+        features = self.item_features(torch.cat([targets, negatives]))
+        return sampled_softmax_cross_entropy(
+            hidden,
+            features[: targets.shape[0]],
+            targets,
+            features[targets.shape[0] :],
+            negatives,
+            log_expected,
+            in_batch_negatives=self.config.in_batch_negatives,
+        )
 
     @torch.no_grad()
     def recommend(

@@ -123,12 +123,20 @@ def build_model_card(
         patience=training.get("patience", 5),
         max_epochs=training.get("max_epochs", 300),
         early_stopping_metric=training.get("early_stopping_metric", "NDCG@10"),
-        loss_description=_loss_description(results.get("loss_type", training.get("loss_type", "full_ce")), training),
+        loss_description=_loss_description(
+            results.get("loss_type", training.get("loss_type", "full_ce")), training, config
+        ),
         item_id_map_note=note,
     )
 
 
-def _loss_description(loss_type: str, training: dict) -> str:
+def _loss_description(loss_type: str, training: dict, config: dict) -> str:
+    if loss_type == "sampled_softmax":
+        in_batch = " and the batch's other targets" if config.get("in_batch_negatives") else ""
+        return (
+            f"Sampled softmax: each target against {config.get('num_negatives', 4)} negatives shared by the batch, "
+            f"drawn by {config.get('negative_sampler', 'uniform')}{in_batch}, logQ-corrected, accidental hits masked"
+        )
     if loss_type == "sampled_bce":
         negatives = training.get("num_negatives", 4)
         return f"Binary cross-entropy of each target against {negatives} uniformly sampled negatives"

@@ -49,7 +49,7 @@ from .arguments import (
     parse_args,
     resume_settings,
 )
-from .data import collate, load_sequences, make_batches, prefix_units
+from .data import collate, load_sequences, make_batches, prefix_units, sample_targets
 from .evaluation import EVAL_MODES, EVAL_PROTOCOLS, evaluate_split
 from .metrics import metric_names
 from .reports import plot_curves, results_table
@@ -92,7 +92,7 @@ def build_model(model_args, num_items: int) -> nn.Module:
                 f"The checkpoint {path} has num_items={model.config.num_items} but the data set has {num_items}."
             )
         # the training loss is a setting of this run, not of the checkpoint
-        for name in ("loss_type", "num_negatives"):
+        for name in ("loss_type", "num_negatives", "negative_sampler", "in_batch_negatives"):
             if hasattr(model.config, name) and hasattr(model_args, name):
                 setattr(model.config, name, getattr(model_args, name))
         return model
@@ -293,6 +293,10 @@ class Trainer:
         """Build the model (seeded), write `run_config.json`, prepare the model and the optimizer."""
         torch.manual_seed(self.args.seed)
         model = build_model(self.run.model, self.meta.num_items)
+        if getattr(model.config, "negative_sampler", None) == "popularity" and hasattr(model, "set_item_counts"):
+            # the same counts on every process (all read the same train split)
+            train_targets = sample_targets(self.sequences["train"])
+            model.set_item_counts(torch.from_numpy(np.bincount(train_targets, minlength=self.meta.num_items)))
         if self.main:
             (self.output_dir / "run_config.json").write_text(
                 json.dumps(self._resolved_config(model), indent=2, default=str)
