@@ -34,18 +34,10 @@ LOSSES = {
 
 
 def _optimizer_step(model, optimizer, batch: dict, targets: int) -> None:
-    """One training step as the trainer takes it (its `_training_step`, then Adam)."""
-    import torch
+    """One training step as the trainer takes it (its `batch_loss`, then Adam)."""
+    from modeling_ttt4rec.training.trainer import batch_loss
 
-    labels = torch.full_like(batch["input_ids"], -100).masked_scatter_(batch["target_mask"], batch["targets"])
-    model(
-        input_ids=batch["input_ids"],
-        attention_mask=batch["attention_mask"],
-        labels=labels,
-        num_items_in_batch=targets,
-        return_logits=False,
-        check_inputs=False,
-    ).loss.backward()
+    batch_loss(model, batch, targets).backward()
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
 

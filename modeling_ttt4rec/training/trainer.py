@@ -74,6 +74,21 @@ def peak_memory_mb(device: torch.device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+def batch_loss(model: nn.Module, batch: dict[str, torch.Tensor], group_targets: int) -> torch.Tensor:
+    """The model's own loss (`config.loss_type`) of a collated training batch, its sum over the targets divided by
+    `group_targets` (the targets of the optimizer step on all processes)."""
+    # the next item after each targeted position, in the row-major order of `targets`
+    labels = torch.full_like(batch["input_ids"], -100).masked_scatter_(batch["target_mask"], batch["targets"])
+    return model(
+        input_ids=batch["input_ids"],
+        attention_mask=batch["attention_mask"],
+        labels=labels,
+        num_items_in_batch=group_targets,
+        return_logits=False,
+        check_inputs=False,
+    ).loss
+
+
 def build_model(model_args, num_items: int) -> nn.Module:
     """A new model of the registered `model_args.model_type` with the given settings, or the checkpoint
     `model_name_or_path`."""
@@ -330,16 +345,7 @@ class Trainer:
     def _training_step(self, batch: dict[str, torch.Tensor], group_targets: int) -> torch.Tensor:
         """Back-propagate one batch's loss, the model's own (`config.loss_type`), normalised by the `group_targets`
         targets of the optimizer step on all processes; returns the batch's summed loss (detached)."""
-        # the next item after each targeted position, in the row-major order of `targets`
-        labels = torch.full_like(batch["input_ids"], -100).masked_scatter_(batch["target_mask"], batch["targets"])
-        loss = self.module(
-            input_ids=batch["input_ids"],
-            attention_mask=batch["attention_mask"],
-            labels=labels,
-            num_items_in_batch=group_targets,
-            return_logits=False,
-            check_inputs=False,
-        ).loss
+        loss = batch_loss(self.module, batch, group_targets)
         # DDP averages the gradients of the processes: scale back to the sum over the group's targets
         self.accelerator.backward(loss * self.world)
         return loss.detach() * group_targets
