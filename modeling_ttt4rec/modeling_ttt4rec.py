@@ -1125,14 +1125,15 @@ class TTT4RecForNextItemPrediction(TTT4RecPreTrainedModel):
         """`[batch, items start .. end - 1]`: True for the items `recommend` may return (never the padding id)."""
         num_items, pad = self.config.num_items, self.config.pad_token_id
         end = min(end, num_items)
-        # one more column than the range: ids outside it are scattered there, then dropped
         width = end - start
+        # a chunk of the catalog gets one more column: ids outside it are scattered there, then dropped
+        spare = int(width < num_items)
 
         def in_range(ids: torch.Tensor) -> torch.Tensor:
-            return torch.where((ids >= start) & (ids < end), ids - start, width)
+            return torch.where((ids >= start) & (ids < end), ids - start, width) if spare else ids
 
         if candidates is None:
-            allowed = torch.ones(batch_size, width + 1, dtype=torch.bool, device=device)
+            allowed = torch.ones(batch_size, width + spare, dtype=torch.bool, device=device)
         else:
             candidates = torch.as_tensor(candidates, device=device).long()
             if candidates.dim() == 1:
@@ -1144,7 +1145,7 @@ class TTT4RecForNextItemPrediction(TTT4RecPreTrainedModel):
                 )
             if candidates.numel() and (candidates.min() < 0 or candidates.max() >= num_items):
                 raise ValueError(f"`candidates` must be item ids in [0, {num_items}).")
-            allowed = torch.zeros(batch_size, width + 1, dtype=torch.bool, device=device)
+            allowed = torch.zeros(batch_size, width + spare, dtype=torch.bool, device=device)
             allowed.scatter_(1, in_range(candidates), True)
         if pad is not None and start <= pad < end:
             allowed[:, pad - start] = False
@@ -1163,7 +1164,7 @@ class TTT4RecForNextItemPrediction(TTT4RecPreTrainedModel):
             allowed.scatter_(1, in_range(exclude_items), False)
         if seen is not None:
             allowed.scatter_(1, in_range(seen.to(device)), False)
-        return allowed[:, :width]
+        return allowed[:, :width] if spare else allowed
 
 
 __all__ = [
