@@ -3,9 +3,10 @@
 `train(run)` (a `Trainer`) runs the whole thing in named phases: set-up (checks, accelerator, output folder), data
 and model, resume, then per epoch `_train_epoch` (Adam on the model's loss: the full cross-entropy over all items,
 or, `--loss_type sampled_bce`, binary cross-entropy against sampled negatives as in the second paper,
-docs/protocol.md section 9), `_valid_epoch` (full ranking, or `--eval_protocol sampled`; keep the best model, stop
-early on validation NDCG@10) and `_save_checkpoint`; then the final test of the best model, the reports (logs, curves,
-results table) and optionally the push of the best model to the Hub. The same code runs on one CPU, one GPU or several
+docs/protocol.md section 9, or `--loss_type sampled_softmax` for large catalogs, docs/scaling.md), `_valid_epoch`
+(full ranking, or `--eval_protocol sampled`; keep the best model, stop early on validation NDCG@10) and
+`_save_checkpoint`; then the final test of the best model, the reports (logs, curves, results table) and optionally
+the push of the best model to the Hub. The same code runs on one CPU, one GPU or several
 processes (DDP) and with mixed precision, depending on how `accelerate` launches it. The model is any registered
 recommender (`arguments.MODELS`, `--model_type`, default `ttt4rec`).
 
