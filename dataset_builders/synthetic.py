@@ -4,6 +4,8 @@ The real ``loc-gowalla_totalCheckins.txt.gz`` has 6,442,890 check-ins of 107,092
 with the usual long tails: a few users check in thousands of times, most a handful; a few places are very
 popular, most are visited once. :func:`write_synthetic_gowalla` draws a file of the same size and shape
 (log-normal user activity, Zipf-like location popularity) so the builders can be timed without the real file.
+:func:`rows_for_catalog` sizes a file whose catalog keeps a given number of items through the builders' item filter
+(a million-item catalog: ``scripts/make_synthetic_gowalla.py --catalog 1000000``).
 """
 
 from __future__ import annotations
@@ -14,7 +16,17 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
-__all__ = ["write_synthetic_gowalla"]
+__all__ = ["rows_for_catalog", "write_synthetic_gowalla"]
+
+
+def rows_for_catalog(num_items: int, min_count: int = 10, zipf_exponent: float = 0.5) -> int:
+    """The number of check-ins at which the least popular of ``num_items`` locations (popularity
+    ``rank ** -zipf_exponent``) expects ``min_count`` of them: about every location then passes an item filter of
+    half that count (Gowalla's is 5), so the built catalog has about ``num_items`` items. With the default
+    exponent 0.5 (flatter than Gowalla's 0.9, which would need 76 M rows for a million items), a million items
+    need 20 M rows."""
+    weights = np.arange(1, num_items + 1, dtype=np.float64) ** -zipf_exponent
+    return int(np.ceil(min_count * weights.sum() / weights[-1]))
 
 
 def write_synthetic_gowalla(

@@ -1,4 +1,5 @@
-"""The training losses: cross-entropy over all items (docs/protocol.md section 6) and sampled binary cross-entropy
+"""The training losses: cross-entropy over all items (docs/protocol.md section 6), sampled softmax (the same
+cross-entropy over each target and negatives shared by the batch, logQ-corrected) and sampled binary cross-entropy
 (docs/protocol.md section 9).
 
 `TTT4RecForNextItemPrediction.forward` computes them from `labels` according to `config.loss_type`; these are the
@@ -13,6 +14,8 @@ pass: it computes the loss and both gradients chunk by chunk in the forward pass
 once and read while it is still in cache. On a CPU this is the difference between memory-bound and compute-bound
 training.
 """
+
+import math
 
 import torch
 import torch.nn.functional as F
@@ -157,4 +160,111 @@ def sample_negatives(
     return draws + (draws >= high).long()
 
 
-__all__ = ["full_item_cross_entropy", "sample_negatives", "sampled_binary_cross_entropy"]
+def shared_negatives(
+    num_items: int,
+    num_negatives: int,
+    *,
+    pad_token_id: int | None,
+    item_counts: torch.Tensor | None = None,
+    generator: torch.Generator | None = None,
+    device: torch.device | str | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The negatives of a sampled-softmax step, shared by every target of the batch, and their logQ correction.
+
+    Uniform (`item_counts=None`): `num_negatives` ids drawn uniformly with replacement from the real items; when
+    `num_negatives` is at least the number of real items, each real item once instead (the sampled softmax is then
+    the full softmax). Popularity: `num_negatives` ids drawn with replacement with probability proportional to
+    `item_counts + 1` (the training-split counts, plus one so that every real item can be drawn). The padding id is
+    never drawn.
+
+    Returns:
+        `(ids [K], log_expected [K])`: the ids, and the log of the expected number of times each one appears among
+        the `K` draws (`log(K q_i)` for draws with replacement, 0 when every item is taken once). Subtracting it
+        from the negative's logit makes `sum_j exp(s_j - log_expected_j)` an unbiased estimate of the sum of
+        `exp(s_i)` over all items (docs/scaling.md).
+    """
+    real = num_items - (pad_token_id is not None)
+    if real < 1:
+        raise ValueError(f"Sampling negatives needs a real item; num_items={num_items} leaves none.")
+    if item_counts is None:
+        if num_negatives >= real:
+            ids = torch.arange(real, device=device)
+            log_expected = torch.zeros(real, device=device)
+        else:
+            ids = torch.randint(0, real, (num_negatives,), generator=generator, device=device)
+            log_expected = torch.full((num_negatives,), math.log(num_negatives / real), device=device)
+        # ranks among the real items -> ids, stepping over the padding id
+        return (ids if pad_token_id is None else ids + (ids >= pad_token_id).long()), log_expected
+    if item_counts.shape != (num_items,):
+        raise ValueError(
+            f"`item_counts` must be [num_items] = [{num_items}] (the training-split count of every id), got "
+            f"{tuple(item_counts.shape)}."
+        )
+    weights = item_counts.double() + 1.0
+    if pad_token_id is not None:
+        weights[pad_token_id] = 0.0
+    cdf = weights.cumsum(0)
+    total = cdf[-1]
+    # inverse-CDF draws: the first id whose cumulative weight exceeds a uniform draw (never a zero-weight id)
+    draws = torch.rand(num_negatives, generator=generator, device=device, dtype=torch.float64) * total
+    ids = torch.searchsorted(cdf.to(draws.device), draws, right=True).clamp_(max=num_items - 1)
+    log_expected = torch.log(num_negatives * weights.to(draws.device)[ids] / total).float()
+    return ids, log_expected
+
+
+def sampled_softmax_cross_entropy(
+    hidden: torch.Tensor,
+    target_features: torch.Tensor,
+    targets: torch.Tensor,
+    negative_features: torch.Tensor,
+    negatives: torch.Tensor,
+    log_expected: torch.Tensor,
+    *,
+    in_batch_negatives: bool = False,
+) -> torch.Tensor:
+    """Summed cross-entropy of each target under a softmax over itself and the negatives shared by the batch, with
+    the logQ correction and accidental hits removed.
+
+    The logit of target `t` is `s_t = h . f_t`; the logit of negative `j` is `h . f_j - log_expected_j`
+    (`shared_negatives`); a negative equal to the row's target is masked out (it is already the positive). With
+    `in_batch_negatives`, the other rows' targets are negatives too, each corrected by the log of its number of
+    occurrences among the batch's targets (so an item counts once), the row's own target item masked. When the
+    negatives are every real item once (`log_expected = 0`), this is `full_item_cross_entropy` exactly.
+
+    Args:
+        hidden: `[T, hidden]` the hidden states before the targets.
+        target_features: `[T, hidden]` the item features of the targets.
+        targets: `[T]` the target ids.
+        negative_features: `[K, hidden]` the item features of the negatives.
+        negatives: `[K]` the negative ids.
+        log_expected: `[K]` their logQ correction.
+        in_batch_negatives: also use the batch's other targets as negatives.
+
+    Returns:
+        The sum over targets, in float32 (float64 when an input is float64).
+    """
+    if hidden.shape[0] != targets.shape[0] or target_features.shape[0] != targets.shape[0]:
+        raise ValueError(
+            f"{hidden.shape[0]} hidden states and {target_features.shape[0]} features for {targets.shape[0]} targets."
+        )
+    dtype = torch.promote_types(torch.promote_types(hidden.dtype, negative_features.dtype), torch.float32)
+    with torch.autocast(device_type=hidden.device.type, enabled=False):
+        hidden, target_features = hidden.to(dtype), target_features.to(dtype)
+        positive = (hidden * target_features).sum(dim=1, keepdim=True)
+        logits = hidden @ negative_features.to(dtype).T - log_expected.to(dtype)
+        hits = negatives[None, :] == targets[:, None]
+        if in_batch_negatives:
+            same = targets[None, :] == targets[:, None]  # [T, T]: row i's target is column j's item
+            batch_logits = hidden @ target_features.T - torch.log(same.sum(dim=0).to(dtype))
+            logits, hits = torch.cat([logits, batch_logits], dim=1), torch.cat([hits, same], dim=1)
+        logits = logits.masked_fill(hits, float("-inf"))
+        return (torch.logsumexp(torch.cat([positive, logits], dim=1), dim=1) - positive[:, 0]).sum()
+
+
+__all__ = [
+    "full_item_cross_entropy",
+    "sample_negatives",
+    "sampled_binary_cross_entropy",
+    "sampled_softmax_cross_entropy",
+    "shared_negatives",
+]

@@ -36,7 +36,13 @@ from transformers.utils import ModelOutput
 
 from .cache import CONV_NAMES, TTT4RecCache, cache_config_dict, check_cache_type, check_config
 from .configuration_ttt4rec import TTT4RecConfig
-from .losses import full_item_cross_entropy, sample_negatives, sampled_binary_cross_entropy
+from .losses import (
+    full_item_cross_entropy,
+    sample_negatives,
+    sampled_binary_cross_entropy,
+    sampled_softmax_cross_entropy,
+    shared_negatives,
+)
 from .ttt import InnerState, TTTLayer
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -279,6 +285,21 @@ class TTT4RecBlock(nn.Module):
             cache_params.inner_states[self.layer_idx] = _detached(state)
             cache_params.conv_states[self.layer_idx] = {k: v.detach() for k, v in new_conv.items()}
         return hidden_states
+
+
+# item chunks (`recommend(item_chunk_size=...)`, the evaluation's `score_ranks`) are multiples of this many items: the
+# matmul then computes each score with the same instructions as over the whole catalog (column tiles alike), so the
+# chunked scores are the same floats and exact ties stay ties (measured; smaller chunks change the last bits)
+ITEM_CHUNK_MULTIPLE = 64
+
+
+def check_item_chunk_size(item_chunk_size: int | None) -> None:
+    """`item_chunk_size` is None (the whole catalog at once) or a positive multiple of `ITEM_CHUNK_MULTIPLE`."""
+    if item_chunk_size is not None and (item_chunk_size < 1 or item_chunk_size % ITEM_CHUNK_MULTIPLE):
+        raise ValueError(
+            f"`item_chunk_size` must be a positive multiple of {ITEM_CHUNK_MULTIPLE} (so that chunked scores are "
+            f"the same floats as whole-catalog ones), got {item_chunk_size}; or None for the whole catalog."
+        )
 
 
 def default_attention_mask(input_ids: torch.Tensor, pad_token_id: int | None) -> torch.Tensor:
@@ -653,7 +674,8 @@ class TTT4RecForNextItemPrediction(TTT4RecPreTrainedModel):
     The recommender interface (what the project's trainer and evaluator use, and all they use):
 
     * `config.num_items` (padding id included), `config.pad_token_id` (an id, or None), `config.loss_type`,
-      `config.num_negatives`;
+      `config.num_negatives` (and, for `"sampled_softmax"`, `config.negative_sampler`, `config.in_batch_negatives`
+      and `set_item_counts(counts)`);
     * `forward(input_ids, attention_mask=None, labels=None, cache_params=None, use_cache=None, ..., *,
       num_items_in_batch=None, return_logits=True, check_inputs=True)`: an output with `.loss` (from `labels`,
       according to `config.loss_type`), `.logits` (each row's scores after its newest item; None with
@@ -673,7 +695,23 @@ class TTT4RecForNextItemPrediction(TTT4RecPreTrainedModel):
         self.model = TTT4RecModel(config)
         self.item_head = nn.Linear(config.hidden_size, config.num_items, bias=False)
         self.target_mlp = TTT4RecTargetMLP(config) if config.item_scoring == "target_mlp" else None
+        # the training-split count of each item, for `negative_sampler="popularity"` (`set_item_counts`); a buffer,
+        # so it follows the model to its device, but not saved: it belongs to the training data, not the model
+        self.register_buffer("item_counts", None, persistent=False)
         self.post_init()
+
+    def set_item_counts(self, counts: torch.Tensor | None) -> None:
+        """Give the model the training-split count of every item id `[num_items]`, which
+        `negative_sampler="popularity"` draws its negatives by (the trainer calls this on every process)."""
+        if counts is not None:
+            counts = torch.as_tensor(counts)
+            if counts.shape != (self.config.num_items,) or bool((counts < 0).any()):
+                raise ValueError(
+                    f"`counts` must be [num_items] = [{self.config.num_items}] non-negative counts, got shape "
+                    f"{tuple(counts.shape)}."
+                )
+            counts = counts.to(device=self.device, dtype=torch.long)
+        self.item_counts = counts
 
     def get_input_embeddings(self) -> nn.Embedding:
         return self.model.item_embeddings
@@ -891,10 +929,41 @@ class TTT4RecForNextItemPrediction(TTT4RecPreTrainedModel):
         if self.config.loss_type == "full_ce":
             features = self.item_features() if item_features is None else item_features
             return full_item_cross_entropy(hidden, features, targets, pad_token_id=pad)
+        if self.config.loss_type == "sampled_softmax":
+            return self._sampled_softmax_sum(hidden, targets)
         # "sampled_bce"
         negatives = sample_negatives(targets, self.config.num_items, self.config.num_negatives, pad_token_id=pad)
         scores = self.score_candidates(hidden, torch.cat([targets[:, None], negatives], dim=1), check_inputs=False)
         return sampled_binary_cross_entropy(scores[:, 0], scores[:, 1:])
+
+    def _sampled_softmax_sum(self, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """The sampled softmax of `targets` against `config.num_negatives` negatives shared by the batch (drawn from
+        torch's global generator: the same seed gives the same negatives)."""
+        counts = None
+        if self.config.negative_sampler == "popularity":
+            if self.item_counts is None:
+                raise ValueError(
+                    "`negative_sampler='popularity'` needs the training-split item counts: call "
+                    "`model.set_item_counts(counts)` first (the trainer does), or use `negative_sampler='uniform'`."
+                )
+            counts = self.item_counts
+        negatives, log_expected = shared_negatives(
+            self.config.num_items,
+            self.config.num_negatives,
+            pad_token_id=self.config.pad_token_id,
+            item_counts=counts,
+            device=hidden.device,
+        )
+        features = self.item_features(torch.cat([targets, negatives]))
+        return sampled_softmax_cross_entropy(
+            hidden,
+            features[: targets.shape[0]],
+            targets,
+            features[targets.shape[0] :],
+            negatives,
+            log_expected,
+            in_batch_negatives=self.config.in_batch_negatives,
+        )
 
     @torch.no_grad()
     def generate(self, *args, **kwargs):
@@ -914,6 +983,7 @@ class TTT4RecForNextItemPrediction(TTT4RecPreTrainedModel):
         exclude_items: torch.LongTensor | None = None,
         candidates: torch.LongTensor | None = None,
         item_map=None,
+        item_chunk_size: int | None = None,
     ) -> TTT4RecRecommendations:
         r"""Top-`k` next items for each row, after its newest item.
 
@@ -934,6 +1004,10 @@ class TTT4RecForNextItemPrediction(TTT4RecPreTrainedModel):
                 `original_ids`: `dataset_builders`' `ItemIdMap` (anything with `to_original(ids)` and `len()`), a
                 sequence indexed by id or a dict. The inputs (`input_ids`, `exclude_items`, `candidates`) are always
                 dense ids: map original ids first with `item_map.to_dense(ids)`.
+            item_chunk_size (`int`, *optional*): score and filter this many items at a time (a multiple of 64),
+                keeping each row's best `top_k` across the chunks, so that memory is `batch_size x item_chunk_size`
+                scores (and masks) instead of `batch_size x num_items` (the same items and scores; items scoring
+                exactly alike may come in another order).
         """
         if input_ids is None and cache_params is None:
             raise ValueError("Pass `input_ids` (a history), `cache_params` (a state), or both.")
@@ -944,8 +1018,21 @@ class TTT4RecForNextItemPrediction(TTT4RecPreTrainedModel):
             self.model.validate_cache(cache_params)
         batch_size = cache_params.batch_size if cache_params is not None else input_ids.shape[0]
         seen = input_ids if exclude_seen else None
-        allowed = self._allowed_items(batch_size, self.device, candidates, exclude_items, seen)
-        self._check_recommendable(top_k, allowed, cache_params, attention_mask if input_ids is not None else None)
+        num_items = self.config.num_items
+        check_item_chunk_size(item_chunk_size)
+        chunk = num_items if item_chunk_size is None else item_chunk_size
+        filters = (batch_size, self.device, candidates, exclude_items, seen)
+        if candidates is None and exclude_items is None and seen is None:
+            filters = allowed = available = None
+        elif item_chunk_size is None:
+            allowed = self._allowed_items(*filters, 0, num_items)
+            available = allowed.sum(dim=1)
+        else:  # counted chunk by chunk, masked again when scored
+            allowed = None
+            available = sum(
+                self._allowed_items(*filters, start, start + chunk).sum(dim=1) for start in range(0, num_items, chunk)
+            )
+        self._check_recommendable(top_k, available, cache_params, attention_mask if input_ids is not None else None)
         if item_map is not None and not isinstance(item_map, Mapping) and len(item_map) != self.config.num_items:
             raise ValueError(
                 f"`item_map` has {len(item_map)} entries, the model {self.config.num_items} ids: "
@@ -954,37 +1041,70 @@ class TTT4RecForNextItemPrediction(TTT4RecPreTrainedModel):
             )
 
         if input_ids is not None:  # (the inputs were checked above)
-            logits = self(
+            output = self(
                 input_ids,
                 attention_mask,
                 cache_params=cache_params,
                 use_cache=cache_params is not None,
                 check_inputs=False,
+                return_logits=item_chunk_size is None,
                 return_dict=True,
-            ).logits
+            )
+            logits = output.logits
+            newest = (
+                None if logits is not None else self._newest(output.last_hidden_state, attention_mask, cache_params)
+            )
         else:
-            logits = self.score_items(cache_params.last_hidden_state)
-        if allowed is not None:
-            logits = logits.masked_fill(~allowed, torch.finfo(logits.dtype).min)
-        scores, item_ids = logits.topk(top_k, dim=1)
+            newest = cache_params.last_hidden_state
+            logits = self.score_items(newest) if item_chunk_size is None else None
+        if logits is not None:  # the whole catalog at once
+            if allowed is not None:
+                logits = logits.masked_fill(~allowed, torch.finfo(logits.dtype).min)
+            scores, item_ids = logits.topk(top_k, dim=1)
+        else:
+            scores, item_ids = self._chunked_top_k(newest, top_k, chunk, filters)
         original_ids = None if item_map is None else self._original_ids(item_ids, item_map)
         return TTT4RecRecommendations(
             item_ids=item_ids, scores=scores, cache_params=cache_params, original_ids=original_ids
         )
 
+    def _chunked_top_k(
+        self, hidden: torch.Tensor, top_k: int, chunk: int, filters: tuple | None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The best `top_k` (scores, ids) of each row of `hidden` `[batch, hidden]`, scoring `chunk` items at a time
+        as `score_items` does (`h . item_features()[i]`, the padding id and the items `filters` rule out lowest) and
+        merging each chunk's best into the running best."""
+        features = self.item_features() if self.target_mlp is not None else self.item_head.weight
+        lowest = torch.finfo(at_least_float32(hidden.dtype)).min
+        best_scores = best_ids = None
+        for start in range(0, self.config.num_items, chunk):
+            block = (hidden @ features[start : start + chunk].T).to(at_least_float32(hidden.dtype))
+            pad = self.config.pad_token_id
+            if pad is not None and start <= pad < start + block.shape[1]:
+                block[:, pad - start] = lowest
+            if filters is not None:
+                block = block.masked_fill(~self._allowed_items(*filters, start, start + chunk), lowest)
+            scores, ids = block.topk(min(top_k, block.shape[1]), dim=1)
+            if best_scores is not None:
+                scores, ids = torch.cat([best_scores, scores], dim=1), torch.cat([best_ids, ids + start], dim=1)
+                scores, order = scores.topk(min(top_k, scores.shape[1]), dim=1)
+                ids = ids.gather(1, order)
+            best_scores, best_ids = scores, ids
+        return best_scores, best_ids
+
     def _check_recommendable(
         self,
         top_k: int,
-        allowed: torch.Tensor | None,
+        available: torch.Tensor | None,
         cache_params: TTT4RecCache | None,
         attention_mask: torch.Tensor | None,
     ) -> None:
-        """`top_k` items are left to recommend to every row, and every row of the cache has read an item (counting
-        this call's `attention_mask`)."""
-        if allowed is None:  # every item but the padding id (which `score_items` rules out)
+        """`top_k` items are left to recommend to every row (`available`: how many per row, None when nothing is
+        filtered), and every row of the cache has read an item (counting this call's `attention_mask`)."""
+        if available is None:  # every item but the padding id (which `score_items` rules out)
             available = self.config.num_items - (self.config.pad_token_id is not None)
         else:
-            available = int(allowed.sum(dim=1).min())
+            available = int(available.min())
         if top_k < 1 or top_k > available:
             raise ValueError(f"`top_k` must be in [1, {available}] (the items left to recommend), got {top_k}.")
         if cache_params is not None:
@@ -1029,14 +1149,21 @@ class TTT4RecForNextItemPrediction(TTT4RecPreTrainedModel):
         candidates: torch.LongTensor | None,
         exclude_items: torch.LongTensor | None,
         seen: torch.LongTensor | None,
-    ) -> torch.Tensor | None:
-        """`[batch, num_items]`: True for the items `recommend` may return (never the padding id); `None` when
-        nothing is filtered."""
-        if candidates is None and exclude_items is None and seen is None:
-            return None
+        start: int,
+        end: int,
+    ) -> torch.Tensor:
+        """`[batch, items start .. end - 1]`: True for the items `recommend` may return (never the padding id)."""
         num_items, pad = self.config.num_items, self.config.pad_token_id
+        end = min(end, num_items)
+        width = end - start
+        # a chunk of the catalog gets one more column: ids outside it are scattered there, then dropped
+        spare = int(width < num_items)
+
+        def in_range(ids: torch.Tensor) -> torch.Tensor:
+            return torch.where((ids >= start) & (ids < end), ids - start, width) if spare else ids
+
         if candidates is None:
-            allowed = torch.ones(batch_size, num_items, dtype=torch.bool, device=device)
+            allowed = torch.ones(batch_size, width + spare, dtype=torch.bool, device=device)
         else:
             candidates = torch.as_tensor(candidates, device=device).long()
             if candidates.dim() == 1:
@@ -1048,10 +1175,10 @@ class TTT4RecForNextItemPrediction(TTT4RecPreTrainedModel):
                 )
             if candidates.numel() and (candidates.min() < 0 or candidates.max() >= num_items):
                 raise ValueError(f"`candidates` must be item ids in [0, {num_items}).")
-            allowed = torch.zeros(batch_size, num_items, dtype=torch.bool, device=device)
-            allowed.scatter_(1, candidates, True)
-        if pad is not None:
-            allowed[:, pad] = False
+            allowed = torch.zeros(batch_size, width + spare, dtype=torch.bool, device=device)
+            allowed.scatter_(1, in_range(candidates), True)
+        if pad is not None and start <= pad < end:
+            allowed[:, pad - start] = False
         if exclude_items is not None:
             exclude_items = torch.as_tensor(exclude_items, device=device).long()
             if exclude_items.dim() != 2 or exclude_items.shape[0] != batch_size:
@@ -1064,10 +1191,10 @@ class TTT4RecForNextItemPrediction(TTT4RecPreTrainedModel):
                     f"`exclude_items` must be item ids in [0, {num_items}); got values in "
                     f"[{int(exclude_items.min())}, {int(exclude_items.max())}]."
                 )
-            allowed.scatter_(1, exclude_items, False)
+            allowed.scatter_(1, in_range(exclude_items), False)
         if seen is not None:
-            allowed.scatter_(1, seen.to(device), False)
-        return allowed
+            allowed.scatter_(1, in_range(seen.to(device)), False)
+        return allowed[:, :width] if spare else allowed
 
 
 __all__ = [

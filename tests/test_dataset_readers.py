@@ -228,3 +228,17 @@ def test_synthetic_generator_needs_a_row_per_user(tmp_path: Path) -> None:
     path = write_synthetic_gowalla(tmp_path / "s.txt", num_rows=1_000, num_users=100, num_items=500)
     raw = read_interactions(path, "gowalla")
     assert raw.frame.height == 1_000 and raw.frame["user"].n_unique() == 100
+
+
+def test_synthetic_catalog_keeps_about_the_asked_items(tmp_path: Path) -> None:
+    """`rows_for_catalog` sizes a file in which nearly every location of the catalog passes a 5-check-in filter."""
+    from dataset_builders.synthetic import rows_for_catalog, write_synthetic_gowalla
+
+    rows = rows_for_catalog(2_000, zipf_exponent=0.5)
+    # 10 * sum(r ** -0.5, r <= 2000) / 2000 ** -0.5, the sum about 2 sqrt(2000) - 1.46 = 88.0
+    assert 39_000 < rows < 40_000
+    path = write_synthetic_gowalla(
+        tmp_path / "s.txt", num_rows=rows, num_users=500, num_items=2_000, zipf_exponent=0.5
+    )
+    counts = read_interactions(path, "gowalla").frame["item"].value_counts()["count"]
+    assert (counts >= 5).sum() >= 0.97 * 2_000

@@ -116,9 +116,9 @@ def test_mixed_precision_encodes_in_bf16_but_scores_in_float32(monkeypatch):
     seen = []
     original = evaluation.score_ranks
 
-    def recording(model, hidden, items_t, targets, chunk_size=64):
+    def recording(model, hidden, items_t, targets, *args):
         seen.append((torch.is_autocast_enabled("cpu"), hidden.dtype, items_t.dtype))
-        return original(model, hidden, items_t, targets, chunk_size)
+        return original(model, hidden, items_t, targets, *args)
 
     monkeypatch.setattr(evaluation, "score_ranks", recording)
     seqs = random_sequences(12, 40, 2, 9, seed=3)

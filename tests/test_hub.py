@@ -121,6 +121,23 @@ def test_model_card_of_a_local_data_set_names_no_path(checkpoint, tmp_path, monk
     assert "**Training data:** `local data set movielens-100k`" in body
 
 
+def test_model_card_of_the_sampled_softmax(tmp_path):
+    config = TTT4RecConfig(
+        num_items=40,
+        hidden_size=16,
+        num_attention_heads=2,
+        loss_type="sampled_softmax",
+        num_negatives=1024,
+        negative_sampler="popularity",
+    )
+    TTT4RecForNextItemPrediction(config).save_pretrained(tmp_path / "best_model")
+    results = {**RESULTS, "loss_type": "sampled_softmax"}
+    prepare_hub_folder(tmp_path / "best_model", tmp_path / "upload", "someone/ttt4rec-sampled", results)
+    body = (tmp_path / "upload" / "README.md").read_text()
+    assert "Sampled softmax: each target against 1024 negatives shared by the batch, drawn by popularity" in body
+    assert "Cross-entropy over all items" not in body
+
+
 def test_incomplete_checkpoint_is_refused(tmp_path):
     (tmp_path / "ckpt").mkdir()
     (tmp_path / "ckpt" / "config.json").write_text("{}")

@@ -29,6 +29,7 @@ import torch
 
 from dataset_builders.format import ITEM_MAP_FILE
 
+from ..modeling_ttt4rec import check_item_chunk_size
 from .data import (
     DEFAULT_CONFIG_NAME,
     SplitSequences,
@@ -61,22 +62,59 @@ def scoring_matrix(item_features: torch.Tensor) -> torch.Tensor:
 
 
 def score_ranks(
-    model, hidden: torch.Tensor, items_t: torch.Tensor, targets: torch.Tensor, chunk_size: int = 64
+    model,
+    hidden: torch.Tensor,
+    items_t: torch.Tensor,
+    targets: torch.Tensor,
+    chunk_size: int = 64,
+    item_chunk_size: int | None = None,
 ) -> torch.Tensor:
     """Ranks of `targets` (item ids) among all items, scored by `model.score_items` (the padding id scores lowest,
     so it never counts) with `items_t = scoring_matrix(model.item_features())`.
 
     Scores are computed `chunk_size` rows at a time in float32: small chunks keep each block of scores in the CPU
-    cache while it is compared and counted (2-3x faster than blocks of 512 rows here).
+    cache while it is compared and counted (2-3x faster than blocks of 512 rows here). The block is
+    `chunk_size x num_items` floats; with `item_chunk_size` it is `chunk_size x item_chunk_size` whatever the
+    catalog (`_item_chunked_ranks`: the same ranks; a multiple of 64, `check_item_chunk_size`).
     """
+    check_item_chunk_size(item_chunk_size)
     hidden = hidden.float()
     ranks = []
     for s in range(0, hidden.shape[0], chunk_size):
-        scores = model.score_items(hidden[s : s + chunk_size], items_t.T)
-        ranks.append(ranks_from_scores(scores, targets[s : s + chunk_size]))
+        h, t = hidden[s : s + chunk_size], targets[s : s + chunk_size]
+        if item_chunk_size is None:
+            ranks.append(ranks_from_scores(model.score_items(h, items_t.T), t))
+        else:
+            ranks.append(_item_chunked_ranks(h, items_t, t, model.config.pad_token_id, item_chunk_size))
     if not ranks:
         return torch.zeros(0, dtype=torch.long, device=hidden.device)
     return torch.cat(ranks)
+
+
+def _item_chunked_ranks(
+    hidden: torch.Tensor, items_t: torch.Tensor, targets: torch.Tensor, pad: int | None, item_chunk_size: int
+) -> torch.Tensor:
+    """`ranks_from_scores(hidden @ items_t, targets)` (the padding id scoring lowest), `item_chunk_size` items at a
+    time: each target's score is taken from the block of its own chunk, then the items scoring strictly higher are
+    counted chunk by chunk. A block is computed the same way both times (same rows, same items), so ties are exact
+    ties whatever the chunk size; the blocks holding targets are computed twice (at most twice the matmul work).
+    Scores are `h . item_features()[i]`, the recommender interface's rule that `score_items` follows."""
+    num_items = items_t.shape[1]
+    target_scores = hidden.new_empty(hidden.shape[0])
+    chunk_of = torch.div(targets, item_chunk_size, rounding_mode="floor")
+    for c in chunk_of.unique().tolist():
+        mine = chunk_of == c
+        start = c * item_chunk_size
+        block = hidden @ items_t[:, start : start + item_chunk_size]
+        target_scores[mine] = block[mine].gather(1, (targets[mine] - start)[:, None])[:, 0]
+    higher = torch.zeros(hidden.shape[0], dtype=torch.int32, device=hidden.device)
+    for start in range(0, num_items, item_chunk_size):
+        block = hidden @ items_t[:, start : start + item_chunk_size]
+        if pad is not None and start <= pad < start + block.shape[1]:
+            block[:, pad - start] = torch.finfo(block.dtype).min
+        higher += torch.gt(block, target_scores[:, None]).sum(dim=1, dtype=torch.int32)
+    # as `ranks_from_scores`: a target score that is not finite ranks last
+    return higher.long().masked_fill(~torch.isfinite(target_scores), num_items)
 
 
 def _window_batch(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -137,6 +175,7 @@ def compute_ranks(
     batch_tokens: int = 65536,
     stream_chunk_size: int = 64,
     score_chunk_size: int = 64,
+    item_chunk_size: int | None = None,
     progress: bool = False,
     timings: dict[str, float] | None = None,
 ) -> np.ndarray:
@@ -144,8 +183,9 @@ def compute_ranks(
     `TTT4RecForNextItemPrediction`, unwrapped), among all items (`protocol="full"`) or among the target and
     `num_negatives` negatives drawn with `candidate_seed` (`protocol="sampled"`). With an `accelerate.Accelerator`
     of several processes, each process scores every `num_processes`-th batch and the ranks are gathered; every
-    process returns all ranks. A `timings` dict receives the seconds spent encoding (`encode_seconds`) and scoring
-    and ranking (`score_seconds`) on this process."""
+    process returns all ranks. `item_chunk_size` bounds the block of scores by that many items instead of the
+    catalog (`score_ranks`; the same ranks). A `timings` dict receives the seconds spent encoding
+    (`encode_seconds`) and scoring and ranking (`score_seconds`) on this process."""
     if mode not in EVAL_MODES:
         raise ValueError(f"Unknown eval mode {mode!r}; choose one of {EVAL_MODES}.")
     if protocol not in EVAL_PROTOCOLS:
@@ -187,7 +227,9 @@ def compute_ranks(
             )
         encoded = time.perf_counter()
         with full_precision:
-            ranks.append(_rank_batch(model, hidden.float(), batch, items_t, candidates, score_chunk_size))
+            ranks.append(
+                _rank_batch(model, hidden.float(), batch, items_t, candidates, score_chunk_size, item_chunk_size)
+            )
         sample_ids.append(batch["sample_ids"])
         encode_seconds += encoded - start
         score_seconds += time.perf_counter() - encoded
@@ -204,11 +246,12 @@ def _rank_batch(
     items_t: torch.Tensor | None,
     candidates: torch.Tensor | None,
     score_chunk_size: int,
+    item_chunk_size: int | None = None,
 ) -> torch.Tensor:
     """Ranks of the batch's targets from the float32 hidden states before them: among all items (`items_t`, the
     full protocol) or among each sample's `candidates` (the sampled protocol)."""
     if candidates is None:
-        return score_ranks(model, hidden, items_t, batch["targets"], score_chunk_size)
+        return score_ranks(model, hidden, items_t, batch["targets"], score_chunk_size, item_chunk_size)
     # column 0 of every sample's candidates is its target
     sample_candidates = candidates[batch["sample_ids"].cpu()].to(hidden.device)
     scores = model.score_candidates(hidden, sample_candidates, check_inputs=False)

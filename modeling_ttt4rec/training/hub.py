@@ -66,7 +66,7 @@ def build_model_card(
         dataset=f"local data set {dataset_name}" if is_local_dataset else dataset,
         dataset_config=dataset_config,
         **_model_fields(config, checkpoint_dir),
-        **_training_fields(results, training),
+        **_training_fields(results, training, config),
     )
 
 
@@ -116,7 +116,7 @@ def _model_fields(config: dict, checkpoint_dir: Path) -> dict:
     }
 
 
-def _training_fields(results: dict, training: dict) -> dict:
+def _training_fields(results: dict, training: dict, config: dict) -> dict:
     """The template's fields about training and evaluation: protocol, results, schedule, loss."""
     if results.get("eval_protocol", "full") == "sampled":
         protocol = (
@@ -141,12 +141,18 @@ def _training_fields(results: dict, training: dict) -> dict:
         "max_epochs": training.get("max_epochs", 300),
         "early_stopping_metric": training.get("early_stopping_metric", "NDCG@10"),
         "loss_description": _loss_description(
-            results.get("loss_type", training.get("loss_type", "full_ce")), training
+            results.get("loss_type", training.get("loss_type", "full_ce")), training, config
         ),
     }
 
 
-def _loss_description(loss_type: str, training: dict) -> str:
+def _loss_description(loss_type: str, training: dict, config: dict) -> str:
+    if loss_type == "sampled_softmax":
+        in_batch = " and the batch's other targets" if config.get("in_batch_negatives") else ""
+        return (
+            f"Sampled softmax: each target against {config.get('num_negatives', 4)} negatives shared by the batch, "
+            f"drawn by {config.get('negative_sampler', 'uniform')}{in_batch}, logQ-corrected, accidental hits masked"
+        )
     if loss_type == "sampled_bce":
         negatives = training.get("num_negatives", 4)
         return f"Binary cross-entropy of each target against {negatives} uniformly sampled negatives"

@@ -3,9 +3,10 @@
 `train(run)` (a `Trainer`) runs the whole thing in named phases: set-up (checks, accelerator, output folder), data
 and model, resume, then per epoch `_train_epoch` (Adam on the model's loss: the full cross-entropy over all items,
 or, `--loss_type sampled_bce`, binary cross-entropy against sampled negatives as in the second paper,
-docs/protocol.md section 9), `_valid_epoch` (full ranking, or `--eval_protocol sampled`; keep the best model, stop
-early on validation NDCG@10) and `_save_checkpoint`; then the final test of the best model, the reports (logs, curves,
-results table) and optionally the push of the best model to the Hub. The same code runs on one CPU, one GPU or several
+docs/protocol.md section 9, or `--loss_type sampled_softmax` for large catalogs, docs/scaling.md), `_valid_epoch`
+(full ranking, or `--eval_protocol sampled`; keep the best model, stop early on validation NDCG@10) and
+`_save_checkpoint`; then the final test of the best model, the reports (logs, curves, results table) and optionally
+the push of the best model to the Hub. The same code runs on one CPU, one GPU or several
 processes (DDP) and with mixed precision, depending on how `accelerate` launches it. The model is any registered
 recommender (`arguments.MODELS`, `--model_type`, default `ttt4rec`).
 
@@ -51,7 +52,7 @@ from .arguments import (
     parse_args,
     resume_settings,
 )
-from .data import collate, load_sequences, make_batches, prefix_units
+from .data import collate, load_sequences, make_batches, prefix_units, sample_targets
 from .evaluation import (
     EVAL_MODES,
     check_evaluation_arguments,
@@ -69,7 +70,7 @@ logger = logging.getLogger("ttt4rec.training")
 
 STATE_FILE = "trainer_state.json"
 # model settings that are this run's (the training loss), not the checkpoint's, when fine-tuning one
-RUN_MODEL_SETTINGS = ("loss_type", "num_negatives")
+RUN_MODEL_SETTINGS = ("loss_type", "num_negatives", "negative_sampler", "in_batch_negatives")
 # files and folders of a run in its output folder (what --overwrite_output_dir removes)
 RUN_FILES = ("log.jsonl", "results.json", "results.md", "run_config.json", "training_curves.png")
 RUN_FOLDERS = ("checkpoint", "checkpoint.tmp", "checkpoint.old", "best_model", "tensorboard", "hub_upload")
@@ -85,6 +86,21 @@ def peak_memory_mb(device: torch.device) -> float:
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**20
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def batch_loss(model: nn.Module, batch: dict[str, torch.Tensor], group_targets: int) -> torch.Tensor:
+    """The model's own loss (`config.loss_type`) of a collated training batch, its sum over the targets divided by
+    `group_targets` (the targets of the optimizer step on all processes)."""
+    # the next item after each targeted position, in the row-major order of `targets`
+    labels = torch.full_like(batch["input_ids"], -100).masked_scatter_(batch["target_mask"], batch["targets"])
+    return model(
+        input_ids=batch["input_ids"],
+        attention_mask=batch["attention_mask"],
+        labels=labels,
+        num_items_in_batch=group_targets,
+        return_logits=False,
+        check_inputs=False,
+    ).loss
 
 
 def build_model(model_args, num_items: int, max_length: int | None = None) -> nn.Module:
@@ -354,6 +370,10 @@ class Trainer:
         if self.run.model.model_name_or_path:  # fine-tuning: the data set must number its items as the checkpoint's
             folder = checkpoint_folder(self.run.model.model_name_or_path)
             check_item_map(folder, self.meta, self.run.data.ignore_item_map_mismatch)
+        if getattr(model.config, "negative_sampler", None) == "popularity" and hasattr(model, "set_item_counts"):
+            # the same counts on every process (all read the same train split)
+            train_targets = sample_targets(self.sequences["train"])
+            model.set_item_counts(torch.from_numpy(np.bincount(train_targets, minlength=self.meta.num_items)))
         if self.main:
             (self.output_dir / "run_config.json").write_text(
                 json.dumps(self._resolved_config(model), indent=2, default=str)
@@ -387,16 +407,7 @@ class Trainer:
     def _training_step(self, batch: dict[str, torch.Tensor], group_targets: int) -> torch.Tensor:
         """Back-propagate one batch's loss, the model's own (`config.loss_type`), normalised by the `group_targets`
         targets of the optimizer step on all processes; returns the batch's summed loss (detached)."""
-        # the next item after each targeted position, in the row-major order of `targets`
-        labels = torch.full_like(batch["input_ids"], -100).masked_scatter_(batch["target_mask"], batch["targets"])
-        loss = self.module(
-            input_ids=batch["input_ids"],
-            attention_mask=batch["attention_mask"],
-            labels=labels,
-            num_items_in_batch=group_targets,
-            return_logits=False,
-            check_inputs=False,
-        ).loss
+        loss = batch_loss(self.module, batch, group_targets)
         # DDP averages the gradients of the processes: scale back to the sum over the group's targets
         self.accelerator.backward(loss * self.world)
         return loss.detach() * group_targets

@@ -1,0 +1,100 @@
+"""Full ranking and `recommend()` with memory bounded by a chunk of items: the same ranks (ties included) and the
+same top-k as scoring the whole catalog at once."""
+
+import pytest
+import torch
+from helpers import random_sequences
+
+from modeling_ttt4rec import TTT4RecConfig, TTT4RecForNextItemPrediction
+from modeling_ttt4rec.training.data import SplitSequences
+from modeling_ttt4rec.training.evaluation import compute_ranks, score_ranks, scoring_matrix
+
+
+def _model(num_items: int = 37, pad: int | None = 0, **kwargs) -> TTT4RecForNextItemPrediction:
+    torch.manual_seed(0)
+    config = TTT4RecConfig(
+        num_items=num_items, pad_token_id=pad, hidden_size=16, intermediate_size=32, num_attention_heads=2,
+        mini_batch_size=4, **kwargs,
+    )  # fmt: skip
+    return TTT4RecForNextItemPrediction(config).eval()
+
+
+@pytest.mark.parametrize("pad", [0, 200, None])
+@pytest.mark.parametrize("item_chunk_size", [64, 128, 320])
+def test_item_chunked_ranks_equal_the_whole_catalog(pad, item_chunk_size):
+    model = _model(num_items=300, pad=pad)
+    with torch.no_grad():
+        weight = model.item_head.weight
+        weight[9] = weight[5]  # an exact tie with target 5
+        weight[130] = weight[5]
+        weight[299] = weight[5]
+    items_t = scoring_matrix(model.item_features().detach())
+    generator = torch.Generator().manual_seed(1)
+    hidden = torch.randn(50, 16, generator=generator)
+    hidden[3] = float("nan")  # a diverged row ranks last
+    targets = torch.randint(1, 300, (50,), generator=generator)
+    if pad is not None:
+        targets[targets == pad] = 5
+    targets[:10] = 5
+    whole = score_ranks(model, hidden, items_t, targets, chunk_size=8)
+    chunked = score_ranks(model, hidden, items_t, targets, chunk_size=8, item_chunk_size=item_chunk_size)
+    assert torch.equal(whole, chunked)
+    assert whole[3] == 300
+
+
+def test_compute_ranks_with_item_chunks():
+    model = _model(num_items=200)
+    seqs = random_sequences(12, 200, 2, 9, seed=3)
+    split = SplitSequences.from_rows(seqs, [max(1, len(s) // 2) for s in seqs])
+    whole = compute_ranks(model, split, 8, batch_targets=7, score_chunk_size=3)
+    assert (whole == compute_ranks(model, split, 8, batch_targets=7, score_chunk_size=3, item_chunk_size=64)).all()
+
+
+@pytest.mark.parametrize("item_scoring", ["embedding", "target_mlp"])
+@pytest.mark.parametrize(
+    "filters",
+    [
+        {},
+        {"exclude_seen": True},
+        {"candidates": torch.arange(3, 250)},
+        {"exclude_items": torch.tensor([[4, 0], [7, 8], [0, 0]]), "exclude_seen": True},
+    ],
+)
+def test_item_chunked_recommend_equals_the_whole_catalog(item_scoring, filters):
+    model = _model(num_items=300, item_scoring=item_scoring)
+    ids = torch.tensor([[1, 2, 3, 4], [5, 6, 7, 0], [9, 10, 0, 0]])
+    whole = model.recommend(ids, top_k=6, **filters)
+    for chunk in (64, 128, 320):
+        chunked = model.recommend(ids, top_k=6, item_chunk_size=chunk, **filters)
+        assert torch.equal(chunked.item_ids, whole.item_ids)
+        torch.testing.assert_close(chunked.scores, whole.scores)
+
+
+def test_item_chunked_recommend_from_a_cache():
+    model = _model(num_items=300)
+    ids = torch.tensor([[1, 2, 3], [4, 5, 6]])
+    whole_cache, chunked_cache = model.init_cache(2), model.init_cache(2)
+    whole = model.recommend(ids, cache_params=whole_cache, top_k=4)
+    chunked = model.recommend(ids, cache_params=chunked_cache, top_k=4, item_chunk_size=64)
+    assert torch.equal(chunked.item_ids, whole.item_ids)
+    # from the state alone, and after a step in which one row reads nothing
+    step = torch.tensor([[7], [0]])
+    whole = model.recommend(step, attention_mask=step != 0, cache_params=whole_cache, top_k=4)
+    chunked = model.recommend(step, attention_mask=step != 0, cache_params=chunked_cache, top_k=4, item_chunk_size=64)
+    assert torch.equal(chunked.item_ids, whole.item_ids)
+    assert torch.equal(
+        model.recommend(cache_params=chunked_cache, top_k=4, item_chunk_size=128).item_ids,
+        model.recommend(cache_params=whole_cache, top_k=4).item_ids,
+    )
+
+
+def test_item_chunked_recommend_checks_before_reading():
+    model = _model()
+    ids = torch.tensor([[1, 2, 3]])
+    for size in (0, 100):
+        with pytest.raises(ValueError, match="`item_chunk_size` must be a positive multiple of 64"):
+            model.recommend(ids, item_chunk_size=size)
+    with pytest.raises(ValueError, match="`item_chunk_size` must be a positive multiple of 64"):
+        score_ranks(model, torch.zeros(1, 16), torch.zeros(16, 37), torch.ones(1, dtype=torch.long), 8, 32)
+    with pytest.raises(ValueError, match=r"`top_k` must be in \[1, 2\]"):
+        model.recommend(ids, top_k=3, candidates=torch.tensor([1, 5, 9]), exclude_seen=True, item_chunk_size=64)
