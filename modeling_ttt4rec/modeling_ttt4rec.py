@@ -1018,20 +1018,8 @@ class TTT4RecForNextItemPrediction(TTT4RecPreTrainedModel):
             self.model.validate_cache(cache_params)
         batch_size = cache_params.batch_size if cache_params is not None else input_ids.shape[0]
         seen = input_ids if exclude_seen else None
-        num_items = self.config.num_items
         check_item_chunk_size(item_chunk_size)
-        chunk = num_items if item_chunk_size is None else item_chunk_size
-        filters = (batch_size, self.device, candidates, exclude_items, seen)
-        if candidates is None and exclude_items is None and seen is None:
-            filters = allowed = available = None
-        elif item_chunk_size is None:
-            allowed = self._allowed_items(*filters, 0, num_items)
-            available = allowed.sum(dim=1)
-        else:  # counted chunk by chunk, masked again when scored
-            allowed = None
-            available = sum(
-                self._allowed_items(*filters, start, start + chunk).sum(dim=1) for start in range(0, num_items, chunk)
-            )
+        filters, allowed, available = self._filters(batch_size, candidates, exclude_items, seen, item_chunk_size)
         self._check_recommendable(top_k, available, cache_params, attention_mask if input_ids is not None else None)
         if item_map is not None and not isinstance(item_map, Mapping) and len(item_map) != self.config.num_items:
             raise ValueError(
@@ -1040,33 +1028,67 @@ class TTT4RecForNextItemPrediction(TTT4RecPreTrainedModel):
                 + "."
             )
 
-        if input_ids is not None:  # (the inputs were checked above)
-            output = self(
-                input_ids,
-                attention_mask,
-                cache_params=cache_params,
-                use_cache=cache_params is not None,
-                check_inputs=False,
-                return_logits=item_chunk_size is None,
-                return_dict=True,
-            )
-            logits = output.logits
-            newest = (
-                None if logits is not None else self._newest(output.last_hidden_state, attention_mask, cache_params)
-            )
-        else:
-            newest = cache_params.last_hidden_state
-            logits = self.score_items(newest) if item_chunk_size is None else None
+        logits, newest = self._read_newest(input_ids, attention_mask, cache_params, item_chunk_size)
         if logits is not None:  # the whole catalog at once
             if allowed is not None:
                 logits = logits.masked_fill(~allowed, torch.finfo(logits.dtype).min)
             scores, item_ids = logits.topk(top_k, dim=1)
         else:
-            scores, item_ids = self._chunked_top_k(newest, top_k, chunk, filters)
+            scores, item_ids = self._chunked_top_k(newest, top_k, item_chunk_size, filters)
         original_ids = None if item_map is None else self._original_ids(item_ids, item_map)
         return TTT4RecRecommendations(
             item_ids=item_ids, scores=scores, cache_params=cache_params, original_ids=original_ids
         )
+
+    def _filters(
+        self,
+        batch_size: int,
+        candidates: torch.LongTensor | None,
+        exclude_items: torch.LongTensor | None,
+        seen: torch.LongTensor | None,
+        item_chunk_size: int | None,
+    ) -> tuple[tuple | None, torch.Tensor | None, torch.Tensor | None]:
+        """`(filters, allowed, available)`: the arguments of `_allowed_items` (None when nothing is filtered), the
+        whole-catalog mask `[batch, num_items]` (None when nothing is filtered or scoring goes by item chunks) and
+        how many items each row may get (None when nothing is filtered)."""
+        if candidates is None and exclude_items is None and seen is None:
+            return None, None, None
+        num_items = self.config.num_items
+        filters = (batch_size, self.device, candidates, exclude_items, seen)
+        if item_chunk_size is None:
+            allowed = self._allowed_items(*filters, 0, num_items)
+            return filters, allowed, allowed.sum(dim=1)
+        # counted chunk by chunk, masked again when scored
+        available = sum(
+            self._allowed_items(*filters, start, start + item_chunk_size).sum(dim=1)
+            for start in range(0, num_items, item_chunk_size)
+        )
+        return filters, None, available
+
+    def _read_newest(
+        self,
+        input_ids: torch.LongTensor | None,
+        attention_mask: torch.Tensor | None,
+        cache_params: TTT4RecCache | None,
+        item_chunk_size: int | None,
+    ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """`(logits, newest)` after reading `input_ids` (inputs already checked): every item's scores when the
+        whole catalog is scored at once, else each row's newest hidden state `[batch, hidden]` to score by chunks."""
+        if input_ids is None:
+            newest = cache_params.last_hidden_state
+            return (self.score_items(newest), None) if item_chunk_size is None else (None, newest)
+        output = self(
+            input_ids,
+            attention_mask,
+            cache_params=cache_params,
+            use_cache=cache_params is not None,
+            check_inputs=False,
+            return_logits=item_chunk_size is None,
+            return_dict=True,
+        )
+        if output.logits is not None:
+            return output.logits, None
+        return None, self._newest(output.last_hidden_state, attention_mask, cache_params)
 
     def _chunked_top_k(
         self, hidden: torch.Tensor, top_k: int, chunk: int, filters: tuple | None
