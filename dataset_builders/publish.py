@@ -51,6 +51,7 @@ from .format import (
     split_file_pattern,
 )
 from .hub_access import hub_errors
+from .item_ids import ItemIdMap
 from .pipeline import BuiltDataset, DataStats
 from .resolve import resolve_folder
 
@@ -439,10 +440,9 @@ def load_metadata(
 def load_item_map(
     path_or_repo: str | Path, *, revision: str | None = None, token: str | None = None
 ) -> list[str | None]:
-    """The item id map: ``item_map[dense_id]`` is the original item id (a string); ``item_map[0]`` is ``None``."""
-    table = pq.read_table(_data_set_file(path_or_repo, ITEM_MAP_FILE, revision, token))
-    order = np.argsort(table.column(ITEM_INDEX).to_numpy())
-    return table.column(ITEM_ID).take(pa.array(order)).to_pylist()
+    """The item id map: ``item_map[dense_id]`` is the original item id (a string); ``item_map[0]`` is ``None``
+    (read by ``ItemIdMap``, which also converts in both directions)."""
+    return ItemIdMap.from_file(_data_set_file(path_or_repo, ITEM_MAP_FILE, revision, token)).original_ids
 
 
 def load_user_map(path_or_repo: str | Path, *, revision: str | None = None, token: str | None = None) -> list[str]:

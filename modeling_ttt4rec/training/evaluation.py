@@ -293,6 +293,18 @@ def _ranks_in_sample_order(
     return out
 
 
+def evaluation_options(args) -> dict:
+    """The `compute_ranks` options a run's settings choose (`--eval_protocol`, `--eval_num_negatives`,
+    `--candidate_seed`, `--eval_batch_targets`, `--eval_batch_tokens`), shared by the trainer and `evaluate.py`."""
+    return {
+        "batch_targets": args.eval_batch_targets,
+        "batch_tokens": args.eval_batch_tokens,
+        "protocol": args.eval_protocol,
+        "num_negatives": args.eval_num_negatives,
+        "candidate_seed": args.candidate_seed,
+    }
+
+
 def evaluate_split(
     model,
     split: SplitSequences,
@@ -517,13 +529,9 @@ def run_evaluation(args) -> dict:
             meta.max_length,
             mode=mode,
             accelerator=accelerator,
-            batch_targets=args.eval_batch_targets,
-            batch_tokens=args.eval_batch_tokens,
             stream_chunk_size=args.stream_chunk_size,
-            protocol=args.eval_protocol,
-            num_negatives=args.eval_num_negatives,
-            candidate_seed=args.candidate_seed,
             progress=accelerator.is_main_process,
+            **evaluation_options(args),
         )
         metrics = ranking_metrics(ranks, ks=PROTOCOL_KS[args.eval_protocol])
         metrics["eval_seconds"] = time.perf_counter() - start
@@ -567,6 +575,7 @@ __all__ = [
     "EVAL_PROTOCOLS",
     "compute_ranks",
     "evaluate_split",
+    "evaluation_options",
     "check_item_map",
     "checkpoint_folder",
     "has_cache",

@@ -154,7 +154,7 @@ def _loss_description(loss_type: str, training: dict, config: dict) -> str:
             f"drawn by {config.get('negative_sampler', 'uniform')}{in_batch}, logQ-corrected, accidental hits masked"
         )
     if loss_type == "sampled_bce":
-        negatives = training.get("num_negatives", 4)
+        negatives = config.get("num_negatives", training.get("num_negatives", 4))
         return f"Binary cross-entropy of each target against {negatives} uniformly sampled negatives"
     return "Cross-entropy over all items"
 

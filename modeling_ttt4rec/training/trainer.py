@@ -59,6 +59,7 @@ from .evaluation import (
     check_item_map,
     checkpoint_folder,
     evaluate_split,
+    evaluation_options,
     has_cache,
     item_map_identity,
 )
@@ -481,18 +482,13 @@ class Trainer:
 
     def _evaluate(self, model: nn.Module, split: str, mode: str) -> dict:
         """The metrics of `model` on `split` in eval `mode` (the run's protocol and evaluation settings)."""
-        args = self.args
         return evaluate_split(
             model,
             self.sequences[split],
             self.meta.max_length,
             mode=mode,
             accelerator=self.accelerator,
-            batch_targets=args.eval_batch_targets,
-            batch_tokens=args.eval_batch_tokens,
-            protocol=args.eval_protocol,
-            num_negatives=args.eval_num_negatives,
-            candidate_seed=args.candidate_seed,
+            **evaluation_options(self.args),
         )
 
     def _valid_epoch(self, epoch: int, record: dict) -> dict:
