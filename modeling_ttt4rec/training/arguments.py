@@ -22,7 +22,14 @@ from pathlib import Path
 
 from transformers import PreTrainedConfig, PreTrainedModel
 
-from ..baselines import GRU4RecConfig, GRU4RecForNextItemPrediction, SASRecConfig, SASRecForNextItemPrediction
+from ..baselines import (
+    GRU4RecConfig,
+    GRU4RecForNextItemPrediction,
+    NARMConfig,
+    NARMForNextItemPrediction,
+    SASRecConfig,
+    SASRecForNextItemPrediction,
+)
 from ..configuration_ttt4rec import TTT4RecConfig
 from ..modeling_ttt4rec import TTT4RecForNextItemPrediction
 from .data import DEFAULT_CONFIG_NAME
@@ -33,6 +40,7 @@ MODELS: dict[str, tuple[type[PreTrainedConfig], type[PreTrainedModel]]] = {
     # the baselines, as RecBole 1.2.1 builds them (modeling_ttt4rec/baselines)
     "sasrec": (SASRecConfig, SASRecForNextItemPrediction),
     "gru4rec": (GRU4RecConfig, GRU4RecForNextItemPrediction),
+    "narm": (NARMConfig, NARMForNextItemPrediction),
 }
 DEFAULT_MODEL_TYPE = "ttt4rec"
 # config fields that the data set or the runtime sets, not the user (`max_position_embeddings`: the data set's `L`)
