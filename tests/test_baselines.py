@@ -81,8 +81,9 @@ def test_causal_and_padding_invariant(model_type):
             torch.testing.assert_close(alone, hidden[row, :n], rtol=1e-5, atol=1e-6)
 
 
-def test_gru4rec_cache_equals_the_full_forward_at_every_position_on_ragged_batches():
-    model = tiny("gru4rec")
+@pytest.mark.parametrize("model_type", ["gru4rec", "sasrec"])
+def test_cache_equals_the_full_forward_at_every_position_on_ragged_batches(model_type):
+    model = tiny(model_type)
     with torch.no_grad():
         full = model(IDS).last_hidden_state
         lengths = (IDS > 0).sum(dim=1)
@@ -100,7 +101,14 @@ def test_gru4rec_cache_equals_the_full_forward_at_every_position_on_ragged_batch
             mask = IDS > 0
             torch.testing.assert_close(streamed[mask], full[mask], rtol=1e-5, atol=1e-6)
             assert cache.seen.tolist() == lengths.tolist()
-        assert cache.select([2, 0]).hidden.shape == (2, 2, 6)
+        selected = cache.select([2, 0])
+        assert selected.seen.tolist() == [1, 11]
+        if model_type == "gru4rec":
+            assert selected.hidden.shape == (2, 2, 6)
+        else:  # keys and values per layer, in the slots of the history positions
+            assert len(selected.keys) == len(selected.values) == 2
+            assert selected.keys[0].shape == (2, 16, 2, 4)
+            torch.testing.assert_close(selected.values[1][1], cache.values[1][0], rtol=0, atol=0)
 
 
 def test_gru4rec_stream_and_window_evaluation_agree(data):
@@ -115,16 +123,25 @@ def test_gru4rec_stream_and_window_evaluation_agree(data):
     assert (window == stream).all()
 
 
-def test_sasrec_has_no_cache_and_a_clear_stream_error(data):
+def test_sasrec_cache_is_bounded_by_its_positions_and_not_for_the_stream_mode(data):
     from modeling_ttt4rec.training.data import load_sequences
+    from modeling_ttt4rec.training.evaluation import has_cache
 
     model = tiny("sasrec")
-    with pytest.raises(ValueError, match="SASRec has no cache"):
-        model(IDS, use_cache=True)
     with pytest.raises(ValueError, match="at most 16 items"):
         model(torch.ones(1, 17, dtype=torch.long))
+    cache = model(IDS, use_cache=True).cache_params
+    assert cache.seen.tolist() == [11, 3, 1]
+    # row 0 would reach 17 items: a clear error, and the cache is left as it was
+    with pytest.raises(ValueError, match="cache holds at most 16 items per row .* would reach 17"):
+        model(IDS[:, :6], cache_params=cache, use_cache=True)
+    assert cache.seen.tolist() == [11, 3, 1]
+    with pytest.raises(ValueError, match="has 2 rows but the cache holds 3"):
+        model(IDS[:2, :1], cache_params=cache, use_cache=True)
+    # the cache serves step by step within max_position_embeddings; the stream mode reads whole histories
+    assert not has_cache(model) and not has_cache(SASRecForNextItemPrediction)
     sequences, meta = load_sequences(str(data), "split-3-2-5")
-    with pytest.raises(ValueError, match="has no cache, so it cannot read histories in the stream mode"):
+    with pytest.raises(ValueError, match="has no cache for whole histories, so it cannot read them in the stream"):
         compute_ranks(model, sequences["test"], meta.max_length, mode="stream")
 
 

@@ -1,5 +1,6 @@
 """The baselines of the TTT4Rec papers, as RecBole 1.2.1 builds them, with the project's recommender interface:
-SASRec (`sasrec`), GRU4Rec (`gru4rec`, with an incremental cache) and NARM (`narm`).
+SASRec (`sasrec`, with a cache of its keys and values), GRU4Rec (`gru4rec`, with an incremental cache) and NARM
+(`narm`).
 
 Each model's files are flat siblings here (its configuration, its modeling file, `recommender.py` and `losses.py`, a
 link to the package's one loss module), so `save_pretrained` ships exactly them as remote code. Importing this
@@ -13,7 +14,7 @@ from .configuration_narm import NARMConfig
 from .configuration_sasrec import SASRecConfig
 from .modeling_gru4rec import GRU4RecCache, GRU4RecForNextItemPrediction
 from .modeling_narm import NARMForNextItemPrediction
-from .modeling_sasrec import SASRecForNextItemPrediction
+from .modeling_sasrec import SASRecCache, SASRecForNextItemPrediction
 from .recommender import NextItemOutput, SequentialRecommender
 
 for _config, _model in (
@@ -34,6 +35,7 @@ __all__ = [
     "NARMConfig",
     "NARMForNextItemPrediction",
     "NextItemOutput",
+    "SASRecCache",
     "SASRecConfig",
     "SASRecForNextItemPrediction",
     "SequentialRecommender",

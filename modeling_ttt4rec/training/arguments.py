@@ -62,7 +62,9 @@ def register_model(name: str, config_class: type[PreTrainedConfig], model_class:
     - `save_pretrained` / `from_pretrained`;
     - for the `stream` evaluation mode only, a cache: `init_cache(batch_size)` (a model without it has no cache) and
       `model(..., cache_params=cache, use_cache=True)` returning `.cache_params` with `select(rows)` (and
-      `config.mini_batch_size`, if reading in chunks of its multiples is fastest).
+      `config.mini_batch_size`, if reading in chunks of its multiples is fastest); a model whose cache holds at most
+      `config.max_position_embeddings` items sets the class attribute `bounded_cache = True` and is evaluated in
+      the `window` mode only.
     """
     if not (dataclasses.is_dataclass(config_class) and issubclass(config_class, PreTrainedConfig)):
         raise TypeError(f"{config_class.__name__} must be a dataclass PreTrainedConfig (its fields are the settings).")
