@@ -22,7 +22,14 @@ from pathlib import Path
 
 from transformers import PreTrainedConfig, PreTrainedModel
 
-from ..baselines import GRU4RecConfig, GRU4RecForNextItemPrediction, SASRecConfig, SASRecForNextItemPrediction
+from ..baselines import (
+    GRU4RecConfig,
+    GRU4RecForNextItemPrediction,
+    NARMConfig,
+    NARMForNextItemPrediction,
+    SASRecConfig,
+    SASRecForNextItemPrediction,
+)
 from ..configuration_ttt4rec import TTT4RecConfig
 from ..modeling_ttt4rec import TTT4RecForNextItemPrediction
 from .data import DEFAULT_CONFIG_NAME
@@ -33,6 +40,7 @@ MODELS: dict[str, tuple[type[PreTrainedConfig], type[PreTrainedModel]]] = {
     # the baselines, as RecBole 1.2.1 builds them (modeling_ttt4rec/baselines)
     "sasrec": (SASRecConfig, SASRecForNextItemPrediction),
     "gru4rec": (GRU4RecConfig, GRU4RecForNextItemPrediction),
+    "narm": (NARMConfig, NARMForNextItemPrediction),
 }
 DEFAULT_MODEL_TYPE = "ttt4rec"
 # config fields that the data set or the runtime sets, not the user (`max_position_embeddings`: the data set's `L`)
@@ -54,7 +62,9 @@ def register_model(name: str, config_class: type[PreTrainedConfig], model_class:
     - `save_pretrained` / `from_pretrained`;
     - for the `stream` evaluation mode only, a cache: `init_cache(batch_size)` (a model without it has no cache) and
       `model(..., cache_params=cache, use_cache=True)` returning `.cache_params` with `select(rows)` (and
-      `config.mini_batch_size`, if reading in chunks of its multiples is fastest).
+      `config.mini_batch_size`, if reading in chunks of its multiples is fastest); a model whose cache holds at most
+      `config.max_position_embeddings` items sets the class attribute `bounded_cache = True` and is evaluated in
+      the `window` mode only.
     """
     if not (dataclasses.is_dataclass(config_class) and issubclass(config_class, PreTrainedConfig)):
         raise TypeError(f"{config_class.__name__} must be a dataclass PreTrainedConfig (its fields are the settings).")

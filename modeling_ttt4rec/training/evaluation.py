@@ -51,8 +51,9 @@ EVAL_PROTOCOLS = tuple(PROTOCOL_KS)
 
 
 def has_cache(model) -> bool:
-    """Whether a recommender (a model or its class) has a cache (`init_cache`), which the `stream` mode needs."""
-    return hasattr(model, "init_cache")
+    """Whether a recommender (a model or its class) has a cache for whole histories, which the `stream` mode needs:
+    `init_cache`, and not `bounded_cache` (a cache of at most `max_position_embeddings` items, SASRec's)."""
+    return hasattr(model, "init_cache") and not getattr(model, "bounded_cache", False)
 
 
 def scoring_matrix(item_features: torch.Tensor) -> torch.Tensor:
@@ -192,8 +193,8 @@ def compute_ranks(
         raise ValueError(f"Unknown evaluation protocol {protocol!r}; choose one of {EVAL_PROTOCOLS}.")
     if mode == "stream" and not has_cache(model):
         raise ValueError(
-            f"{type(model).__name__} has no cache, so it cannot read histories in the stream mode: evaluate it in "
-            "the window mode (--eval_mode window, --test_eval_modes window)."
+            f"{type(model).__name__} has no cache for whole histories, so it cannot read them in the stream mode: "
+            "evaluate it in the window mode (--eval_mode window, --test_eval_modes window)."
         )
     candidates = _sampled_candidates(model, split, num_negatives, candidate_seed) if protocol == "sampled" else None
     units: Units = prefix_units(split, max_length) if mode == "window" else stream_units(split)
