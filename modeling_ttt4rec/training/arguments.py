@@ -23,6 +23,8 @@ from pathlib import Path
 from transformers import PreTrainedConfig, PreTrainedModel
 
 from ..baselines import (
+    BERT4RecConfig,
+    BERT4RecForNextItemPrediction,
     GRU4RecConfig,
     GRU4RecForNextItemPrediction,
     NARMConfig,
@@ -41,6 +43,7 @@ MODELS: dict[str, tuple[type[PreTrainedConfig], type[PreTrainedModel]]] = {
     "sasrec": (SASRecConfig, SASRecForNextItemPrediction),
     "gru4rec": (GRU4RecConfig, GRU4RecForNextItemPrediction),
     "narm": (NARMConfig, NARMForNextItemPrediction),
+    "bert4rec": (BERT4RecConfig, BERT4RecForNextItemPrediction),
 }
 DEFAULT_MODEL_TYPE = "ttt4rec"
 # config fields that the data set or the runtime sets, not the user (`max_position_embeddings`: the data set's `L`)
