@@ -63,6 +63,11 @@ def register_model(name: str, config_class: type[PreTrainedConfig], model_class:
     - `item_features()` `[num_items, hidden]`, `score_items(hidden, item_features=None)` `[..., num_items]` (the
       padding id scoring lowest) and `score_candidates(hidden, candidate_ids, check_inputs=False)`;
     - `save_pretrained` / `from_pretrained`;
+    - optionally, `training_batch(batch, generator) -> batch`: the trainer passes each collated training batch
+      (`input_ids`, `attention_mask`, `target_mask`, `targets`) through it before the loss, and the targets it
+      returns are the ones the loss is normalised by (a model trained on other samples than the next items, e.g.
+      BERT4Rec's masked items; `generator` is the trainer's `torch.Generator`, seeded per epoch and process). A
+      model without it trains on the batch as it is;
     - for the `stream` evaluation mode only, a cache: `init_cache(batch_size)` (a model without it has no cache) and
       `model(..., cache_params=cache, use_cache=True)` returning `.cache_params` with `select(rows)` (and
       `config.mini_batch_size`, if reading in chunks of its multiples is fastest); a model whose cache holds at most

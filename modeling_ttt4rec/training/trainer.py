@@ -413,6 +413,20 @@ class Trainer:
         self.accelerator.backward(loss * self.world)
         return loss.detach() * group_targets
 
+    def _step_batches(self, indices: list[np.ndarray], generator: torch.Generator) -> tuple[list[dict], int]:
+        """The collated batches (this process's rows of units `indices`) of one optimizer step, and the number of
+        targets of the step on all processes. A model with a `training_batch(batch, generator)` method (the
+        recommender interface, `register_model`) makes each batch its training samples first."""
+        units, device = self.units, self.accelerator.device
+        batches = [collate(units, index[self.rank :: self.world], device) for index in indices]
+        prepare = getattr(self.model, "training_batch", None)
+        if prepare is None:
+            return batches, sum(int(units.num_targets[index].sum()) for index in indices)
+        batches = [prepare(batch, generator) for batch in batches]
+        count = torch.tensor(sum(b["targets"].numel() for b in batches), device=device)
+        # at least 1: a step whose samples hold no target has a loss of 0
+        return batches, max(1, int(self.accelerator.reduce(count, reduction="sum")))
+
     # ------------------------------------------------------------------------------------------- resume
     def _resume(self) -> None:
         """A fresh training state, or the state of the checkpoint to resume (same settings required)."""
@@ -445,17 +459,20 @@ class Trainer:
 
         args, units, world, rank = self.args, self.units, self.world, self.rank
         start = time.perf_counter()
-        # dropout and sampled negatives: the same after a resume, different on each process
+        # dropout, sampled negatives and the model's training samples: the same after a resume, different on each
+        # process
         torch.manual_seed(args.seed + epoch * world + rank)
+        generator = torch.Generator(self.accelerator.device).manual_seed(args.seed + epoch * world + rank)
         batches = make_batches(units, args.batch_targets, shuffle=True, seed=args.seed + epoch, min_rows=world)
         self.module.train()
         loss_sum = torch.zeros((), dtype=torch.float64, device=self.accelerator.device)
-        steps, accum = len(batches), args.gradient_accumulation_steps
+        steps, accum, total_targets = len(batches), args.gradient_accumulation_steps, 0
         bar = tqdm(batches, desc=f"epoch {epoch}", disable=not self.main or args.disable_tqdm, leave=False)
-        for step, index in enumerate(bar):
-            group = batches[step // accum * accum : min((step // accum + 1) * accum, steps)]
-            group_targets = sum(int(units.num_targets[b].sum()) for b in group)
-            batch = collate(units, index[rank::world], self.accelerator.device)
+        for step, _ in enumerate(bar):
+            if step % accum == 0:  # the batches of the next optimizer step
+                group, group_targets = self._step_batches(batches[step : step + accum], generator)
+                total_targets += group_targets
+            batch = group[step % accum]
             sync = (step + 1) % accum == 0 or step + 1 == steps
             no_sync = self.accelerator.no_sync(self.module) if not sync and world > 1 else contextlib.nullcontext()
             with no_sync:
@@ -475,7 +492,7 @@ class Trainer:
             )
         return {
             "epoch": epoch,
-            "train_loss": float(loss_sum) / units.total_targets,
+            "train_loss": float(loss_sum) / max(1, total_targets),
             "train_seconds": train_seconds,
             "steps": steps,
         }
