@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Export RecBole 1.2.1's SASRec, GRU4Rec and NARM on a tiny catalog as test fixtures
+"""Export RecBole 1.2.1's SASRec, GRU4Rec, NARM and BERT4Rec on a tiny catalog as test fixtures
 (tests/fixtures/recbole_*.safetensors): their weights, a fixed ragged batch and RecBole's outputs for it, so that
 tests/test_baselines_parity.py can load the weights into this project's models and compare.
 
@@ -20,7 +20,9 @@ Each file holds, for one model in eval mode (no dropout):
   padding column excluded from the softmax (this project's loss; RecBole's own CE also gives padding a probability);
 * `grad.NAME`: the gradient of that loss with respect to every parameter;
 
-and, as metadata, the RecBole settings (`settings`, JSON) and the RecBole version.
+and, as metadata, the RecBole settings (`settings`, JSON) and the RecBole version. BERT4Rec's file differs where
+BERT4Rec does (`export_bert4rec`): its `hidden` is RecBole's test-time representation of each prefix, and its loss
+that of a batch of masked histories, exported with them.
 """
 
 import argparse
@@ -115,9 +117,6 @@ def build(name: str) -> torch.nn.Module:
 
 def export(name: str, output: Path) -> Path:
     """Write `recbole_{name.lower()}.safetensors` into `output`."""
-    import recbole
-    from safetensors.torch import save_file
-
     model = build(name)
     item_seq = torch.tensor(ITEM_SEQ)
     item_seq_len = (item_seq > 0).sum(dim=1)
@@ -141,16 +140,18 @@ def export(name: str, output: Path) -> Path:
     loss.backward()
     with torch.no_grad():
         scores = model.full_sort_predict({"item_id_list": item_seq, "item_length": item_seq_len})
-    tensors = {f"weight.{k}": v.detach().contiguous() for k, v in model.state_dict().items()}
+    tensors = {"item_seq": item_seq, "item_seq_len": item_seq_len, "pos_items": pos_items, "hidden": hidden}
+    return save(name, model, output, {**tensors, "scores": scores.contiguous(), "loss": loss.detach()})
+
+
+def save(name: str, model: torch.nn.Module, output: Path, tensors: dict[str, torch.Tensor]) -> Path:
+    """Write `recbole_{name.lower()}.safetensors` into `output`: `tensors`, the model's weights and gradients, and the
+    settings and versions as metadata."""
+    import recbole
+    from safetensors.torch import save_file
+
+    tensors = {f"weight.{k}": v.detach().contiguous() for k, v in model.state_dict().items()} | tensors
     tensors |= {f"grad.{k}": p.grad.contiguous() for k, p in model.named_parameters()}
-    tensors |= {
-        "item_seq": item_seq,
-        "item_seq_len": item_seq_len,
-        "pos_items": pos_items,
-        "hidden": hidden,
-        "scores": scores.contiguous(),
-        "loss": loss.detach(),
-    }
     metadata = {"settings": json.dumps(SETTINGS[name]), "recbole": recbole.__version__, "torch": torch.__version__}
     path = output / f"recbole_{name.lower()}.safetensors"
     save_file(tensors, str(path), metadata=metadata)
@@ -181,15 +182,13 @@ def masked_samples(fine_tune: bool) -> dict:
 
 
 def export_bert4rec(output: Path) -> Path:
-    """Write `recbole_bert4rec.safetensors` into `output`: the tensors of `export`, where `hidden` is RecBole's
-    test-time representation of every prefix (`reconstruct_test_data`), and RecBole's masked training samples:
+    """Write `recbole_bert4rec.safetensors` into `output`: weights, `item_seq`, `item_seq_len` and `scores` as
+    `export` does, `hidden` RecBole's test-time representation of every prefix (`reconstruct_test_data`: the prefix
+    without its first item, the mask token appended, the output there), and RecBole's masked training samples:
     `mask_draws`, `masked_item_seq` / `masked_index` / `masked_pos_items` (masked by the draws) and `ft_item_seq` /
     `ft_index` / `ft_pos_items` (a fine-tuning batch). `loss` and `grad.NAME` are those of the masked batch: the
     summed cross-entropy of its targets (`masked_index > 0`) over RecBole's logits (`output_bias` included), the
     padding column excluded."""
-    import recbole
-    from safetensors.torch import save_file
-
     model = build("BERT4Rec")
     item_seq = torch.tensor(ITEM_SEQ)
     item_seq_len = (item_seq > 0).sum(dim=1)
@@ -211,9 +210,7 @@ def export_bert4rec(output: Path) -> Path:
     logits[:, 0] = float("-inf")
     loss = F.cross_entropy(logits, targets[index > 0], reduction="sum")
     loss.backward()
-    tensors = {f"weight.{k}": v.detach().contiguous() for k, v in model.state_dict().items()}
-    tensors |= {f"grad.{k}": p.grad.contiguous() for k, p in model.named_parameters()}
-    tensors |= {
+    tensors = {
         "item_seq": item_seq,
         "item_seq_len": item_seq_len,
         "hidden": hidden,
@@ -227,14 +224,7 @@ def export_bert4rec(output: Path) -> Path:
         "ft_index": fine_tune["MASK_INDEX"],
         "ft_pos_items": fine_tune["Pos_item_id"],
     }
-    metadata = {
-        "settings": json.dumps(SETTINGS["BERT4Rec"]),
-        "recbole": recbole.__version__,
-        "torch": torch.__version__,
-    }
-    path = output / "recbole_bert4rec.safetensors"
-    save_file(tensors, str(path), metadata=metadata)
-    return path
+    return save("BERT4Rec", model, output, tensors)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -24,8 +24,9 @@ from modeling_ttt4rec.baselines.modeling_bert4rec import mask_histories
 FIXTURES = Path(__file__).parent / "fixtures"
 
 
-def sasrec(settings: dict, num_items: int, max_length: int) -> SASRecForNextItemPrediction:
-    config = SASRecConfig(
+def sasrec_config(settings: dict, num_items: int, max_length: int, config_class=SASRecConfig, **extra) -> SASRecConfig:
+    """SASRec's settings (or BERT4Rec's, `config_class=BERT4RecConfig`) from RecBole's."""
+    return config_class(
         num_items=num_items,
         max_position_embeddings=max_length,
         hidden_size=settings["hidden_size"],
@@ -37,8 +38,12 @@ def sasrec(settings: dict, num_items: int, max_length: int) -> SASRecForNextItem
         attention_probs_dropout_prob=settings["attn_dropout_prob"],
         layer_norm_eps=settings["layer_norm_eps"],
         initializer_range=settings["initializer_range"],
+        **extra,
     )
-    return SASRecForNextItemPrediction(config)
+
+
+def sasrec(settings: dict, num_items: int, max_length: int) -> SASRecForNextItemPrediction:
+    return SASRecForNextItemPrediction(sasrec_config(settings, num_items, max_length))
 
 
 def gru4rec(settings: dict, num_items: int, max_length: int) -> GRU4RecForNextItemPrediction:
@@ -102,21 +107,8 @@ def test_bert4rec_outputs_samples_and_gradients_equal_recboles():
     settings = json.loads(metadata["settings"])
     item_seq, lengths = tensors["item_seq"], tensors["item_seq_len"]
     weights = {k.removeprefix("weight."): v for k, v in tensors.items() if k.startswith("weight.")}
-    config = BERT4RecConfig(
-        num_items=weights["output_bias"].shape[0],
-        max_position_embeddings=item_seq.shape[1],
-        hidden_size=settings["hidden_size"],
-        num_hidden_layers=settings["n_layers"],
-        num_attention_heads=settings["n_heads"],
-        intermediate_size=settings["inner_size"],
-        hidden_act=settings["hidden_act"],
-        hidden_dropout_prob=settings["hidden_dropout_prob"],
-        attention_probs_dropout_prob=settings["attn_dropout_prob"],
-        layer_norm_eps=settings["layer_norm_eps"],
-        initializer_range=settings["initializer_range"],
-        mask_ratio=settings["mask_ratio"],
-        ft_ratio=settings["ft_ratio"],
-    )
+    num_items, ratios = weights["output_bias"].shape[0], {k: settings[k] for k in ("mask_ratio", "ft_ratio")}
+    config = sasrec_config(settings, num_items, item_seq.shape[1], BERT4RecConfig, **ratios)
     model = BERT4RecForNextItemPrediction(config)
     model.load_state_dict(weights, strict=True)  # RecBole's parameter names are the model's
     model.eval()

@@ -1,20 +1,19 @@
 """BERT4Rec model configuration (Sun et al., 2019), as RecBole 1.2.1 builds it."""
 
 from huggingface_hub.dataclasses import strict
-from transformers import PreTrainedConfig
-from transformers.activations import ACT2FN
 
-from .recommender import check_settings
+from .configuration_sasrec import SASRecConfig
 
 
 @strict
-class BERT4RecConfig(PreTrainedConfig):
+class BERT4RecConfig(SASRecConfig):
     r"""
     Configuration of [`BERT4RecForNextItemPrediction`]: sequential recommendation with a bidirectional Transformer
     trained to fill in masked items (Sun et al., 2019), the architecture of RecBole 1.2.1's `BERT4Rec`. The defaults
     are the settings of the TTT4Rec paper's runs: RecBole's model defaults overlaid with the official TTT4Rec
     repository's `config.yaml` (hidden size 64, CE loss; its `dropout_prob: 0.2` is not a BERT4Rec setting); for
-    BERT4Rec they are RecBole's own defaults.
+    BERT4Rec they are RecBole's own defaults. Its Transformer settings are SASRec's (it uses SASRec's layers), with
+    BERT4Rec's dropout defaults, plus its masking settings.
 
     Args:
         num_items (`int`, *optional*, defaults to 10673):
@@ -52,26 +51,11 @@ class BERT4RecConfig(PreTrainedConfig):
     """
 
     model_type = "bert4rec"
-    attribute_map = {"vocab_size": "num_items"}
 
-    num_items: int = 10673
-    max_position_embeddings: int = 50
-    hidden_size: int = 64
-    num_hidden_layers: int = 2
-    num_attention_heads: int = 2
-    intermediate_size: int = 256
-    hidden_act: str = "gelu"
     hidden_dropout_prob: float = 0.2
     attention_probs_dropout_prob: float = 0.2
-    layer_norm_eps: float = 1e-12
-    initializer_range: float = 0.02
     mask_ratio: float = 0.2
     ft_ratio: float = 0.5
-    pad_token_id: int | None = 0
-
-    def __post_init__(self, **kwargs):
-        self.check_arguments()
-        super().__post_init__(**kwargs)
 
     @property
     def mask_token_id(self) -> int:
@@ -85,15 +69,7 @@ class BERT4RecConfig(PreTrainedConfig):
 
     def check_arguments(self) -> None:
         """Raise a `ValueError` naming the argument for any setting the model cannot be built with."""
-        sizes = ("max_position_embeddings", "hidden_size", "num_hidden_layers", "num_attention_heads")
-        check_settings(self, sizes, ("hidden_dropout_prob", "attention_probs_dropout_prob"))
-        if self.hidden_size % self.num_attention_heads != 0:
-            raise ValueError(
-                f"`hidden_size` ({self.hidden_size}) must be divisible by `num_attention_heads` "
-                f"({self.num_attention_heads})."
-            )
-        if self.hidden_act not in ACT2FN:
-            raise ValueError(f"Unknown `hidden_act` {self.hidden_act!r}; use an activation of transformers' ACT2FN.")
+        super().check_arguments()
         if not 0.0 < self.mask_ratio < 1.0 or self.max_masked_targets < 1:
             raise ValueError(
                 f"`mask_ratio` ({self.mask_ratio}) must be in (0, 1) and leave at least one target per history: "

@@ -30,10 +30,9 @@ trainer's batches into RecBole's training samples (see there).
 import torch
 import torch.nn.functional as F
 from torch import nn
-from transformers import initialization as init
 
 from .configuration_bert4rec import BERT4RecConfig
-from .modeling_sasrec import SASRecEncoder
+from .modeling_sasrec import SASRecEncoder, SASRecForNextItemPrediction
 from .recommender import NextItemOutput, SequentialRecommender
 
 # tokens * hidden of the largest block of prefix sequences encoded at once when reading histories
@@ -97,19 +96,8 @@ class BERT4RecForNextItemPrediction(SequentialRecommender):
         self.output_bias = nn.Parameter(torch.zeros(config.num_items))
         self.post_init()
 
-    @torch.no_grad()
-    def _init_weights(self, module: nn.Module) -> None:
-        # RecBole's: normal(0, initializer_range) for linear and embedding weights (the padding row too), zero
-        # biases (the output bias too), LayerNorm at (1, 0)
-        if isinstance(module, (nn.Linear, nn.Embedding)):
-            init.normal_(module.weight, mean=0.0, std=self.config.initializer_range)
-        if isinstance(module, nn.Linear) and module.bias is not None:
-            init.zeros_(module.bias)
-        if isinstance(module, nn.LayerNorm):
-            init.ones_(module.weight)
-            init.zeros_(module.bias)
-        if module is self:
-            init.zeros_(module.output_bias)
+    # RecBole initialises BERT4Rec as SASRec (the output bias starts at zero, as built)
+    _init_weights = SASRecForNextItemPrediction._init_weights
 
     def get_input_embeddings(self) -> nn.Embedding:
         return self.item_embedding
