@@ -14,13 +14,14 @@ SASRec's (`modeling_sasrec`), with a padding mask instead of the causal one.
 `[e_i, b_i]`, so `h . e_i + b_i` is one dot product: the recommender interface's scoring, loss and candidate scoring
 apply unchanged.
 
-**Reading histories** (evaluation, `recommend`): attention is bidirectional, so the hidden state after item t must be
+**Reading histories** (evaluation and scoring): attention is bidirectional, so the hidden state after item t must be
 computed from the prefix ending at t alone. It is RecBole's test-time representation of that prefix
 (`reconstruct_test_data`): the prefix **without its first item**, the mask token appended, BERT4Rec's output at the
 mask token. RecBole always drops a history's first item there (it shifts the padded history left by one to make room
 for the mask token), also when the history is shorter than `max_position_embeddings`; this model does the same, so
 the scores equal RecBole's. Every prefix is one sequence of the encoder: a history of `T` items costs `T` encoder
-passes (computed in blocks of rows to bound the memory). BERT4Rec has no cache: evaluate it in `window` mode.
+passes (computed in blocks of rows to bound the memory). BERT4Rec has no cache: evaluate it in `window` mode. Which
+of the two readings applies (below) is decided per call from the input, one synchronisation with the device.
 
 **Masked input** (training): `input_ids` that hold the mask token are read as they are, one bidirectional pass; the
 hidden state at a masked position predicts the item there (`labels` at that position). `training_batch` turns the
@@ -169,8 +170,9 @@ class BERT4RecForNextItemPrediction(SequentialRecommender):
         `register_model`): one history per target of `batch` (the items before it, `input_ids[row, :p + 1]` for a
         target after position p), transformed as RecBole's data loader does (`mask_histories`): with probability
         `ft_ratio` the whole batch holds fine-tuning samples (each history's newest item masked), otherwise every
-        item is masked with probability `mask_ratio`. Returns a batch of the same keys (`input_ids`,
-        `attention_mask`, `target_mask`, `targets`: the masked items at the masked positions)."""
+        item is masked with probability `mask_ratio`. As in RecBole, a sample's own target is not part of its
+        history: a user's last training item is never a masked target. Returns the keys the loss reads
+        (`input_ids`, `attention_mask`, `target_mask`, `targets`: the masked items at their positions)."""
         ids = batch["input_ids"]
         rows, ends = batch["target_mask"].nonzero(as_tuple=True)
         lengths = ends + 1
