@@ -6,8 +6,10 @@ import torch
 from helpers import random_sequences
 
 from modeling_ttt4rec import TTT4RecConfig, TTT4RecForNextItemPrediction
+from modeling_ttt4rec.training import evaluation
 from modeling_ttt4rec.training.data import SplitSequences
 from modeling_ttt4rec.training.evaluation import compute_ranks, score_ranks, scoring_matrix
+from modeling_ttt4rec.training.metrics import ranks_from_scores
 
 
 def _model(num_items: int = 37, pad: int | None = 0, **kwargs) -> TTT4RecForNextItemPrediction:
@@ -36,9 +38,12 @@ def test_item_chunked_ranks_equal_the_whole_catalog(pad, item_chunk_size):
     if pad is not None:
         targets[targets == pad] = 5
     targets[:10] = 5
-    whole = score_ranks(model, hidden, items_t, targets, chunk_size=8)
-    chunked = score_ranks(model, hidden, items_t, targets, chunk_size=8, item_chunk_size=item_chunk_size)
-    assert torch.equal(whole, chunked)
+    # the slow reference: every item's score at once, `ranks_from_scores` (the protocol's rule)
+    whole = ranks_from_scores(model.score_items(hidden, items_t.T), targets)
+    for chunk_size in (8, 256):
+        assert torch.equal(score_ranks(model, hidden, items_t, targets, chunk_size=chunk_size), whole)
+        chunked = score_ranks(model, hidden, items_t, targets, chunk_size=chunk_size, item_chunk_size=item_chunk_size)
+        assert torch.equal(chunked, whole)
     assert whole[3] == 300
 
 
@@ -48,6 +53,27 @@ def test_compute_ranks_with_item_chunks():
     split = SplitSequences.from_rows(seqs, [max(1, len(s) // 2) for s in seqs])
     whole = compute_ranks(model, split, 8, batch_targets=7, score_chunk_size=3)
     assert (whole == compute_ranks(model, split, 8, batch_targets=7, score_chunk_size=3, item_chunk_size=64)).all()
+
+
+def test_compute_ranks_ranks_encoded_batches_together_or_apart(monkeypatch):
+    """Hidden states are gathered over encoder batches (`RANK_ROWS`) before they are ranked: the same ranks, in
+    sample order, whether each batch is ranked on its own or all together."""
+    model = _model(num_items=200)
+    seqs = random_sequences(12, 200, 2, 9, seed=3)
+    split = SplitSequences.from_rows(seqs, [max(1, len(s) // 2) for s in seqs])
+    together = compute_ranks(model, split, 8, batch_targets=7)
+    monkeypatch.setattr(evaluation, "RANK_ROWS", 1)
+    apart = compute_ranks(model, split, 8, batch_targets=7)
+    assert (together == apart).all()
+    # the slow reference: one window per sample, every item scored at once
+    rows, targets = [], []
+    for seq, start in zip(seqs, split.target_start, strict=True):
+        for j in range(start, len(seq)):
+            out = model(torch.tensor([seq[max(0, j - 8) : j]]), return_logits=False)
+            rows.append(out.last_hidden_state[0, -1])
+            targets.append(seq[j])
+    reference = ranks_from_scores(model.score_items(torch.stack(rows).detach()), torch.tensor(targets))
+    assert (together == reference.numpy()).all()
 
 
 @pytest.mark.parametrize("item_scoring", ["embedding", "target_mlp"])
