@@ -317,13 +317,15 @@ def _ranks_in_sample_order(
 
 def evaluation_options(args) -> dict:
     """The `compute_ranks` options a run's settings choose (`--eval_protocol`, `--eval_num_negatives`,
-    `--candidate_seed`, `--eval_batch_targets`, `--eval_batch_tokens`), shared by the trainer and `evaluate.py`."""
+    `--candidate_seed`, `--eval_batch_targets`, `--eval_batch_tokens`, `--item_chunk_size`), shared by the trainer
+    and `evaluate.py`."""
     return {
         "batch_targets": args.eval_batch_targets,
         "batch_tokens": args.eval_batch_tokens,
         "protocol": args.eval_protocol,
         "num_negatives": args.eval_num_negatives,
         "candidate_seed": args.candidate_seed,
+        "item_chunk_size": args.item_chunk_size,
     }
 
 
@@ -475,12 +477,15 @@ def check_item_map(checkpoint: str | os.PathLike, meta, ignore_mismatch: bool = 
 def check_evaluation_arguments(args) -> None:
     """Raise a `ValueError` naming the first evaluation setting of `args` (evaluate.py's or the trainer's) that is
     meaningless; warn that `--eval_num_negatives` does nothing in the full protocol."""
+    from .arguments import check_item_chunk_option
+
     if args.eval_protocol not in EVAL_PROTOCOLS:
         raise ValueError(f"Unknown --eval_protocol {args.eval_protocol!r}; choose one of {EVAL_PROTOCOLS}.")
     for name in ("eval_num_negatives", "eval_batch_targets", "eval_batch_tokens", "stream_chunk_size"):
         value = getattr(args, name, None)
         if value is not None and value < 1:
             raise ValueError(f"--{name} must be at least 1, got {value}.")
+    check_item_chunk_option(getattr(args, "item_chunk_size", None))
     if args.candidate_seed < 0:
         raise ValueError(f"--candidate_seed must be >= 0 (a seed of numpy's generator), got {args.candidate_seed}.")
     if args.eval_protocol == "full" and args.eval_num_negatives != EVALUATION_DEFAULTS["eval_num_negatives"]:
