@@ -11,8 +11,8 @@ modes, on one process or many.
 
 In the `full` protocol every item is scored as the model's `score_items` scores it, `h . item_features()[i]` (the
 padding id never counts), with no masking of seen items, in blocks of rows x items that stay in the CPU cache
-(`score_ranks`); in the `sampled` protocol only each sample's target and its 99 fixed
-negatives, by `score_candidates` (`sampling.evaluation_candidates`). The rank of a target is the number of candidates
+(`score_ranks`); in the `sampled` protocol only each sample's target and its 99 fixed negatives, by
+`score_candidates` (`sampling.evaluation_candidates`). The rank of a target is the number of candidates
 scoring strictly higher (`metrics.ranks_from_scores`). The model is run through its public interface only (`forward`
 with `return_logits=False, check_inputs=False`: the data were validated when loaded). With several processes each
 process scores a share of the batches and the per-sample ranks are gathered and put back in sample order, so
@@ -243,7 +243,7 @@ def compute_ranks(
             )
         encoded.append((hidden.float(), batch["targets"], batch["sample_ids"]))
         encode_seconds += time.perf_counter() - start
-        if number < len(mine) and sum(len(e[1]) for e in encoded) < RANK_ROWS:
+        if number < len(mine) and sum(len(targets) for _, targets, _ in encoded) < RANK_ROWS:
             continue
         start = time.perf_counter()
         hidden, targets, ids = (torch.cat(parts) for parts in zip(*encoded, strict=True))
