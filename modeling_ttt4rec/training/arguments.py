@@ -31,8 +31,9 @@ from ..baselines import (
     SASRecForNextItemPrediction,
 )
 from ..configuration_ttt4rec import TTT4RecConfig
-from ..modeling_ttt4rec import TTT4RecForNextItemPrediction
+from ..modeling_ttt4rec import TTT4RecForNextItemPrediction, check_item_chunk_size
 from .data import DEFAULT_CONFIG_NAME
+from .evaluation import DEFAULT_ITEM_CHUNK_SIZE
 
 # name (`--model_type`) -> (config class, model class)
 MODELS: dict[str, tuple[type[PreTrainedConfig], type[PreTrainedModel]]] = {
@@ -46,6 +47,20 @@ DEFAULT_MODEL_TYPE = "ttt4rec"
 # config fields that the data set or the runtime sets, not the user (`max_position_embeddings`: the data set's `L`)
 NOT_SETTINGS = ("num_items", "pad_token_id", "use_cache", "max_position_embeddings")
 SECTIONS = ("model", "data", "training")
+#: `--item_chunk_size` of train.py, evaluate.py and recommend.py
+ITEM_CHUNK_HELP = (
+    "Items scored at a time when ranking or recommending, a multiple of 64: the scores held are rows x this many "
+    f"whatever the catalog, with the same results (default: {DEFAULT_ITEM_CHUNK_SIZE:,} when ranking for an "
+    "evaluation, blocks that stay in the CPU cache; the whole catalog at once when recommending)"
+)
+
+
+def check_item_chunk_option(item_chunk_size: int | None) -> None:
+    """Raise a `ValueError` naming `--item_chunk_size` unless it is unset or a positive multiple of 64."""
+    try:
+        check_item_chunk_size(item_chunk_size)
+    except ValueError as err:
+        raise ValueError(f"--item_chunk_size: {err}") from err
 
 
 def register_model(name: str, config_class: type[PreTrainedConfig], model_class: type[PreTrainedModel]) -> None:
@@ -197,6 +212,7 @@ class TrainerArguments:
     )
     eval_batch_targets: int = field(default=4096, metadata={"help": "Targets per evaluation batch"})
     eval_batch_tokens: int = field(default=65536, metadata={"help": "Padded tokens per evaluation batch"})
+    item_chunk_size: int | None = field(default=None, metadata={"help": ITEM_CHUNK_HELP})
     eval_every: int = field(default=1, metadata={"help": "Evaluate on validation every N epochs"})
     resume_from_checkpoint: str | None = field(
         default=None, metadata={"help": "A checkpoint folder, or 'latest' for OUTPUT_DIR/checkpoint"}
