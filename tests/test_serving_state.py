@@ -2,6 +2,7 @@
 
 import asyncio
 import sqlite3
+import time
 
 import pytest
 import torch
@@ -97,6 +98,48 @@ def test_events_of_one_user_are_applied_in_arrival_order(checkpoint, tmp_path):
     (answers,) = events(engine, [[("same", [i]) for i in range(1, 11)] + [("other", [3])]])
     assert [a["items_read"] for a in answers[:10]] == list(range(1, 11))
     assert engine.codec.decode(engine.store.get(["same"])["same"]).history == list(range(1, 11))
+
+
+def test_the_next_batch_steps_while_one_commits_and_never_holds_its_users(checkpoint, tmp_path):
+    """The pipeline: batch 2's model step runs during batch 1's (slow) commit, without batch 1's user, whose next
+    event waits for that commit; nobody is answered before its own batch is committed."""
+    engine = engine_for(checkpoint, tmp_path, max_batch=8, max_wait_ms=20)
+    timeline: list[tuple[str, set[str]]] = []
+    store_commit, prepare = engine.store.commit, engine.prepare
+
+    def slow_commit(commit):
+        timeline.append(("commit starts", set(commit.states)))
+        time.sleep(0.5)
+        store_commit(commit)
+        timeline.append(("commit ends", set(commit.states)))
+
+    def noted_prepare(batch):
+        timeline.append(("step", {op.user_id for op in batch}))
+        return prepare(batch)
+
+    engine.store.commit, engine.prepare = slow_commit, noted_prepare
+
+    async def go():
+        first = asyncio.ensure_future(engine.submit("event", "a", items=[1]))
+        while ("commit starts", {"a"}) not in timeline:  # batch 1 (a) is committing
+            await asyncio.sleep(0.01)
+        assert not first.done()  # (not answered before its commit)
+        later = [asyncio.ensure_future(engine.submit("event", u, items=[2])) for u in ("a", "b")]
+        return [await first, *await asyncio.gather(*later)]
+
+    answers = run(engine, go)
+    assert [a["items_read"] for a in answers] == [1, 2, 1]
+    assert timeline == [
+        ("step", {"a"}),
+        ("commit starts", {"a"}),
+        ("step", {"b"}),  # during a's commit, without a
+        ("commit ends", {"a"}),
+        ("commit starts", {"b"}),
+        ("step", {"a"}),  # a's second event, after its first is committed
+        ("commit ends", {"b"}),
+        ("commit starts", {"a"}),
+        ("commit ends", {"a"}),
+    ]
 
 
 def test_the_lru_is_bounded(checkpoint, tmp_path):
