@@ -4,13 +4,17 @@ import asyncio
 import sqlite3
 import time
 
+import numpy as np
 import pytest
 import torch
-from serving_fixtures import make_checkpoint
+from serving_fixtures import NUM_ITEMS, make_checkpoint
 
 from modeling_ttt4rec.serving.app import build_engine
+from modeling_ttt4rec.serving.evaluation import serving_ranks
 from modeling_ttt4rec.serving.state import StateCodec, StateError
 from modeling_ttt4rec.serving.store import Commit, SQLiteStore, StoreUnavailable, open_store
+from modeling_ttt4rec.training.data import SplitSequences
+from modeling_ttt4rec.training.evaluation import compute_ranks, load_checkpoint
 
 
 @pytest.fixture(scope="module")
@@ -185,3 +189,22 @@ def test_store_urls(tmp_path):
     assert isinstance(open_store(str(tmp_path / "b.db")), SQLiteStore)
     with pytest.raises(ValueError, match="sqlite:///PATH or redis://"):
         open_store("postgres://x")
+
+
+def test_served_states_rank_test_targets_as_the_stream_evaluation(checkpoint):
+    """`serving_ranks` (each user's state stored and read back between events) equals the `stream` evaluation in
+    float32; bfloat16 states rank every sample too (their effect is measured by scripts/evaluate_serving_state.py)."""
+    model = load_checkpoint(str(checkpoint)).eval()
+    rng = np.random.default_rng(0)
+    rows, starts = [], []
+    for _ in range(7):
+        length = int(rng.integers(2, 19))
+        rows.append(rng.integers(1, NUM_ITEMS, length).tolist())
+        starts.append(int(rng.integers(1, length + 1)))  # (a user may have no target: start == length)
+    split = SplitSequences.from_rows(rows, starts)
+    expected = compute_ranks(model, split, max_length=64, mode="stream")
+    np.testing.assert_array_equal(serving_ranks(model, split, "float32", batch_users=3), expected)
+    half = serving_ranks(model, split, "bfloat16", batch_users=3)
+    assert half.shape == expected.shape and ((0 <= half) & (half < NUM_ITEMS)).all()
+    with pytest.raises(ValueError, match="history before it"):
+        serving_ranks(model, SplitSequences.from_rows([[1, 2]], [0]))

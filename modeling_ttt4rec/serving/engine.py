@@ -239,7 +239,7 @@ class Engine:
             else:  # a read, or an event already applied (a retry): answer from the state as it is
                 answer.append(i)
 
-        new_states = self._advance([states[batch[i].user_id] for i in advance], [batch[i].items for i in advance])
+        new_states = self.advance([states[batch[i].user_id] for i in advance], [batch[i].items for i in advance])
         for i, state in zip(advance, new_states, strict=True):
             states[batch[i].user_id] = state
             commit.states[batch[i].user_id] = self.codec.encode(state)
@@ -297,7 +297,7 @@ class Engine:
         self.metrics.states_in_memory.set(len(self.lru))
 
     @torch.no_grad()
-    def _advance(self, states: list[UserState], new_items: list[list[int]]) -> list[UserState]:
+    def advance(self, states: list[UserState], new_items: list[list[int]]) -> list[UserState]:
         """The states after reading `new_items`, in one batched step from each user's last mini-batch boundary.
 
         Each row reads its pending items again, then the new ones: first up to its last new mini-batch boundary
