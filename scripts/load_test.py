@@ -29,18 +29,18 @@ def percentile(values: list[float], q: int) -> float:
 
 
 class Connection:
-    """One keep-alive HTTP/1.1 connection that sends a POST and reads its answer (`Content-Length` bodies only)."""
+    """One keep-alive HTTP/1.1 connection that sends a request and reads its answer (`Content-Length` bodies only)."""
 
     def __init__(self, host: str, port: int):
         self.host, self.port = host, port
         self.reader: asyncio.StreamReader | None = None
         self.writer: asyncio.StreamWriter | None = None
 
-    async def post(self, path: str, body: bytes) -> tuple[int, bytes]:
+    async def request(self, method: str, path: str, body: bytes = b"") -> tuple[int, bytes]:
         if self.writer is None:
             self.reader, self.writer = await asyncio.open_connection(self.host, self.port)
         self.writer.write(
-            f"POST {path} HTTP/1.1\r\nHost: {self.host}\r\nContent-Type: application/json\r\n"
+            f"{method} {path} HTTP/1.1\r\nHost: {self.host}\r\nContent-Type: application/json\r\n"
             f"Content-Length: {len(body)}\r\n\r\n".encode()
             + body
         )
@@ -59,6 +59,20 @@ class Connection:
             self.writer = None
 
 
+async def server_cpu_seconds(url: str) -> float | None:
+    """The server process's CPU seconds so far (`process_cpu_seconds_total` of its /metrics), if it reports them."""
+    parsed = urlparse(url)
+    connection = Connection(parsed.hostname, parsed.port or 80)
+    try:
+        _, text = await connection.request("GET", "/metrics")
+    finally:
+        connection.close()
+    for line in text.decode().splitlines():
+        if line.startswith("process_cpu_seconds_total "):
+            return float(line.split()[1])
+    return None
+
+
 async def phase(url: str, rate: float, duration: float, max_requests: int, concurrency: int, make_event) -> dict:
     """Send `make_event(n)` at `rate` per second (open loop) until `duration` s or `max_requests`; waits for all."""
     parsed = urlparse(url)
@@ -71,7 +85,7 @@ async def phase(url: str, rate: float, duration: float, max_requests: int, concu
         while (event := await due.get()) is not None:
             scheduled, path, body = event
             try:
-                status, answer = await connection.post(path, body)
+                status, answer = await connection.request("POST", path, body)
             except (OSError, ConnectionError, asyncio.IncompleteReadError, ValueError) as error:
                 errors.append(repr(error))
                 connection.close()  # (a new one for the next event)
@@ -82,6 +96,8 @@ async def phase(url: str, rate: float, duration: float, max_requests: int, concu
                 latencies.append(time.perf_counter() - scheduled)
         connection.close()
 
+    server_cpu = await server_cpu_seconds(url)
+    client_cpu = time.process_time()
     workers = [asyncio.create_task(worker()) for _ in range(concurrency)]
     started = time.perf_counter()
     n = 0
@@ -97,7 +113,11 @@ async def phase(url: str, rate: float, duration: float, max_requests: int, concu
         due.put_nowait(None)
     await asyncio.gather(*workers)
     elapsed = time.perf_counter() - started
+    client_cpu = time.process_time() - client_cpu
+    if server_cpu is not None:
+        server_cpu = await server_cpu_seconds(url) - server_cpu
     ms = [1000 * v for v in latencies] or [float("nan")]
+    per_event = 1000 / max(1, len(latencies))
     return {
         "requests": n,
         "ok": len(latencies),
@@ -108,6 +128,9 @@ async def phase(url: str, rate: float, duration: float, max_requests: int, concu
         "p50_ms": round(percentile(ms, 50), 2),
         "p95_ms": round(percentile(ms, 95), 2),
         "p99_ms": round(percentile(ms, 99), 2),
+        # CPU time per answered event: what a sustained rate costs in cores, whatever else shares the machine
+        "server_cpu_ms_per_event": None if server_cpu is None else round(server_cpu * per_event, 3),
+        "client_cpu_ms_per_event": round(client_cpu * per_event, 3),
     }
 
 
@@ -128,7 +151,7 @@ def main() -> None:
     add_option(parser, "rate", type=float, default=500, help="events per second to send")
     add_option(parser, "duration", type=float, default=10, help="seconds of load (a bound)")
     add_option(parser, "max_requests", type=int, default=1_000_000, help="most events to send (a bound)")
-    add_option(parser, "concurrency", type=int, default=64, help="keep-alive connections (most requests in flight)")
+    add_option(parser, "concurrency", type=int, default=256, help="keep-alive connections (most requests in flight)")
     add_option(parser, "prefill_items", type=int, default=0, help="first give every user one event of this many items")
     add_option(parser, "prefill_rate", type=float, default=2000, help="events per second of the prefill")
     add_option(parser, "seed", type=int, default=0)
