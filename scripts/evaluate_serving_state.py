@@ -29,7 +29,7 @@ from modeling_ttt4rec.training.evaluation import compute_ranks, load_checkpoint 
 from modeling_ttt4rec.training.metrics import ranking_metrics  # noqa: E402
 
 
-def main(argv: list[str]) -> dict:
+def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_option(parser, "model", required=True, help="a save_pretrained folder or Hub id")
     add_option(parser, "dataset", required=True, help="the data set folder or Hub id the model was trained on")
