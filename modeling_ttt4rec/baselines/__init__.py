@@ -1,9 +1,9 @@
 """The baselines of the TTT4Rec papers, as RecBole 1.2.1 builds them, with the project's recommender interface:
 SASRec (`sasrec`) and GRU4Rec (`gru4rec`, with an incremental cache).
 
-Each model's files are flat siblings here (its configuration, its modeling file, `recommender.py` and `losses.py`, a
-link to the package's one loss module), so `save_pretrained` ships exactly them as remote code. Importing this
-package registers the models with the Auto classes.
+Each model's files are flat siblings here (its configuration, its modeling file, `recommender.py`, and `losses.py`
+and `recommender_head.py`, links to the package's one loss module and one next-item head), so `save_pretrained`
+ships exactly them as remote code. Importing this package registers the models with the Auto classes.
 """
 
 from transformers import AutoConfig, AutoModel

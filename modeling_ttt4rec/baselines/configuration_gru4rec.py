@@ -3,7 +3,10 @@
 from huggingface_hub.dataclasses import strict
 from transformers import PreTrainedConfig
 
+from .losses import check_loss_settings, document_loss_settings
 
+
+@document_loss_settings
 @strict
 class GRU4RecConfig(PreTrainedConfig):
     r"""
@@ -25,6 +28,7 @@ class GRU4RecConfig(PreTrainedConfig):
             Dropout of the item embeddings before the GRU (RecBole's own default: 0.3).
         pad_token_id (`int`, *optional*, defaults to 0):
             The padding item id (RecBole's is 0). It never receives probability.
+        [loss settings]
         use_cache (`bool`, *optional*, defaults to `True`):
             Whether the model returns a [`GRU4RecCache`] (the recurrent state) when asked to with `use_cache=True`.
     """
@@ -39,6 +43,10 @@ class GRU4RecConfig(PreTrainedConfig):
     num_hidden_layers: int = 1
     dropout_prob: float = 0.2
     pad_token_id: int | None = 0
+    loss_type: str = "full_ce"
+    num_negatives: int = 4
+    negative_sampler: str = "uniform"
+    in_batch_negatives: bool = False
     use_cache: bool = True
 
     def __post_init__(self, **kwargs):
@@ -56,6 +64,7 @@ class GRU4RecConfig(PreTrainedConfig):
             raise ValueError(f"`dropout_prob` must be in [0, 1), got {self.dropout_prob}.")
         if self.pad_token_id is not None and not 0 <= self.pad_token_id < self.num_items:
             raise ValueError(f"`pad_token_id` ({self.pad_token_id}) must be an item id in [0, {self.num_items}).")
+        check_loss_settings(self)
 
 
 __all__ = ["GRU4RecConfig"]

@@ -4,7 +4,10 @@ from huggingface_hub.dataclasses import strict
 from transformers import PreTrainedConfig
 from transformers.activations import ACT2FN
 
+from .losses import check_loss_settings, document_loss_settings
 
+
+@document_loss_settings
 @strict
 class SASRecConfig(PreTrainedConfig):
     r"""
@@ -39,6 +42,7 @@ class SASRecConfig(PreTrainedConfig):
             Standard deviation of the normal initialisation of the linear and embedding layers (RecBole: 0.02).
         pad_token_id (`int`, *optional*, defaults to 0):
             The padding item id (RecBole's is 0). It never receives probability.
+        [loss settings]
     """
 
     model_type = "sasrec"
@@ -56,6 +60,10 @@ class SASRecConfig(PreTrainedConfig):
     layer_norm_eps: float = 1e-12
     initializer_range: float = 0.02
     pad_token_id: int | None = 0
+    loss_type: str = "full_ce"
+    num_negatives: int = 4
+    negative_sampler: str = "uniform"
+    in_batch_negatives: bool = False
 
     def __post_init__(self, **kwargs):
         self.check_arguments()
@@ -80,6 +88,7 @@ class SASRecConfig(PreTrainedConfig):
                 raise ValueError(f"`{name}` must be in [0, 1), got {getattr(self, name)}.")
         if self.pad_token_id is not None and not 0 <= self.pad_token_id < self.num_items:
             raise ValueError(f"`pad_token_id` ({self.pad_token_id}) must be an item id in [0, {self.num_items}).")
+        check_loss_settings(self)
 
 
 __all__ = ["SASRecConfig"]
