@@ -36,12 +36,14 @@ IDS = torch.tensor(
 )
 
 
-def tiny(model_type: str):
+def tiny(model_type: str, num_items: int = 12, **settings):
     torch.manual_seed(0)
     if model_type == "sasrec":
-        config = SASRecConfig(num_items=12, max_position_embeddings=16, hidden_size=8, intermediate_size=16)
+        config = SASRecConfig(
+            num_items=num_items, max_position_embeddings=16, hidden_size=8, intermediate_size=16, **settings
+        )
         return perturbed(SASRecForNextItemPrediction(config).eval(), 0.1)
-    config = GRU4RecConfig(num_items=12, embedding_size=8, hidden_size=6, num_hidden_layers=2)
+    config = GRU4RecConfig(num_items=num_items, embedding_size=8, hidden_size=6, num_hidden_layers=2, **settings)
     return perturbed(GRU4RecForNextItemPrediction(config).eval(), 0.1)
 
 
