@@ -35,7 +35,13 @@ from transformers.utils import ModelOutput
 
 from .cache import CONV_NAMES, TTT4RecCache, cache_config_dict, check_cache_type, check_config
 from .configuration_ttt4rec import TTT4RecConfig
-from .recommender_head import Recommendations, RecommenderHeadMixin, at_least_float32, default_attention_mask
+from .recommender_head import (
+    Recommendations,
+    RecommenderHeadMixin,
+    at_least_float32,
+    check_cache_placement,
+    default_attention_mask,
+)
 from .ttt import InnerState, TTTLayer
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -531,13 +537,7 @@ class TTT4RecModel(TTT4RecPreTrainedModel):
         device or in another dtype than this model."""
         check_cache_type(cache_params)
         check_config(cache_params.config_dict, cache_config_dict(self.config))
-        weight = self.item_embeddings.weight
-        state = cache_params.last_hidden_state
-        if state.device != weight.device or state.dtype != weight.dtype:
-            raise ValueError(
-                f"The cache is on {state.device} in {state.dtype} but the model is on {weight.device} in "
-                f"{weight.dtype}; move it with `cache = cache.to({str(weight.device)!r}, {weight.dtype})`."
-            )
+        check_cache_placement(cache_params.last_hidden_state, self.item_embeddings.weight)
 
     def _check_shapes(
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None, cache_params: TTT4RecCache | None

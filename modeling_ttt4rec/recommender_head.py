@@ -62,6 +62,16 @@ def default_attention_mask(input_ids: torch.Tensor, pad_token_id: int | None) ->
     return input_ids.ne(pad_token_id).long()
 
 
+def check_cache_placement(state: torch.Tensor, weight: torch.Tensor) -> None:
+    """A cache whose hidden state `state` is on another device or in another dtype than the model's `weight` is a
+    `ValueError` that says how to move it."""
+    if state.device != weight.device or state.dtype != weight.dtype:
+        raise ValueError(
+            f"The cache is on {state.device} in {state.dtype} but the model is on {weight.device} in "
+            f"{weight.dtype}; move it with `cache = cache.to({str(weight.device)!r}, {weight.dtype})`."
+        )
+
+
 @dataclass
 class Recommendations(ModelOutput):
     """Output of a recommender's `recommend`.
@@ -539,6 +549,7 @@ __all__ = [
     "Recommendations",
     "RecommenderHeadMixin",
     "at_least_float32",
+    "check_cache_placement",
     "check_item_chunk_size",
     "default_attention_mask",
 ]

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from transformers import PreTrainedModel
 from transformers.utils import ModelOutput
 
-from .recommender_head import RecommenderHeadMixin, default_attention_mask
+from .recommender_head import RecommenderHeadMixin, check_cache_placement, default_attention_mask
 
 
 @dataclass
@@ -154,13 +154,7 @@ class SequentialRecommender(PreTrainedModel, RecommenderHeadMixin):
                 f"`cache_params` must be a {expected.__name__} (`model.init_cache(batch_size)`), got "
                 f"{type(cache_params).__name__}."
             )
-        weight = self.item_embedding.weight
-        state = cache_params.last_hidden_state
-        if state.device != weight.device or state.dtype != weight.dtype:
-            raise ValueError(
-                f"The cache is on {state.device} in {state.dtype} but the model is on {weight.device} in "
-                f"{weight.dtype}; move it with `cache = cache.to({str(weight.device)!r}, {weight.dtype})`."
-            )
+        check_cache_placement(cache_params.last_hidden_state, self.item_embedding.weight)
 
     def _check_shapes(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
         """The checks that read no tensor values; returns the attention mask (the default one when None)."""
