@@ -53,11 +53,12 @@ def register_model(name: str, config_class: type[PreTrainedConfig], model_class:
       padding id scoring lowest) and `score_candidates(hidden, candidate_ids, check_inputs=False)`;
     - `save_pretrained` / `from_pretrained`;
     - optionally `set_item_counts(counts)` (the popularity sampler's training-split counts) and `seed_negatives(seed)`
-      (the sampled losses' negatives, seeded alike on every process each epoch); `recommender_head.
-      RecommenderHeadMixin` gives a model all of this interface but its encoder;
+      (the sampled losses' negatives, seeded alike on every process each epoch);
     - for the `stream` evaluation mode only, a cache: `init_cache(batch_size)` (a model without it has no cache) and
       `model(..., cache_params=cache, use_cache=True)` returning `.cache_params` with `select(rows)` (and
       `config.mini_batch_size`, if reading in chunks of its multiples is fastest).
+
+    `recommender_head.RecommenderHeadMixin` gives a model all of this but its encoder (and `recommend`).
     """
     if not (dataclasses.is_dataclass(config_class) and issubclass(config_class, PreTrainedConfig)):
         raise TypeError(f"{config_class.__name__} must be a dataclass PreTrainedConfig (its fields are the settings).")
