@@ -82,10 +82,12 @@ def test_gru4rec_recommend_with_a_cache_and_an_item_map():
         model.recommend(cache_params=model.init_cache(2))
 
 
-def test_sasrec_recommend_has_no_cache():
+def test_sasrec_recommend_has_no_cache_and_every_row_needs_an_item():
     model = baseline("sasrec")
     with pytest.raises(ValueError, match="has no cache"):
         model.recommend(IDS, cache_params=object())
+    with pytest.raises(ValueError, match=r"Row\(s\) \[1\] contain no items"):
+        model.recommend(torch.tensor([[3, 4], [0, 0]]))
 
 
 def test_recommend_scores_item_chunks_through_score_items(monkeypatch):

@@ -119,7 +119,8 @@ class SequentialRecommender(PreTrainedModel, RecommenderHeadMixin):
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, cache_params: Any | None = None
     ) -> torch.Tensor:
         """The attention mask (the default one when None), after checking the shapes, the cache (when given) and
-        that ids are in range and histories right-padded (reading the values synchronises with the device)."""
+        that ids are in range, histories right-padded and (without a cache) not empty (reading the values
+        synchronises with the device)."""
         attention_mask = self._check_shapes(input_ids, attention_mask)
         if cache_params is not None:
             self.validate_cache(cache_params)
@@ -139,6 +140,9 @@ class SequentialRecommender(PreTrainedModel, RecommenderHeadMixin):
         mask = attention_mask.bool()
         if mask.shape[1] > 1 and (mask[:, 1:] & ~mask[:, :-1]).any():
             raise ValueError("Histories must be right-padded: in each row, all items first, then padding.")
+        if cache_params is None and not mask[:, 0].all():
+            empty = (~mask[:, 0]).nonzero().flatten().tolist()
+            raise ValueError(f"Row(s) {empty} contain no items (all padding); every row needs at least one item.")
         return attention_mask
 
     def validate_cache(self, cache_params: Any) -> None:
