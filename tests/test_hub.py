@@ -80,7 +80,7 @@ def test_exact_upload_and_model_card(checkpoint, tmp_path):
     assert card == (ROOT / "tests" / "fixtures" / "ttt4rec_model_card.md").read_text()
 
 
-@pytest.mark.parametrize("model_type", ["sasrec", "gru4rec"])
+@pytest.mark.parametrize("model_type", ["sasrec", "gru4rec", "narm"])
 def test_model_card_of_a_baseline_names_the_model_and_its_origin(tmp_path, model_type):
     from modeling_ttt4rec.training.arguments import model_classes
 
@@ -89,12 +89,17 @@ def test_model_card_of_a_baseline_names_the_model_and_its_origin(tmp_path, model
     prepare_hub_folder(tmp_path / "best_model", tmp_path / "upload", f"someone/{model_type}-video", RESULTS)
     _, front, body = (tmp_path / "upload" / "README.md").read_text().split("---\n", 2)
     assert yaml.safe_load(front)["tags"] == [model_type, "recommendation", "sequential-recommendation", "custom_code"]
-    name = {"sasrec": "A SASRec (Kang and McAuley, 2018)", "gru4rec": "A GRU4Rec (Hidasi et al., 2016"}[model_type]
+    name = {
+        "sasrec": "A SASRec (Kang and McAuley, 2018)",
+        "gru4rec": "A GRU4Rec (Hidasi et al., 2016",
+        "narm": "A NARM (Li et al., 2017)",
+    }[model_type]
     assert name in body and "exactly RecBole 1.2.1's" in body and "zhao2021recbole" in body
     assert "TTT" not in body.replace("TTT4Rec papers", "").replace("`ttt4rec` project", "") and "{{" not in body
-    # the incremental use where the model has a cache (GRU4Rec), a plain note where it has none (SASRec)
+    # the incremental use where the model has a cache (GRU4Rec; SASRec's up to its positions), a note where none
     assert ("cache_params=cache" in body) == (model_type == "gru4rec")
-    assert ("has no cache" in body) == (model_type == "sasrec")
+    assert ("up to `max_position_embeddings` items" in body) == (model_type == "sasrec")
+    assert ("has no cache" in body) == (model_type == "narm")
 
 
 def test_model_card_of_the_sampled_protocol(tmp_path):

@@ -64,8 +64,9 @@ def test_baseline_recommend_is_the_top_k_of_score_items(model_type, item_chunk_s
             assert not set(row) & set(items)
 
 
-def test_gru4rec_recommend_with_a_cache_and_an_item_map():
-    model = baseline("gru4rec")
+@pytest.mark.parametrize("model_type", ["gru4rec", "sasrec"])
+def test_recommend_with_a_cache_and_an_item_map(model_type):
+    model = baseline(model_type)
     item_map = [f"item-{i}" for i in range(12)]
     with torch.no_grad():
         whole = model.recommend(IDS, top_k=4, item_map=item_map)
@@ -82,9 +83,9 @@ def test_gru4rec_recommend_with_a_cache_and_an_item_map():
         model.recommend(cache_params=model.init_cache(2))
 
 
-def test_sasrec_recommend_has_no_cache_and_every_row_needs_an_item():
+def test_sasrec_recommend_refuses_another_cache_and_every_row_needs_an_item():
     model = baseline("sasrec")
-    with pytest.raises(ValueError, match="has no cache"):
+    with pytest.raises(ValueError, match="must be a SASRecCache"):
         model.recommend(IDS, cache_params=object())
     with pytest.raises(ValueError, match=r"Row\(s\) \[1\] contain no items"):
         model.recommend(torch.tensor([[3, 4], [0, 0]]))

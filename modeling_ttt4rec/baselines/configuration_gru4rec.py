@@ -3,7 +3,8 @@
 from huggingface_hub.dataclasses import strict
 from transformers import PreTrainedConfig
 
-from .losses import check_loss_settings, document_loss_settings
+from .losses import document_loss_settings
+from .recommender import check_settings
 
 
 @document_loss_settings
@@ -55,16 +56,7 @@ class GRU4RecConfig(PreTrainedConfig):
 
     def check_arguments(self) -> None:
         """Raise a `ValueError` naming the argument for any setting the model cannot be built with."""
-        for name in ("embedding_size", "hidden_size", "num_hidden_layers"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"`{name}` must be >= 1, got {getattr(self, name)}.")
-        if self.num_items < 2:
-            raise ValueError(f"`num_items` counts the padding id and must be >= 2, got {self.num_items}.")
-        if not 0.0 <= self.dropout_prob < 1.0:
-            raise ValueError(f"`dropout_prob` must be in [0, 1), got {self.dropout_prob}.")
-        if self.pad_token_id is not None and not 0 <= self.pad_token_id < self.num_items:
-            raise ValueError(f"`pad_token_id` ({self.pad_token_id}) must be an item id in [0, {self.num_items}).")
-        check_loss_settings(self)
+        check_settings(self, ("embedding_size", "hidden_size", "num_hidden_layers"), ("dropout_prob",))
 
 
 __all__ = ["GRU4RecConfig"]

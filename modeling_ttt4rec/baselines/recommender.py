@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from transformers import PreTrainedModel
 from transformers.utils import ModelOutput
 
+from .losses import check_loss_settings
 from .recommender_head import RecommenderHeadMixin, check_cache_placement, default_attention_mask
 
 
@@ -177,4 +178,21 @@ class SequentialRecommender(PreTrainedModel, RecommenderHeadMixin):
         return attention_mask
 
 
-__all__ = ["NextItemOutput", "SequentialRecommender"]
+def check_settings(config, sizes: tuple[str, ...], probabilities: tuple[str, ...]) -> None:
+    """The rules every baseline's configuration follows: raise a `ValueError` naming the setting if one of `sizes` is
+    below 1, one of `probabilities` (dropouts) outside [0, 1), `num_items` below 2 (it counts the padding id),
+    `pad_token_id` not an item id, or a loss setting the model cannot train with."""
+    for name in sizes:
+        if getattr(config, name) < 1:
+            raise ValueError(f"`{name}` must be >= 1, got {getattr(config, name)}.")
+    if config.num_items < 2:
+        raise ValueError(f"`num_items` counts the padding id and must be >= 2, got {config.num_items}.")
+    for name in probabilities:
+        if not 0.0 <= getattr(config, name) < 1.0:
+            raise ValueError(f"`{name}` must be in [0, 1), got {getattr(config, name)}.")
+    if config.pad_token_id is not None and not 0 <= config.pad_token_id < config.num_items:
+        raise ValueError(f"`pad_token_id` ({config.pad_token_id}) must be an item id in [0, {config.num_items}).")
+    check_loss_settings(config)
+
+
+__all__ = ["NextItemOutput", "SequentialRecommender", "check_settings"]

@@ -62,6 +62,10 @@ with torch.no_grad():
     top10 = out.logits.topk(10).indices{save}
 ```"""
 _NO_CACHE = "This model has no cache: each call reads the user's history whole (at most its newest items)."
+_BOUNDED_CACHE = (
+    "The cache (`model.init_cache(batch_size)`) keeps each layer's keys and values, so new interactions are read\n"
+    "without re-reading the history, up to `max_position_embeddings` items in all; then read the newest items whole."
+)
 MODEL_CARD_TEXTS = {
     "ttt4rec": {
         "description": (
@@ -89,7 +93,7 @@ MODEL_CARD_TEXTS = {
             "{hidden_size}, at most\n  {max_position_embeddings} items read; items scored through {item_scoring}"
         ),
         "tags": [],
-        "cache_usage": _NO_CACHE,
+        "cache_usage": _BOUNDED_CACHE,
         "citation": """\
 @inproceedings{kang2018sasrec,
   title     = {Self-Attentive Sequential Recommendation},
@@ -115,6 +119,26 @@ MODEL_CARD_TEXTS = {
   author    = {Hidasi, Bal{\\'a}zs and Karatzoglou, Alexandros and Baltrunas, Linas and Tikk, Domonkos},
   booktitle = {International Conference on Learning Representations (ICLR)},
   year      = {2016}
+}
+
+"""
+        + _RECBOLE_CITATION,
+    },
+    "narm": {
+        "description": "A NARM (Li et al., 2017) " + _BASELINE_TEXT,
+        "architecture": (
+            "**Architecture:** {num_hidden_layers} GRU layer(s) of width {hidden_size} over item embeddings of size "
+            "{embedding_size},\n  attention over the prefix, a bilinear projection; items scored through "
+            "{item_scoring}"
+        ),
+        "tags": [],
+        "cache_usage": _NO_CACHE,
+        "citation": """\
+@inproceedings{li2017narm,
+  title     = {Neural Attentive Session-based Recommendation},
+  author    = {Li, Jing and Ren, Pengjie and Chen, Zhumin and Ren, Zhaochun and Lian, Tao and Ma, Jun},
+  booktitle = {ACM International Conference on Information and Knowledge Management (CIKM)},
+  year      = {2017}
 }
 
 """
