@@ -39,15 +39,17 @@ IDS = torch.tensor(
 )
 
 
-def tiny(model_type: str):
+def tiny(model_type: str, num_items: int = 12, **settings):
     torch.manual_seed(0)
     if model_type == "sasrec":
-        config = SASRecConfig(num_items=12, max_position_embeddings=16, hidden_size=8, intermediate_size=16)
+        config = SASRecConfig(
+            num_items=num_items, max_position_embeddings=16, hidden_size=8, intermediate_size=16, **settings
+        )
         return perturbed(SASRecForNextItemPrediction(config).eval(), 0.1)
     if model_type == "narm":
-        config = NARMConfig(num_items=12, embedding_size=8, hidden_size=6, num_hidden_layers=2)
+        config = NARMConfig(num_items=num_items, embedding_size=8, hidden_size=6, num_hidden_layers=2, **settings)
         return perturbed(NARMForNextItemPrediction(config).eval(), 0.1)
-    config = GRU4RecConfig(num_items=12, embedding_size=8, hidden_size=6, num_hidden_layers=2)
+    config = GRU4RecConfig(num_items=num_items, embedding_size=8, hidden_size=6, num_hidden_layers=2, **settings)
     return perturbed(GRU4RecForNextItemPrediction(config).eval(), 0.1)
 
 
@@ -152,7 +154,7 @@ def test_bad_inputs_are_clear_errors(model_type):
         model(torch.tensor([[1, 12]]))
     with pytest.raises(ValueError, match="right-padded"):
         model(torch.tensor([[0, 3]]))
-    with pytest.raises(ValueError, match="other than the padding id 0"):
+    with pytest.raises(ValueError, match="the padding id 0 is never a target"):
         model(torch.tensor([[1, 3]]), labels=torch.tensor([[0, -100]]))
     with pytest.raises(ValueError, match="`labels` must have shape"):
         model(torch.tensor([[1, 3]]), labels=torch.tensor([[1, 2, 3]]))
@@ -171,10 +173,13 @@ def test_save_load_ships_exactly_the_models_files(tmp_path, model_type):
         "AutoConfig": f"configuration_{model_type}.{name}Config",
         "AutoModel": f"modeling_{model_type}.{name}ForNextItemPrediction",
     }
-    # each model ships exactly its own files; losses.py is the package's one loss module (a link to it)
+    # each model ships exactly its own files; losses.py and recommender_head.py are the package's one loss module
+    # and one next-item head (links to them)
     shipped = {p.name for p in tmp_path.glob("*.py")}
-    assert shipped == {f"configuration_{model_type}.py", f"modeling_{model_type}.py", "recommender.py", "losses.py"}
-    assert (tmp_path / "losses.py").read_text() == (ROOT / "modeling_ttt4rec" / "losses.py").read_text()
+    shared = {"losses.py", "recommender_head.py"}
+    assert shipped == {f"configuration_{model_type}.py", f"modeling_{model_type}.py", "recommender.py", *shared}
+    for name in shared:
+        assert (tmp_path / name).read_text() == (ROOT / "modeling_ttt4rec" / name).read_text()
     assert shipped <= {p.name for p in Path(baselines.__file__).parent.glob("*.py")}
     assert type(AutoConfig.from_pretrained(tmp_path)) is type(model.config)
     loaded = AutoModel.from_pretrained(tmp_path)

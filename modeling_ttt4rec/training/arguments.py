@@ -31,7 +31,8 @@ from ..baselines import (
     SASRecForNextItemPrediction,
 )
 from ..configuration_ttt4rec import TTT4RecConfig
-from ..modeling_ttt4rec import TTT4RecForNextItemPrediction, check_item_chunk_size
+from ..modeling_ttt4rec import TTT4RecForNextItemPrediction
+from ..recommender_head import check_item_chunk_size
 from .data import DEFAULT_CONFIG_NAME
 from .evaluation import DEFAULT_ITEM_CHUNK_SIZE
 
@@ -75,11 +76,15 @@ def register_model(name: str, config_class: type[PreTrainedConfig], model_class:
     - `item_features()` `[num_items, hidden]`, `score_items(hidden, item_features=None)` `[..., num_items]` (the
       padding id scoring lowest) and `score_candidates(hidden, candidate_ids, check_inputs=False)`;
     - `save_pretrained` / `from_pretrained`;
+    - optionally `set_item_counts(counts)` (the popularity sampler's training-split counts) and `seed_negatives(seed)`
+      (the sampled losses' negatives, seeded alike on every process each epoch);
     - for the `stream` evaluation mode only, a cache: `init_cache(batch_size)` (a model without it has no cache) and
       `model(..., cache_params=cache, use_cache=True)` returning `.cache_params` with `select(rows)` (and
       `config.mini_batch_size`, if reading in chunks of its multiples is fastest); a model whose cache holds at most
       `config.max_position_embeddings` items sets the class attribute `bounded_cache = True` and is evaluated in
       the `window` mode only.
+
+    `recommender_head.RecommenderHeadMixin` gives a model all of this but its encoder (and `recommend`).
     """
     if not (dataclasses.is_dataclass(config_class) and issubclass(config_class, PreTrainedConfig)):
         raise TypeError(f"{config_class.__name__} must be a dataclass PreTrainedConfig (its fields are the settings).")

@@ -30,7 +30,7 @@ import torch
 
 from dataset_builders.format import ITEM_MAP_FILE
 
-from ..modeling_ttt4rec import check_item_chunk_size
+from ..recommender_head import check_item_chunk_size
 from .data import (
     DEFAULT_CONFIG_NAME,
     SplitSequences,
