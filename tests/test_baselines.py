@@ -41,18 +41,22 @@ IDS = torch.tensor(
 )
 
 
-def tiny(model_type: str):
+def tiny(model_type: str, num_items: int = 12, **settings):
     torch.manual_seed(0)
     if model_type == "sasrec":
-        config = SASRecConfig(num_items=12, max_position_embeddings=16, hidden_size=8, intermediate_size=16)
+        config = SASRecConfig(
+            num_items=num_items, max_position_embeddings=16, hidden_size=8, intermediate_size=16, **settings
+        )
         return perturbed(SASRecForNextItemPrediction(config).eval(), 0.1)
     if model_type == "bert4rec":
-        config = BERT4RecConfig(num_items=12, max_position_embeddings=16, hidden_size=8, intermediate_size=16)
+        config = BERT4RecConfig(
+            num_items=num_items, max_position_embeddings=16, hidden_size=8, intermediate_size=16, **settings
+        )
         return perturbed(BERT4RecForNextItemPrediction(config).eval(), 0.1)
     if model_type == "narm":
-        config = NARMConfig(num_items=12, embedding_size=8, hidden_size=6, num_hidden_layers=2)
+        config = NARMConfig(num_items=num_items, embedding_size=8, hidden_size=6, num_hidden_layers=2, **settings)
         return perturbed(NARMForNextItemPrediction(config).eval(), 0.1)
-    config = GRU4RecConfig(num_items=12, embedding_size=8, hidden_size=6, num_hidden_layers=2)
+    config = GRU4RecConfig(num_items=num_items, embedding_size=8, hidden_size=6, num_hidden_layers=2, **settings)
     return perturbed(GRU4RecForNextItemPrediction(config).eval(), 0.1)
 
 
@@ -158,7 +162,7 @@ def test_bad_inputs_are_clear_errors(model_type):
         model(torch.tensor([[1, 13]]))
     with pytest.raises(ValueError, match="right-padded"):
         model(torch.tensor([[0, 3]]))
-    with pytest.raises(ValueError, match="other than the padding id 0"):
+    with pytest.raises(ValueError, match="the padding id 0 is never a target"):
         model(torch.tensor([[1, 3]]), labels=torch.tensor([[0, -100]]))
     with pytest.raises(ValueError, match="`labels` must have shape"):
         model(torch.tensor([[1, 3]]), labels=torch.tensor([[1, 2, 3]]))
@@ -177,12 +181,14 @@ def test_save_load_ships_exactly_the_models_files(tmp_path, model_type):
         "AutoConfig": f"configuration_{model_type}.{name}Config",
         "AutoModel": f"modeling_{model_type}.{name}ForNextItemPrediction",
     }
-    # each model ships exactly its own files (BERT4Rec SASRec's too, whose layers it uses); losses.py is the
-    # package's one loss module (a link to it)
+    # each model ships exactly its own files (BERT4Rec SASRec's too, whose layers it uses); losses.py and
+    # recommender_head.py are the package's one loss module and one next-item head (links to them)
     shipped = {p.name for p in tmp_path.glob("*.py")}
-    own = {f"configuration_{model_type}.py", f"modeling_{model_type}.py", "recommender.py", "losses.py"}
+    shared = {"losses.py", "recommender_head.py"}
+    own = {f"configuration_{model_type}.py", f"modeling_{model_type}.py", "recommender.py", *shared}
     assert shipped == own | ({"configuration_sasrec.py", "modeling_sasrec.py"} if model_type == "bert4rec" else set())
-    assert (tmp_path / "losses.py").read_text() == (ROOT / "modeling_ttt4rec" / "losses.py").read_text()
+    for name in shared:
+        assert (tmp_path / name).read_text() == (ROOT / "modeling_ttt4rec" / name).read_text()
     assert shipped <= {p.name for p in Path(baselines.__file__).parent.glob("*.py")}
     assert type(AutoConfig.from_pretrained(tmp_path)) is type(model.config)
     loaded = AutoModel.from_pretrained(tmp_path)
@@ -329,7 +335,7 @@ def test_bert4rec_training_samples_are_recboles():
     # the loss of masked input reads it as it is; masked input passes the input checks, masked targets do not
     loss = model(out["input_ids"], out["attention_mask"], torch.where(out["target_mask"], histories, -100)).loss
     assert torch.isfinite(loss)
-    with pytest.raises(ValueError, match="other than the padding id"):
+    with pytest.raises(ValueError, match=r"`labels` must be item ids in \[1, 12\)"):
         model(out["input_ids"], labels=torch.full_like(out["input_ids"][:, 0], config.mask_token_id))
     with pytest.raises(ValueError, match=r"`candidate_ids` must be item ids in \[0, 12\)"):
         model.score_candidates(torch.zeros(1, 9), torch.tensor([[config.mask_token_id]]))
@@ -338,6 +344,8 @@ def test_bert4rec_training_samples_are_recboles():
 def test_bert4rec_has_no_cache_and_clear_errors():
     with pytest.raises(ValueError, match="BERT4Rec has no cache"):
         tiny("bert4rec")(IDS, use_cache=True)
+    with pytest.raises(ValueError, match=r"item ids in \[0, 12\) .* or the mask token 12; got values in \[1, 13\]"):
+        tiny("bert4rec")(torch.tensor([[1, 13]]))
     with pytest.raises(ValueError, match="leave at least one target per history"):
         BERT4RecConfig(max_position_embeddings=4, mask_ratio=0.2)
     with pytest.raises(ValueError, match="`ft_ratio` must be in"):

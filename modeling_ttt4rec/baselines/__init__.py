@@ -2,9 +2,9 @@
 SASRec (`sasrec`, with a cache of its keys and values), GRU4Rec (`gru4rec`, with an incremental cache), NARM
 (`narm`) and BERT4Rec (`bert4rec`).
 
-Each model's files are flat siblings here (its configuration, its modeling file, `recommender.py` and `losses.py`, a
-link to the package's one loss module), so `save_pretrained` ships exactly them as remote code. Importing this
-package registers the models with the Auto classes.
+Each model's files are flat siblings here (its configuration, its modeling file, `recommender.py`, and `losses.py`
+and `recommender_head.py`, links to the package's one loss module and one next-item head), so `save_pretrained`
+ships exactly them as remote code. Importing this package registers the models with the Auto classes.
 """
 
 from transformers import AutoConfig, AutoModel

@@ -3,8 +3,10 @@
 from huggingface_hub.dataclasses import strict
 
 from .configuration_sasrec import SASRecConfig
+from .losses import document_loss_settings
 
 
+@document_loss_settings
 @strict
 class BERT4RecConfig(SASRecConfig):
     r"""
@@ -48,6 +50,7 @@ class BERT4RecConfig(SASRecConfig):
             newest item masked (RecBole: 0.5).
         pad_token_id (`int`, *optional*, defaults to 0):
             The padding item id (RecBole's is 0). It never receives probability.
+        [loss settings]
     """
 
     model_type = "bert4rec"

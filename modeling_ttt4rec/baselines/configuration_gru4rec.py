@@ -3,9 +3,11 @@
 from huggingface_hub.dataclasses import strict
 from transformers import PreTrainedConfig
 
+from .losses import document_loss_settings
 from .recommender import check_settings
 
 
+@document_loss_settings
 @strict
 class GRU4RecConfig(PreTrainedConfig):
     r"""
@@ -27,6 +29,7 @@ class GRU4RecConfig(PreTrainedConfig):
             Dropout of the item embeddings before the GRU (RecBole's own default: 0.3).
         pad_token_id (`int`, *optional*, defaults to 0):
             The padding item id (RecBole's is 0). It never receives probability.
+        [loss settings]
         use_cache (`bool`, *optional*, defaults to `True`):
             Whether the model returns a [`GRU4RecCache`] (the recurrent state) when asked to with `use_cache=True`.
     """
@@ -41,6 +44,10 @@ class GRU4RecConfig(PreTrainedConfig):
     num_hidden_layers: int = 1
     dropout_prob: float = 0.2
     pad_token_id: int | None = 0
+    loss_type: str = "full_ce"
+    num_negatives: int = 4
+    negative_sampler: str = "uniform"
+    in_batch_negatives: bool = False
     use_cache: bool = True
 
     def __post_init__(self, **kwargs):

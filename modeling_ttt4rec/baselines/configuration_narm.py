@@ -3,9 +3,11 @@
 from huggingface_hub.dataclasses import strict
 from transformers import PreTrainedConfig
 
+from .losses import document_loss_settings
 from .recommender import check_settings
 
 
+@document_loss_settings
 @strict
 class NARMConfig(PreTrainedConfig):
     r"""
@@ -30,6 +32,7 @@ class NARMConfig(PreTrainedConfig):
             `dropout_probs[1]`: 0.5).
         pad_token_id (`int`, *optional*, defaults to 0):
             The padding item id (RecBole's is 0). It never receives probability.
+        [loss settings]
     """
 
     model_type = "narm"
@@ -42,6 +45,10 @@ class NARMConfig(PreTrainedConfig):
     embedding_dropout_prob: float = 0.25
     context_dropout_prob: float = 0.5
     pad_token_id: int | None = 0
+    loss_type: str = "full_ce"
+    num_negatives: int = 4
+    negative_sampler: str = "uniform"
+    in_batch_negatives: bool = False
 
     def __post_init__(self, **kwargs):
         self.check_arguments()

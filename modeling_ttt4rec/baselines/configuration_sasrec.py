@@ -4,9 +4,11 @@ from huggingface_hub.dataclasses import strict
 from transformers import PreTrainedConfig
 from transformers.activations import ACT2FN
 
+from .losses import document_loss_settings
 from .recommender import check_settings
 
 
+@document_loss_settings
 @strict
 class SASRecConfig(PreTrainedConfig):
     r"""
@@ -41,6 +43,7 @@ class SASRecConfig(PreTrainedConfig):
             Standard deviation of the normal initialisation of the linear and embedding layers (RecBole: 0.02).
         pad_token_id (`int`, *optional*, defaults to 0):
             The padding item id (RecBole's is 0). It never receives probability.
+        [loss settings]
     """
 
     model_type = "sasrec"
@@ -58,6 +61,10 @@ class SASRecConfig(PreTrainedConfig):
     layer_norm_eps: float = 1e-12
     initializer_range: float = 0.02
     pad_token_id: int | None = 0
+    loss_type: str = "full_ce"
+    num_negatives: int = 4
+    negative_sampler: str = "uniform"
+    in_batch_negatives: bool = False
 
     def __post_init__(self, **kwargs):
         self.check_arguments()

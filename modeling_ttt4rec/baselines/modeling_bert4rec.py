@@ -112,11 +112,13 @@ class BERT4RecForNextItemPrediction(SequentialRecommender):
         weight = torch.cat([self.item_embedding.weight[: self.config.num_items], self.output_bias[:, None]], dim=1)
         return weight if item_ids is None else F.embedding(item_ids, weight)
 
-    def _check_ids(self, ids: torch.Tensor, name: str) -> None:
-        # input_ids may hold the mask token (masked input); candidates and targets may not
-        if name == "input_ids":
-            ids = ids[ids != self.config.mask_token_id]
-        super()._check_ids(ids, name)
+    @property
+    def num_input_ids(self) -> int:
+        """`input_ids` may hold the mask token (masked input, `num_items`); candidates and targets may not."""
+        return self.config.num_items + 1
+
+    def _other_input_ids(self) -> str:
+        return f" or the mask token {self.config.mask_token_id}"
 
     def _bert(self, input_ids: torch.Tensor) -> torch.Tensor:
         """RecBole's `BERT4Rec.forward`: the output `[batch, seq, hidden]` at every position of right-padded

@@ -70,6 +70,9 @@ from .reports import plot_curves, results_table
 logger = logging.getLogger("ttt4rec.training")
 
 STATE_FILE = "trainer_state.json"
+# the negatives of epoch `e` come from seed `NEGATIVES_SEED_OFFSET + seed + e` (`seed_negatives`): a stream apart from
+# the dropout seeds `seed + e * world + rank`
+NEGATIVES_SEED_OFFSET = 1_000_003
 # model settings that are this run's (the training loss), not the checkpoint's, when fine-tuning one
 RUN_MODEL_SETTINGS = ("loss_type", "num_negatives", "negative_sampler", "in_batch_negatives")
 # files and folders of a run in its output folder (what --overwrite_output_dir removes)
@@ -459,10 +462,13 @@ class Trainer:
 
         args, units, world, rank = self.args, self.units, self.world, self.rank
         start = time.perf_counter()
-        # dropout, sampled negatives and the model's training samples: the same after a resume, different on each
-        # process
+        # dropout and the model's training samples (`training_batch`): the same after a resume, different on each
+        # process; the negatives of the sampled losses: the same after a resume and the same on every process, from a
+        # stream of their own
         torch.manual_seed(args.seed + epoch * world + rank)
         generator = torch.Generator(self.accelerator.device).manual_seed(args.seed + epoch * world + rank)
+        if hasattr(self.model, "seed_negatives"):
+            self.model.seed_negatives(NEGATIVES_SEED_OFFSET + args.seed + epoch)
         batches = make_batches(units, args.batch_targets, shuffle=True, seed=args.seed + epoch, min_rows=world)
         self.module.train()
         loss_sum = torch.zeros((), dtype=torch.float64, device=self.accelerator.device)
