@@ -346,6 +346,9 @@ def test_bert4rec_has_no_cache_and_clear_errors():
         tiny("bert4rec")(IDS, use_cache=True)
     with pytest.raises(ValueError, match=r"item ids in \[0, 12\) .* or the mask token 12; got values in \[1, 13\]"):
         tiny("bert4rec")(torch.tensor([[1, 13]]))
+    # recommend() reads histories of items (it appends the mask token itself)
+    with pytest.raises(ValueError, match="`recommend` reads histories of items, but `input_ids` holds the mask token"):
+        tiny("bert4rec").recommend(torch.tensor([[1, 2, 12]]), exclude_seen=True)
     with pytest.raises(ValueError, match="leave at least one target per history"):
         BERT4RecConfig(max_position_embeddings=4, mask_ratio=0.2)
     with pytest.raises(ValueError, match="`ft_ratio` must be in"):

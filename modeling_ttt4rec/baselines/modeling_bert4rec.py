@@ -35,6 +35,7 @@ from torch import nn
 from .configuration_bert4rec import BERT4RecConfig
 from .modeling_sasrec import SASRecEncoder, SASRecForNextItemPrediction
 from .recommender import NextItemOutput, SequentialRecommender
+from .recommender_head import Recommendations
 
 # tokens * hidden of the largest block of prefix sequences encoded at once when reading histories
 PREFIX_BLOCK_ELEMENTS = 1 << 23
@@ -119,6 +120,16 @@ class BERT4RecForNextItemPrediction(SequentialRecommender):
 
     def _other_input_ids(self) -> str:
         return f" or the mask token {self.config.mask_token_id}"
+
+    def recommend(self, input_ids: torch.LongTensor | None = None, *args, **kwargs) -> Recommendations:
+        """The head's `recommend` (`RecommenderHeadMixin.recommend`, the same arguments) for histories of items: the
+        model appends the mask token itself (RecBole's test-time reading), so `input_ids` may not hold it."""
+        if isinstance(input_ids, torch.Tensor) and bool((input_ids == self.config.mask_token_id).any()):
+            raise ValueError(
+                f"`recommend` reads histories of items, but `input_ids` holds the mask token "
+                f"{self.config.mask_token_id}: pass the history without it (the model appends it to read a history)."
+            )
+        return super().recommend(input_ids, *args, **kwargs)
 
     def _bert(self, input_ids: torch.Tensor) -> torch.Tensor:
         """RecBole's `BERT4Rec.forward`: the output `[batch, seq, hidden]` at every position of right-padded
