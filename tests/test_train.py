@@ -388,3 +388,12 @@ def test_a_checkpoint_inside_an_epoch_resumes_exactly(data, tmp_path, monkeypatc
 def test_save_steps_must_not_be_negative(data, tmp_path):
     with pytest.raises(ValueError, match="--save_steps must be 0"):
         train(parse_args(["--dataset", str(data), "--output_dir", str(tmp_path / "r"), "--save_steps", "-1", *FAST]))
+
+
+def test_a_mid_epoch_checkpoint_refuses_another_number_of_processes():
+    trainer = Trainer.__new__(Trainer)  # only the resume rule, no run
+    trainer.state, trainer.world = {"step_in_epoch": 4, "epoch_world_size": 2}, 1
+    with pytest.raises(ValueError, match="same `accelerate launch --num_processes`"):
+        trainer._epoch_resume_step(3)
+    trainer.state = {"step_in_epoch": 4, "epoch_world_size": 1}
+    assert trainer._epoch_resume_step(3) == 4 and trainer.state == {}
