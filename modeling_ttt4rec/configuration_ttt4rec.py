@@ -6,13 +6,11 @@ from huggingface_hub.dataclasses import strict
 from transformers import PreTrainedConfig
 from transformers.activations import ACT2FN
 
+from .losses import check_loss_settings, document_loss_settings
+
 BACKBONES = ("transformer", "mamba")
 TTT_LAYER_TYPES = ("linear", "mlp")
 ITEM_SCORINGS = ("embedding", "target_mlp")
-# the training losses the model computes from `labels` (modeling_ttt4rec.TTT4RecForNextItemPrediction.forward)
-LOSS_TYPES = ("full_ce", "sampled_softmax", "sampled_bce")
-# how `loss_type="sampled_softmax"` draws its negatives (losses.shared_negatives)
-NEGATIVE_SAMPLERS = ("uniform", "popularity")
 
 
 def _ints_as_floats(cls):
@@ -30,6 +28,7 @@ def _ints_as_floats(cls):
     return cls
 
 
+@document_loss_settings
 @_ints_as_floats
 @strict
 class TTT4RecConfig(PreTrainedConfig):
@@ -94,24 +93,7 @@ class TTT4RecConfig(PreTrainedConfig):
         target_mlp_size (`int`, *optional*, defaults to 128):
             Inner width of the `"target_mlp"` tower `Linear(hidden, target_mlp_size) -> ReLU -> Linear(.., hidden)`.
             Unused with `item_scoring="embedding"`.
-        loss_type (`str`, *optional*, defaults to `"full_ce"`):
-            The loss `forward` computes from `labels`: `"full_ce"` is the softmax cross-entropy over all items
-            (padding id excluded; Yang, Wang and Ge, 2024); `"sampled_softmax"` is the same cross-entropy over each
-            target and `num_negatives` negatives shared by the batch (drawn by `negative_sampler`, logQ-corrected,
-            negatives equal to the target masked), whose cost does not grow with the catalog; `"sampled_bce"` is
-            binary cross-entropy of each target against `num_negatives` items drawn uniformly from the other real
-            items (Zhan, Lv, Zhang and Li, 2025).
-        num_negatives (`int`, *optional*, defaults to 4):
-            Negatives drawn at each step: per target with `loss_type="sampled_bce"`, shared by all the targets of
-            the batch with `"sampled_softmax"` (use hundreds to thousands there, e.g. 1024; at least the number of
-            items gives the full softmax). Unused by `"full_ce"`.
-        negative_sampler (`str`, *optional*, defaults to `"uniform"`):
-            How `loss_type="sampled_softmax"` draws its negatives: `"uniform"` over the real items, or
-            `"popularity"` in proportion to each item's training-split count plus one (the trainer gives the model
-            the counts, `set_item_counts`).
-        in_batch_negatives (`bool`, *optional*, defaults to `False`):
-            With `loss_type="sampled_softmax"`, also use the batch's other targets as negatives (logQ-corrected by
-            their number of occurrences in the batch).
+        [loss settings]
         use_cache (`bool`, *optional*, defaults to `True`):
             Whether the model returns a [`TTT4RecCache`] (the inner-loop states) when not training.
 
@@ -179,7 +161,6 @@ class TTT4RecConfig(PreTrainedConfig):
             "conv_kernel",
             "ttt_mlp_expansion",
             "target_mlp_size",
-            "num_negatives",
         ):
             if getattr(self, name) < 1:
                 raise ValueError(f"`{name}` must be >= 1, got {getattr(self, name)}.")
@@ -201,12 +182,7 @@ class TTT4RecConfig(PreTrainedConfig):
             raise ValueError(f"Unknown `ttt_layer_type` {self.ttt_layer_type!r}; choose one of {TTT_LAYER_TYPES}.")
         if self.item_scoring not in ITEM_SCORINGS:
             raise ValueError(f"Unknown `item_scoring` {self.item_scoring!r}; choose one of {ITEM_SCORINGS}.")
-        if self.loss_type not in LOSS_TYPES:
-            raise ValueError(f"Unknown `loss_type` {self.loss_type!r}; choose one of {LOSS_TYPES}.")
-        if self.negative_sampler not in NEGATIVE_SAMPLERS:
-            raise ValueError(
-                f"Unknown `negative_sampler` {self.negative_sampler!r}; choose one of {NEGATIVE_SAMPLERS}."
-            )
+        check_loss_settings(self)
         for name in ("ttt_base_lr", "rope_theta", "layer_norm_eps", "rms_norm_eps", "ttt_norm_eps"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"`{name}` must be > 0, got {getattr(self, name)}.")

@@ -20,6 +20,55 @@ import math
 import torch
 import torch.nn.functional as F
 
+# the training losses a recommender computes from `labels` (`config.loss_type`; recommender_head.RecommenderHeadMixin)
+LOSS_TYPES = ("full_ce", "sampled_softmax", "sampled_bce")
+# how `loss_type="sampled_softmax"` draws its negatives (`shared_negatives`)
+NEGATIVE_SAMPLERS = ("uniform", "popularity")
+
+# The config fields of the loss, the same in every recommender's config (`document_loss_settings` puts this in the
+# config's docstring, `check_loss_settings` checks the values).
+LOSS_SETTINGS_DOC = """\
+        loss_type (`str`, *optional*, defaults to `"full_ce"`):
+            The loss `forward` computes from `labels`: `"full_ce"` is the softmax cross-entropy over all items
+            (padding id excluded; Yang, Wang and Ge, 2024); `"sampled_softmax"` is the same cross-entropy over each
+            target and `num_negatives` negatives shared by the batch (drawn by `negative_sampler`, logQ-corrected,
+            negatives equal to the target masked), whose cost does not grow with the catalog; `"sampled_bce"` is
+            binary cross-entropy of each target against `num_negatives` items drawn uniformly from the other real
+            items (Zhan, Lv, Zhang and Li, 2025).
+        num_negatives (`int`, *optional*, defaults to 4):
+            Negatives drawn at each step: per target with `loss_type="sampled_bce"`, shared by all the targets of
+            the batch with `"sampled_softmax"` (use hundreds to thousands there, e.g. 1024; at least the number of
+            items gives the full softmax). Unused by `"full_ce"`.
+        negative_sampler (`str`, *optional*, defaults to `"uniform"`):
+            How `loss_type="sampled_softmax"` draws its negatives: `"uniform"` over the real items, or
+            `"popularity"` in proportion to each item's training-split count plus one (the trainer gives the model
+            the counts, `set_item_counts`).
+        in_batch_negatives (`bool`, *optional*, defaults to `False`):
+            With `loss_type="sampled_softmax"`, also use the batch's other targets as negatives (logQ-corrected by
+            their number of occurrences in the batch).
+"""
+_LOSS_SETTINGS_MARKER = "        [loss settings]\n"
+
+
+def document_loss_settings(config_class: type) -> type:
+    """Class decorator: the config's docstring gets `LOSS_SETTINGS_DOC` at its `[loss settings]` line (its `Args:`
+    section then documents `loss_type`, `num_negatives`, `negative_sampler` and `in_batch_negatives`, the fields
+    the config declares with the defaults `"full_ce"`, 4, `"uniform"` and False)."""
+    if _LOSS_SETTINGS_MARKER not in (config_class.__doc__ or ""):
+        raise TypeError(f"{config_class.__name__}'s docstring has no `[loss settings]` line in its `Args:` section.")
+    config_class.__doc__ = config_class.__doc__.replace(_LOSS_SETTINGS_MARKER, LOSS_SETTINGS_DOC)
+    return config_class
+
+
+def check_loss_settings(config) -> None:
+    """Raise a `ValueError` naming the setting for a loss setting of `config` the model cannot train with."""
+    if config.num_negatives < 1:
+        raise ValueError(f"`num_negatives` must be >= 1, got {config.num_negatives}.")
+    if config.loss_type not in LOSS_TYPES:
+        raise ValueError(f"Unknown `loss_type` {config.loss_type!r}; choose one of {LOSS_TYPES}.")
+    if config.negative_sampler not in NEGATIVE_SAMPLERS:
+        raise ValueError(f"Unknown `negative_sampler` {config.negative_sampler!r}; choose one of {NEGATIVE_SAMPLERS}.")
+
 
 def _without_row(matrix: torch.Tensor, row: int | None) -> torch.Tensor:
     """`matrix` without row `row` (all of it when `row` is None)."""
@@ -262,6 +311,11 @@ def sampled_softmax_cross_entropy(
 
 
 __all__ = [
+    "LOSS_SETTINGS_DOC",
+    "LOSS_TYPES",
+    "NEGATIVE_SAMPLERS",
+    "check_loss_settings",
+    "document_loss_settings",
     "full_item_cross_entropy",
     "sample_negatives",
     "sampled_binary_cross_entropy",

@@ -21,7 +21,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from modeling_ttt4rec.training.arguments import add_option  # noqa: E402
+from modeling_ttt4rec.training.arguments import ITEM_CHUNK_HELP, add_option  # noqa: E402
 from modeling_ttt4rec.training.cli import DEBUG_HELP, run_script  # noqa: E402
 from modeling_ttt4rec.training.data import DEFAULT_CONFIG_NAME  # noqa: E402
 from modeling_ttt4rec.training.evaluation import EVAL_MODES, EVAL_PROTOCOLS  # noqa: E402
@@ -51,6 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_option(parser, "eval_batch_targets", type=int, default=4096, help="Targets per evaluation batch")
     add_option(parser, "eval_batch_tokens", type=int, default=65536, help="Padded tokens per evaluation batch")
     add_option(parser, "stream_chunk_size", type=int, default=64, help="Items read per step in stream mode")
+    add_option(parser, "item_chunk_size", type=int, default=None, help=ITEM_CHUNK_HELP)
     add_option(parser, "mixed_precision", default=None, choices=["no", "bf16", "fp16"])
     add_option(parser, "cpu", action="store_true", help="Evaluate on the CPU even if a GPU is there")
     add_option(

@@ -1,7 +1,7 @@
 #!/usr/bin/env python
-"""Export RecBole 1.2.1's SASRec and GRU4Rec on a tiny catalog as test fixtures (tests/fixtures/recbole_*.safetensors):
-their weights, a fixed ragged batch and RecBole's outputs for it, so that tests/test_baselines_parity.py can load the
-weights into this project's models and compare.
+"""Export RecBole 1.2.1's SASRec, GRU4Rec and NARM on a tiny catalog as test fixtures
+(tests/fixtures/recbole_*.safetensors): their weights, a fixed ragged batch and RecBole's outputs for it, so that
+tests/test_baselines_parity.py can load the weights into this project's models and compare.
 
 Runs in a separate environment with RecBole (never a dependency of this project), and imports nothing of it:
 
@@ -13,7 +13,8 @@ Each file holds, for one model in eval mode (no dropout):
 
 * `weight.NAME`: RecBole's `state_dict()` (its parameter names are this project's);
 * `item_seq` `[B, T]` right-padded histories, `item_seq_len` `[B]`, `pos_items` `[B]` the item after each history;
-* `hidden` `[B, T, H]`: RecBole's `forward(item_seq, k)` for every prefix length k (zero beyond a row's length);
+* `hidden` `[B, T, H]`: RecBole's `forward` of every prefix of length k (its first k items, then padding) at
+  position k - 1 (zero beyond a row's length);
 * `scores` `[B, n_items]`: RecBole's `full_sort_predict` after each whole history;
 * `loss`: the summed cross-entropy of every (prefix, next item) pair of the batch, over RecBole's logits with the
   padding column excluded from the softmax (this project's loss; RecBole's own CE also gives padding a probability);
@@ -45,6 +46,7 @@ SETTINGS = {
         "initializer_range": 0.02,
     },
     "GRU4Rec": {"embedding_size": 16, "hidden_size": 24, "num_layers": 2, "dropout_prob": 0.2},
+    "NARM": {"embedding_size": 16, "hidden_size": 24, "n_layers": 2, "dropout_probs": [0.25, 0.5]},
 }
 ITEM_SEQ = [
     [3, 7, 1, 9, 4, 4, 2, 8],
@@ -64,7 +66,7 @@ class _Dataset:
 
 def build(name: str) -> torch.nn.Module:
     """RecBole's model `name` with `SETTINGS[name]` and CE loss, seeded, in eval mode."""
-    from recbole.model.sequential_recommender import GRU4Rec, SASRec
+    from recbole.model.sequential_recommender import NARM, GRU4Rec, SASRec
 
     config = {
         "USER_ID_FIELD": "user_id",
@@ -78,7 +80,7 @@ def build(name: str) -> torch.nn.Module:
         **SETTINGS[name],
     }
     torch.manual_seed(0)
-    model = {"SASRec": SASRec, "GRU4Rec": GRU4Rec}[name](config, _Dataset())
+    model = {"SASRec": SASRec, "GRU4Rec": GRU4Rec, "NARM": NARM}[name](config, _Dataset())
     with torch.no_grad():  # trained-looking weights: move every parameter off its initial value
         for param in model.parameters():
             param.add_(0.1 * torch.randn_like(param))
@@ -100,7 +102,10 @@ def export(name: str, output: Path) -> Path:
     loss = torch.zeros(())
     for k in range(1, length + 1):
         rows = (item_seq_len >= k).nonzero().flatten()
-        out = model(item_seq[rows], torch.full((len(rows),), k))
+        # a prefix sample as RecBole's data loader builds it: the first k items, then padding (NARM's attention
+        # reads every non-padding position of its input)
+        prefix = item_seq[rows].masked_fill(torch.arange(length) >= k, 0)
+        out = model(prefix, torch.full((len(rows),), k))
         hidden[rows, k - 1] = out.detach()
         # the next item inside the history, or the item after it for the whole history
         targets = torch.where(item_seq_len[rows] > k, item_seq[rows, min(k, length - 1)], pos_items[rows])

@@ -4,6 +4,11 @@ time and requests; prints p50/p95/p99 latency and the sustained throughput (docs
 python scripts/load_test.py --url http://127.0.0.1:8000 --users 100000 --rate 1000 --duration 30 \
     --item_ids_from path/to/checkpoint --prefill_items 10
 
+The client is light on purpose (it shares the machine with the server it measures): plain HTTP/1.1 over
+`--concurrency` keep-alive connections on one asyncio loop (uvloop when installed), no client library. Events are
+due on an open-loop schedule (`--rate` per second) and each latency counts from the moment its event was due, so
+time spent waiting for a free connection is part of it (no coordinated omission).
+
 Options are snake_case (kebab-case spellings are accepted too).
 """
 
@@ -15,48 +20,104 @@ import statistics
 import time
 from urllib.parse import urlparse
 
-import httpx
-
 from dataset_builders.item_ids import ItemIdMap
 from modeling_ttt4rec.training.arguments import add_option
 
 
-def percentile(values: list[float], q: float) -> float:
+def percentile(values: list[float], q: int) -> float:
     return statistics.quantiles(values, n=100, method="inclusive")[q - 1] if len(values) > 1 else values[0]
 
 
-async def send(client, user: str, items: list[str], latencies: list[float], errors: list[str]) -> None:
-    started = time.perf_counter()
+class Connection:
+    """One keep-alive HTTP/1.1 connection that sends a request and reads its answer (`Content-Length` bodies only)."""
+
+    def __init__(self, host: str, port: int):
+        self.host, self.port = host, port
+        self.reader: asyncio.StreamReader | None = None
+        self.writer: asyncio.StreamWriter | None = None
+
+    async def request(self, method: str, path: str, body: bytes = b"") -> tuple[int, bytes]:
+        if self.writer is None:
+            self.reader, self.writer = await asyncio.open_connection(self.host, self.port)
+        self.writer.write(
+            f"{method} {path} HTTP/1.1\r\nHost: {self.host}\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {len(body)}\r\n\r\n".encode()
+            + body
+        )
+        head = await self.reader.readuntil(b"\r\n\r\n")
+        lines = head.decode("latin-1").split("\r\n")
+        status = int(lines[0].split(" ", 2)[1])
+        headers = dict(line.split(":", 1) for line in lines[1:] if ":" in line)
+        length = {k.strip().lower(): v.strip() for k, v in headers.items()}.get("content-length")
+        if length is None:
+            raise ConnectionError(f"the server answered without a Content-Length: {head[:200]!r}")
+        return status, await self.reader.readexactly(int(length))
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+            self.writer = None
+
+
+async def server_cpu_seconds(url: str) -> float | None:
+    """The server process's CPU seconds so far (`process_cpu_seconds_total` of its /metrics), if it reports them."""
+    parsed = urlparse(url)
+    connection = Connection(parsed.hostname, parsed.port or 80)
     try:
-        response = await client.post(f"/v1/users/{user}/events", json={"items": items}, params={"k": 10})
-        if response.status_code != 200:
-            errors.append(f"{response.status_code}: {response.text[:200]}")
-            return
-    except httpx.HTTPError as error:
-        errors.append(repr(error))
-        return
-    latencies.append(time.perf_counter() - started)
+        _, text = await connection.request("GET", "/metrics")
+    finally:
+        connection.close()
+    for line in text.decode().splitlines():
+        if line.startswith("process_cpu_seconds_total "):
+            return float(line.split()[1])
+    return None
 
 
 async def phase(url: str, rate: float, duration: float, max_requests: int, concurrency: int, make_event) -> dict:
-    """Send `make_event()` at `rate` per second (open loop) until `duration` s or `max_requests`; waits for all."""
+    """Send `make_event(n)` at `rate` per second (open loop) until `duration` s or `max_requests`; waits for all."""
+    parsed = urlparse(url)
     latencies: list[float] = []
     errors: list[str] = []
-    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
-    async with httpx.AsyncClient(base_url=url, timeout=60, limits=limits) as client:
-        tasks = []
-        started = time.perf_counter()
-        n = 0
-        while n < max_requests and time.perf_counter() - started < duration:
-            due = started + n / rate
-            delay = due - time.perf_counter()
-            if delay > 0:
-                await asyncio.sleep(delay)
-            tasks.append(asyncio.create_task(send(client, *make_event(n), latencies, errors)))
-            n += 1
-        await asyncio.gather(*tasks)
-        elapsed = time.perf_counter() - started
+    due: asyncio.Queue[tuple[float, str, bytes] | None] = asyncio.Queue()
+
+    async def worker() -> None:
+        connection = Connection(parsed.hostname, parsed.port or 80)
+        while (event := await due.get()) is not None:
+            scheduled, path, body = event
+            try:
+                status, answer = await connection.request("POST", path, body)
+            except (OSError, ConnectionError, asyncio.IncompleteReadError, ValueError) as error:
+                errors.append(repr(error))
+                connection.close()  # (a new one for the next event)
+                continue
+            if status != 200:
+                errors.append(f"{status}: {answer[:200].decode(errors='replace')}")
+            else:
+                latencies.append(time.perf_counter() - scheduled)
+        connection.close()
+
+    server_cpu = await server_cpu_seconds(url)
+    client_cpu = time.process_time()
+    workers = [asyncio.create_task(worker()) for _ in range(concurrency)]
+    started = time.perf_counter()
+    n = 0
+    while n < max_requests and time.perf_counter() - started < duration:
+        scheduled = started + n / rate
+        delay = scheduled - time.perf_counter()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        user, items = make_event(n)
+        due.put_nowait((scheduled, f"/v1/users/{user}/events?k=10", json.dumps({"items": items}).encode()))
+        n += 1
+    for _ in workers:
+        due.put_nowait(None)
+    await asyncio.gather(*workers)
+    elapsed = time.perf_counter() - started
+    client_cpu = time.process_time() - client_cpu
+    if server_cpu is not None:
+        server_cpu = await server_cpu_seconds(url) - server_cpu
     ms = [1000 * v for v in latencies] or [float("nan")]
+    per_event = 1000 / max(1, len(latencies))
     return {
         "requests": n,
         "ok": len(latencies),
@@ -67,7 +128,19 @@ async def phase(url: str, rate: float, duration: float, max_requests: int, concu
         "p50_ms": round(percentile(ms, 50), 2),
         "p95_ms": round(percentile(ms, 95), 2),
         "p99_ms": round(percentile(ms, 99), 2),
+        # CPU time per answered event: what a sustained rate costs in cores, whatever else shares the machine
+        "server_cpu_ms_per_event": None if server_cpu is None else round(server_cpu * per_event, 3),
+        "client_cpu_ms_per_event": round(client_cpu * per_event, 3),
     }
+
+
+def run(coroutine):
+    """`asyncio.run` on uvloop when it is installed (less client overhead on a machine shared with the server)."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.run(coroutine)
+    return uvloop.run(coroutine)
 
 
 def main() -> None:
@@ -78,7 +151,7 @@ def main() -> None:
     add_option(parser, "rate", type=float, default=500, help="events per second to send")
     add_option(parser, "duration", type=float, default=10, help="seconds of load (a bound)")
     add_option(parser, "max_requests", type=int, default=1_000_000, help="most events to send (a bound)")
-    add_option(parser, "concurrency", type=int, default=256, help="most requests in flight")
+    add_option(parser, "concurrency", type=int, default=256, help="keep-alive connections (most requests in flight)")
     add_option(parser, "prefill_items", type=int, default=0, help="first give every user one event of this many items")
     add_option(parser, "prefill_rate", type=float, default=2000, help="events per second of the prefill")
     add_option(parser, "seed", type=int, default=0)
@@ -91,7 +164,7 @@ def main() -> None:
     rng = random.Random(args.seed)
     results = {"users": args.users, "rate": args.rate}
     if args.prefill_items:
-        results["prefill"] = asyncio.run(
+        results["prefill"] = run(
             phase(
                 args.url,
                 args.prefill_rate,
@@ -101,8 +174,8 @@ def main() -> None:
                 lambda n: (f"user{n}", rng.choices(items, k=args.prefill_items)),
             )
         )
-        print("prefill:", json.dumps(results["prefill"]))
-    results["load"] = asyncio.run(
+        print("prefill:", json.dumps(results["prefill"]), flush=True)
+    results["load"] = run(
         phase(
             args.url,
             args.rate,

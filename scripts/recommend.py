@@ -23,7 +23,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from dataset_builders.format import ITEM_MAP_FILE  # noqa: E402
 from dataset_builders.item_ids import ItemIdMap, UnknownItemError  # noqa: E402
 from modeling_ttt4rec import TTT4RecConfig, TTT4RecForNextItemPrediction  # noqa: E402
-from modeling_ttt4rec.training.arguments import add_option  # noqa: E402
+from modeling_ttt4rec.training.arguments import ITEM_CHUNK_HELP, add_option, check_item_chunk_option  # noqa: E402
 from modeling_ttt4rec.training.cli import DEBUG_HELP, run_script  # noqa: E402
 
 
@@ -40,6 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_option(parser, "dense_ids", action="store_true", help="read and print dense ids, not the original ids")
     add_option(parser, "top_k", type=int, default=10, help="how many items to recommend after each interaction")
     add_option(parser, "exclude_seen", action="store_true", help="never recommend an item already read")
+    add_option(parser, "item_chunk_size", type=int, default=None, help=ITEM_CHUNK_HELP)
     add_option(
         parser,
         "compile",
@@ -69,6 +70,10 @@ def dense_history(history: list[str], item_map: ItemIdMap | None) -> list[int]:
 def main(argv: list[str] | None = None) -> None:
     parser = build_parser()
     args = parser.parse_args(argv)
+    try:
+        check_item_chunk_option(args.item_chunk_size)
+    except ValueError as error:
+        parser.error(str(error))
 
     item_map = None
     if args.model_name_or_path:
@@ -102,6 +107,7 @@ def main(argv: list[str] | None = None) -> None:
                 cache_params=cache,
                 top_k=args.top_k,
                 exclude_items=torch.tensor([seen]) if args.exclude_seen else None,
+                item_chunk_size=args.item_chunk_size,
                 item_map=item_map,
             )
         except ValueError as error:

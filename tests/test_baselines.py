@@ -1,6 +1,7 @@
-"""The baselines (SASRec, GRU4Rec): RecBole's parameter counts, causality and padding invariance, GRU4Rec's cache,
-save/load with the Auto classes and remote code in a fresh process, training and evaluation through the project's
-scripts, and clear errors for bad input. (Parity with RecBole itself: test_baselines_parity.py.)"""
+"""The baselines (SASRec, GRU4Rec, NARM): RecBole's parameter counts, causality and padding invariance, the caches,
+NARM's per-prefix readout, save/load with the Auto classes and remote code in a fresh process, training and
+evaluation through the project's scripts, and clear errors for bad input. (Parity with RecBole itself:
+test_baselines_parity.py.)"""
 
 import json
 import os
@@ -19,6 +20,8 @@ import modeling_ttt4rec.baselines as baselines
 from modeling_ttt4rec.baselines import (
     GRU4RecConfig,
     GRU4RecForNextItemPrediction,
+    NARMConfig,
+    NARMForNextItemPrediction,
     SASRecConfig,
     SASRecForNextItemPrediction,
 )
@@ -36,16 +39,23 @@ IDS = torch.tensor(
 )
 
 
-def tiny(model_type: str):
+def tiny(model_type: str, num_items: int = 12, **settings):
     torch.manual_seed(0)
     if model_type == "sasrec":
-        config = SASRecConfig(num_items=12, max_position_embeddings=16, hidden_size=8, intermediate_size=16)
+        config = SASRecConfig(
+            num_items=num_items, max_position_embeddings=16, hidden_size=8, intermediate_size=16, **settings
+        )
         return perturbed(SASRecForNextItemPrediction(config).eval(), 0.1)
-    config = GRU4RecConfig(num_items=12, embedding_size=8, hidden_size=6, num_hidden_layers=2)
+    if model_type == "narm":
+        config = NARMConfig(num_items=num_items, embedding_size=8, hidden_size=6, num_hidden_layers=2, **settings)
+        return perturbed(NARMForNextItemPrediction(config).eval(), 0.1)
+    config = GRU4RecConfig(num_items=num_items, embedding_size=8, hidden_size=6, num_hidden_layers=2, **settings)
     return perturbed(GRU4RecForNextItemPrediction(config).eval(), 0.1)
 
 
-MODEL_TYPES = ["sasrec", "gru4rec"]
+MODEL_TYPES = ["sasrec", "gru4rec", "narm"]
+# the models without a cache (evaluated in the window mode only)
+WITHOUT_CACHE = ("sasrec", "narm")
 
 
 def test_parameter_counts_equal_recboles_on_video_games():
@@ -53,8 +63,9 @@ def test_parameter_counts_equal_recboles_on_video_games():
     num_params = {
         "sasrec": SASRecForNextItemPrediction(SASRecConfig(num_items=10673)).num_parameters(),
         "gru4rec": GRU4RecForNextItemPrediction(GRU4RecConfig(num_items=10673)).num_parameters(),
+        "narm": NARMForNextItemPrediction(NARMConfig(num_items=10673)).num_parameters(),
     }
-    assert num_params == {"sasrec": 786_368, "gru4rec": 711_808}
+    assert num_params == {"sasrec": 786_368, "gru4rec": 711_808, "narm": 724_096}
 
 
 @pytest.mark.parametrize("model_type", MODEL_TYPES)
@@ -72,8 +83,9 @@ def test_causal_and_padding_invariant(model_type):
             torch.testing.assert_close(alone, hidden[row, :n], rtol=1e-5, atol=1e-6)
 
 
-def test_gru4rec_cache_equals_the_full_forward_at_every_position_on_ragged_batches():
-    model = tiny("gru4rec")
+@pytest.mark.parametrize("model_type", ["gru4rec", "sasrec"])
+def test_cache_equals_the_full_forward_at_every_position_on_ragged_batches(model_type):
+    model = tiny(model_type)
     with torch.no_grad():
         full = model(IDS).last_hidden_state
         lengths = (IDS > 0).sum(dim=1)
@@ -91,7 +103,14 @@ def test_gru4rec_cache_equals_the_full_forward_at_every_position_on_ragged_batch
             mask = IDS > 0
             torch.testing.assert_close(streamed[mask], full[mask], rtol=1e-5, atol=1e-6)
             assert cache.seen.tolist() == lengths.tolist()
-        assert cache.select([2, 0]).hidden.shape == (2, 2, 6)
+        selected = cache.select([2, 0])
+        assert selected.seen.tolist() == [1, 11]
+        if model_type == "gru4rec":
+            assert selected.hidden.shape == (2, 2, 6)
+        else:  # keys and values per layer, in the slots of the history positions
+            assert len(selected.keys) == len(selected.values) == 2
+            assert selected.keys[0].shape == (2, 16, 2, 4)
+            torch.testing.assert_close(selected.values[1][1], cache.values[1][0], rtol=0, atol=0)
 
 
 def test_gru4rec_stream_and_window_evaluation_agree(data):
@@ -106,16 +125,25 @@ def test_gru4rec_stream_and_window_evaluation_agree(data):
     assert (window == stream).all()
 
 
-def test_sasrec_has_no_cache_and_a_clear_stream_error(data):
+def test_sasrec_cache_is_bounded_by_its_positions_and_not_for_the_stream_mode(data):
     from modeling_ttt4rec.training.data import load_sequences
+    from modeling_ttt4rec.training.evaluation import has_cache
 
     model = tiny("sasrec")
-    with pytest.raises(ValueError, match="SASRec has no cache"):
-        model(IDS, use_cache=True)
     with pytest.raises(ValueError, match="at most 16 items"):
         model(torch.ones(1, 17, dtype=torch.long))
+    cache = model(IDS, use_cache=True).cache_params
+    assert cache.seen.tolist() == [11, 3, 1]
+    # row 0 would reach 17 items: a clear error, and the cache is left as it was
+    with pytest.raises(ValueError, match="cache holds at most 16 items per row .* would reach 17"):
+        model(IDS[:, :6], cache_params=cache, use_cache=True)
+    assert cache.seen.tolist() == [11, 3, 1]
+    with pytest.raises(ValueError, match="has 2 rows but the cache holds 3"):
+        model(IDS[:2, :1], cache_params=cache, use_cache=True)
+    # the cache serves step by step within max_position_embeddings; the stream mode reads whole histories
+    assert not has_cache(model) and not has_cache(SASRecForNextItemPrediction)
     sequences, meta = load_sequences(str(data), "split-3-2-5")
-    with pytest.raises(ValueError, match="has no cache, so it cannot read histories in the stream mode"):
+    with pytest.raises(ValueError, match="has no cache for whole histories, so it cannot read them in the stream"):
         compute_ranks(model, sequences["test"], meta.max_length, mode="stream")
 
 
@@ -126,7 +154,7 @@ def test_bad_inputs_are_clear_errors(model_type):
         model(torch.tensor([[1, 12]]))
     with pytest.raises(ValueError, match="right-padded"):
         model(torch.tensor([[0, 3]]))
-    with pytest.raises(ValueError, match="other than the padding id 0"):
+    with pytest.raises(ValueError, match="the padding id 0 is never a target"):
         model(torch.tensor([[1, 3]]), labels=torch.tensor([[0, -100]]))
     with pytest.raises(ValueError, match="`labels` must have shape"):
         model(torch.tensor([[1, 3]]), labels=torch.tensor([[1, 2, 3]]))
@@ -140,15 +168,18 @@ def test_save_load_ships_exactly_the_models_files(tmp_path, model_type):
     model.save_pretrained(tmp_path)
     config = json.loads((tmp_path / "config.json").read_text())
     assert config["model_type"] == model_type
-    name = {"sasrec": "SASRec", "gru4rec": "GRU4Rec"}[model_type]
+    name = {"sasrec": "SASRec", "gru4rec": "GRU4Rec", "narm": "NARM"}[model_type]
     assert config["auto_map"] == {
         "AutoConfig": f"configuration_{model_type}.{name}Config",
         "AutoModel": f"modeling_{model_type}.{name}ForNextItemPrediction",
     }
-    # each model ships exactly its own files; losses.py is the package's one loss module (a link to it)
+    # each model ships exactly its own files; losses.py and recommender_head.py are the package's one loss module
+    # and one next-item head (links to them)
     shipped = {p.name for p in tmp_path.glob("*.py")}
-    assert shipped == {f"configuration_{model_type}.py", f"modeling_{model_type}.py", "recommender.py", "losses.py"}
-    assert (tmp_path / "losses.py").read_text() == (ROOT / "modeling_ttt4rec" / "losses.py").read_text()
+    shared = {"losses.py", "recommender_head.py"}
+    assert shipped == {f"configuration_{model_type}.py", f"modeling_{model_type}.py", "recommender.py", *shared}
+    for name in shared:
+        assert (tmp_path / name).read_text() == (ROOT / "modeling_ttt4rec" / name).read_text()
     assert shipped <= {p.name for p in Path(baselines.__file__).parent.glob("*.py")}
     assert type(AutoConfig.from_pretrained(tmp_path)) is type(model.config)
     loaded = AutoModel.from_pretrained(tmp_path)
@@ -175,8 +206,8 @@ def test_train_and_evaluate_with_the_scripts(data, tmp_path, model_type):
     argv = ["--model_type", model_type, "--dataset", str(data), "--output_dir", str(out), "--max_epochs", "2", *FAST]
     results = train(parse_args(argv))
     modes = [r["mode"] for r in results["rows"] if r["split"] == "test"]
-    # SASRec has no cache: its test skips the stream mode
-    assert modes == (["window"] if model_type == "sasrec" else ["window", "stream"])
+    # SASRec and NARM have no cache: their test skips the stream mode
+    assert modes == (["window"] if model_type in WITHOUT_CACHE else ["window", "stream"])
     model = load_checkpoint(str(out / "best_model"))
     assert model.config.model_type == model_type
     if model_type == "sasrec":
@@ -198,5 +229,38 @@ def test_train_and_evaluate_with_the_scripts(data, tmp_path, model_type):
 
 
 def test_unknown_model_type_is_a_clear_error():
-    with pytest.raises(SystemExit, match="Unknown --model_type 'narm'"):
-        parse_args(["--dataset", "x", "--model_type", "narm"])
+    with pytest.raises(SystemExit, match="Unknown --model_type 'caser'"):
+        parse_args(["--dataset", "x", "--model_type", "caser"])
+
+
+def test_narm_after_each_position_is_narm_on_that_prefix_alone():
+    # RecBole's NARM reads a history and represents its newest item; position t here is that for the prefix ending
+    # at t: the GRU state there and the attention over positions <= t, written out for one prefix at a time
+    model = tiny("narm")
+    with torch.no_grad():
+        hidden = model(IDS, return_logits=False).last_hidden_state
+        for row in range(IDS.shape[0]):
+            for t in range(int((IDS[row] > 0).sum())):
+                states = model.gru(model.item_embedding(IDS[row : row + 1, : t + 1]))[0][0]  # h_0 .. h_t
+                alpha = model.v_t(torch.sigmoid(model.a_1(states) + model.a_2(states[-1])))  # [t + 1, 1]
+                expected = model.b(torch.cat([(alpha * states).sum(dim=0), states[-1]]))
+                torch.testing.assert_close(hidden[row, t], expected, rtol=1e-5, atol=1e-6)
+
+
+def test_narm_attention_blocks_give_the_same_states(monkeypatch):
+    from modeling_ttt4rec.baselines import modeling_narm
+
+    model = tiny("narm")
+    with torch.no_grad():
+        whole = model(IDS).last_hidden_state
+        # a block of 1 or 4 positions at a time instead of all 11 at once
+        for elements in (1, 4 * IDS.numel() * model.config.hidden_size):
+            monkeypatch.setattr(modeling_narm, "ATTENTION_BLOCK_ELEMENTS", elements)
+            torch.testing.assert_close(model(IDS).last_hidden_state, whole, rtol=1e-6, atol=1e-7)
+
+
+def test_narm_has_no_cache_and_a_clear_error():
+    with pytest.raises(ValueError, match="NARM has no cache"):
+        tiny("narm")(IDS, use_cache=True)
+    with pytest.raises(ValueError, match="`context_dropout_prob` must be in"):
+        NARMConfig(context_dropout_prob=1.0)

@@ -66,8 +66,8 @@ def test_compare_end_to_end_and_resumable(tmp_path, monkeypatch):
 
 
 def test_compare_bad_input(tmp_path):
-    with pytest.raises(SystemExit, match="Unknown --model_type 'narm'"):
-        compare_script.main(["--dataset", str(tmp_path), "--models", "ttt4rec,narm", "--output_dir", str(tmp_path)])
+    with pytest.raises(SystemExit, match="Unknown --model_type 'caser'"):
+        compare_script.main(["--dataset", str(tmp_path), "--models", "ttt4rec,caser", "--output_dir", str(tmp_path)])
     with pytest.raises(SystemExit, match="lists a model twice"):
         compare_script.main(["--dataset", str(tmp_path), "--models", "sasrec,sasrec", "--output_dir", str(tmp_path)])
     with pytest.raises(SystemExit, match="full protocol"):

@@ -12,6 +12,8 @@ from safetensors import safe_open
 from modeling_ttt4rec.baselines import (
     GRU4RecConfig,
     GRU4RecForNextItemPrediction,
+    NARMConfig,
+    NARMForNextItemPrediction,
     SASRecConfig,
     SASRecForNextItemPrediction,
 )
@@ -47,12 +49,24 @@ def gru4rec(settings: dict, num_items: int, max_length: int) -> GRU4RecForNextIt
     return GRU4RecForNextItemPrediction(config)
 
 
+def narm(settings: dict, num_items: int, max_length: int) -> NARMForNextItemPrediction:
+    config = NARMConfig(
+        num_items=num_items,
+        embedding_size=settings["embedding_size"],
+        hidden_size=settings["hidden_size"],
+        num_hidden_layers=settings["n_layers"],
+        embedding_dropout_prob=settings["dropout_probs"][0],
+        context_dropout_prob=settings["dropout_probs"][1],
+    )
+    return NARMForNextItemPrediction(config)
+
+
 def read_fixture(name: str) -> tuple[dict, dict]:
     with safe_open(FIXTURES / f"recbole_{name}.safetensors", framework="pt") as f:
         return {k: f.get_tensor(k) for k in f.keys()}, f.metadata()
 
 
-@pytest.mark.parametrize(("name", "build"), [("sasrec", sasrec), ("gru4rec", gru4rec)])
+@pytest.mark.parametrize(("name", "build"), [("sasrec", sasrec), ("gru4rec", gru4rec), ("narm", narm)])
 def test_outputs_and_gradients_equal_recboles(name, build):
     tensors, metadata = read_fixture(name)
     assert metadata["recbole"] == "1.2.1"

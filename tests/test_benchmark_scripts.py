@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -62,3 +63,19 @@ def test_a_smaller_synthetic_gowalla_file_keeps_the_real_shape_and_builds(tmp_pa
     assert build(["--dataset", "gowalla", "--raw", str(raw), "--output", str(out), "--no_progress", "-q"]) == 0
     metadata = json.loads((out / "metadata.json").read_text())
     assert metadata["num_items"] > 1000
+
+
+def test_benchmark_scaling_full_runs_the_whole_epoch_and_every_test_user(tmp_path):
+    seqs = random_sequences(30, 40, 4, 14)
+    data = write_split_dataset(tmp_path / "data", seqs, num_items=40, max_length=6)
+    out = run_script(
+        "benchmark_scaling.py", "gowalla", "--dataset", str(data), "--full", "--eval_modes", "window", "stream",
+        "--torch_threads", "1", "--item_chunk_size", "64", "--losses", "sampled softmax (1,024 uniform)",
+    )  # fmt: skip
+    header, _, row = out.strip().splitlines()
+    assert "epoch (s, measured)" in header and "test eval, stream (s, measured; encode + rank)" in header
+    # every training batch was timed (no warm-up step) and every test sample ranked, in both modes
+    steps = re.search(r"\((\d+) of (\d+) steps\)", row)
+    assert steps and steps[1] == steps[2]
+    samples = re.findall(r"([\d,]+) of ([\d,]+) samples", row)
+    assert len(samples) == 2 and all(done == total for done, total in samples)

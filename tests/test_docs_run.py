@@ -10,7 +10,8 @@ What is not run as written is listed below, each entry with its reason, and each
 (so the list cannot go stale silently):
 * `PLACEHOLDERS`: templates (`DATA_DIR`, `CKPT`, `[optional parts]`) get the values a reader would type;
 * `BOUNDS`: measurement commands get smaller sizes (the full-size numbers are recorded in docs/benchmarks.md with
-  these same commands), and fixed ports become free ones;
+  these same commands), fixed ports become free ones, and every training command (`train.py`, `compare.py`,
+  `grid_search.py`) trains at most `MAX_EPOCHS` epochs (appended `--max_epochs`, which the last one given sets);
 * `INSTALLED`: the installation, which `.ci/run` performs on every clean clone (the rest of its line runs);
 * `NOT_RUN`: what needs the network (a download, a Hub push), or is this test suite itself (`pytest`).
 A server started by a block (`scripts/serve.py`) runs in the background until the block ends.
@@ -80,12 +81,18 @@ BOUNDS = [  # (document, text, replacement)
     ),
     ("docs/benchmarks.md", "benchmark_builders.py --regenerate", "benchmark_builders.py --regenerate --rows 20000"),
     ("docs/benchmarks.md", "--items 10000 100000 1000000", "--items 1000 2000"),
+    ("docs/benchmarks.md", "synthetic-gowalla.txt.gz --rows 6400000", "synthetic-gowalla.txt.gz --rows 40000"),
+    ("docs/benchmarks.md", "--catalog 1000000", "--catalog 3000"),
+    ("README.md", "scripts/quickstart.py", "scripts/quickstart.py --steps 20"),
     ("docs/benchmarks.md", "--only breakdown --compiled_recompute", "--only breakdown --breakdown_length 16"),
 ]
 
 INSTALLED = [  # (document, text, replacement): the installation, which `.ci/run` performs on every clean clone
     ("README.md", 'python3 -m venv .venv && .venv/bin/pip install -c constraints.txt -e ".[dev]" && ', ""),
 ]
+
+MAX_EPOCHS = 2
+TRAINING = re.compile(r"scripts/(train|compare|grid_search)\.py")
 
 NOT_RUN = [  # (document, the command's beginning, why)
     ("README.md", "--download", "downloads MovieLens from its site: needs the network"),
@@ -158,9 +165,13 @@ def prepared(doc: str, script: str, port: int) -> str | None:
         why = next((why for d, marker, why in NOT_RUN if d == doc and marker in line), None)
         if why is not None:
             line = f"# not run here: {why}"
-        elif "scripts/serve.py" in line and not line.lstrip().startswith("#"):
+        elif line.lstrip().startswith("#"):
+            pass
+        elif "scripts/serve.py" in line:
             # a server: in the background, then wait until it answers
             line = re.sub(r"\s+#.*$", "", line) + f" &\nwait_for_server {port}"
+        elif TRAINING.search(line):
+            line = re.sub(r"\s+#.*$", "", line) + f" --max_epochs {MAX_EPOCHS}"
         lines.append(line)
     if all(not line.strip() or line.lstrip().startswith("#") for line in lines):
         return None

@@ -54,6 +54,7 @@ def test_exact_upload_and_model_card(checkpoint, tmp_path):
             "losses.py",
             "model.safetensors",
             "modeling_ttt4rec.py",
+            "recommender_head.py",
             "training_info.json",
             "ttt.py",
         ]
@@ -75,6 +76,30 @@ def test_exact_upload_and_model_card(checkpoint, tmp_path):
     assert "| test | window | 0.0879 | 0.2000 | 0.0425 | 0.0600 |" in body
     assert "Full ranking over all items" in body and "the tied item embedding" in body
     assert "{{" not in card
+    # the card text of TTT4Rec, word for word (rendered before the template described every model type)
+    assert card == (ROOT / "tests" / "fixtures" / "ttt4rec_model_card.md").read_text()
+
+
+@pytest.mark.parametrize("model_type", ["sasrec", "gru4rec", "narm"])
+def test_model_card_of_a_baseline_names_the_model_and_its_origin(tmp_path, model_type):
+    from modeling_ttt4rec.training.arguments import model_classes
+
+    config_class, model_class = model_classes(model_type)
+    model_class(config_class(num_items=40)).save_pretrained(tmp_path / "best_model")
+    prepare_hub_folder(tmp_path / "best_model", tmp_path / "upload", f"someone/{model_type}-video", RESULTS)
+    _, front, body = (tmp_path / "upload" / "README.md").read_text().split("---\n", 2)
+    assert yaml.safe_load(front)["tags"] == [model_type, "recommendation", "sequential-recommendation", "custom_code"]
+    name = {
+        "sasrec": "A SASRec (Kang and McAuley, 2018)",
+        "gru4rec": "A GRU4Rec (Hidasi et al., 2016",
+        "narm": "A NARM (Li et al., 2017)",
+    }[model_type]
+    assert name in body and "exactly RecBole 1.2.1's" in body and "zhao2021recbole" in body
+    assert "TTT" not in body.replace("TTT4Rec papers", "").replace("`ttt4rec` project", "") and "{{" not in body
+    # the incremental use where the model has a cache (GRU4Rec; SASRec's up to its positions), a note where none
+    assert ("cache_params=cache" in body) == (model_type == "gru4rec")
+    assert ("up to `max_position_embeddings` items" in body) == (model_type == "sasrec")
+    assert ("has no cache" in body) == (model_type == "narm")
 
 
 def test_model_card_of_the_sampled_protocol(tmp_path):

@@ -1,13 +1,21 @@
 """Full ranking and `recommend()` with memory bounded by a chunk of items: the same ranks (ties included) and the
 same top-k as scoring the whole catalog at once."""
 
+import runpy
+from pathlib import Path
+
 import pytest
 import torch
-from helpers import random_sequences
+from helpers import random_sequences, write_split_dataset
 
 from modeling_ttt4rec import TTT4RecConfig, TTT4RecForNextItemPrediction
+from modeling_ttt4rec.training import evaluation
 from modeling_ttt4rec.training.data import SplitSequences
-from modeling_ttt4rec.training.evaluation import compute_ranks, score_ranks, scoring_matrix
+from modeling_ttt4rec.training.evaluation import compute_ranks, evaluation_options, score_ranks, scoring_matrix
+from modeling_ttt4rec.training.metrics import ranks_from_scores
+from modeling_ttt4rec.training.trainer import check_arguments, parse_args
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def _model(num_items: int = 37, pad: int | None = 0, **kwargs) -> TTT4RecForNextItemPrediction:
@@ -36,9 +44,12 @@ def test_item_chunked_ranks_equal_the_whole_catalog(pad, item_chunk_size):
     if pad is not None:
         targets[targets == pad] = 5
     targets[:10] = 5
-    whole = score_ranks(model, hidden, items_t, targets, chunk_size=8)
-    chunked = score_ranks(model, hidden, items_t, targets, chunk_size=8, item_chunk_size=item_chunk_size)
-    assert torch.equal(whole, chunked)
+    # the slow reference: every item's score at once, `ranks_from_scores` (the protocol's rule)
+    whole = ranks_from_scores(model.score_items(hidden, items_t.T), targets)
+    for chunk_size in (8, 256):
+        assert torch.equal(score_ranks(model, hidden, items_t, targets, chunk_size=chunk_size), whole)
+        chunked = score_ranks(model, hidden, items_t, targets, chunk_size=chunk_size, item_chunk_size=item_chunk_size)
+        assert torch.equal(chunked, whole)
     assert whole[3] == 300
 
 
@@ -48,6 +59,27 @@ def test_compute_ranks_with_item_chunks():
     split = SplitSequences.from_rows(seqs, [max(1, len(s) // 2) for s in seqs])
     whole = compute_ranks(model, split, 8, batch_targets=7, score_chunk_size=3)
     assert (whole == compute_ranks(model, split, 8, batch_targets=7, score_chunk_size=3, item_chunk_size=64)).all()
+
+
+def test_compute_ranks_ranks_encoded_batches_together_or_apart(monkeypatch):
+    """Hidden states are gathered over encoder batches (`RANK_ROWS`) before they are ranked: the same ranks, in
+    sample order, whether each batch is ranked on its own or all together."""
+    model = _model(num_items=200)
+    seqs = random_sequences(12, 200, 2, 9, seed=3)
+    split = SplitSequences.from_rows(seqs, [max(1, len(s) // 2) for s in seqs])
+    together = compute_ranks(model, split, 8, batch_targets=7)
+    monkeypatch.setattr(evaluation, "RANK_ROWS", 1)
+    apart = compute_ranks(model, split, 8, batch_targets=7)
+    assert (together == apart).all()
+    # the slow reference: one window per sample, every item scored at once
+    rows, targets = [], []
+    for seq, start in zip(seqs, split.target_start, strict=True):
+        for j in range(start, len(seq)):
+            out = model(torch.tensor([seq[max(0, j - 8) : j]]), return_logits=False)
+            rows.append(out.last_hidden_state[0, -1])
+            targets.append(seq[j])
+    reference = ranks_from_scores(model.score_items(torch.stack(rows).detach()), torch.tensor(targets))
+    assert (together == reference.numpy()).all()
 
 
 @pytest.mark.parametrize("item_scoring", ["embedding", "target_mlp"])
@@ -98,3 +130,37 @@ def test_item_chunked_recommend_checks_before_reading():
         score_ranks(model, torch.zeros(1, 16), torch.zeros(16, 37), torch.ones(1, dtype=torch.long), 8, 32)
     with pytest.raises(ValueError, match=r"`top_k` must be in \[1, 2\]"):
         model.recommend(ids, top_k=3, candidates=torch.tensor([1, 5, 9]), exclude_seen=True, item_chunk_size=64)
+
+
+def test_item_chunk_size_option_reaches_the_ranking(tmp_path, monkeypatch):
+    """`--item_chunk_size` of evaluate.py (and train.py, through the same `evaluation_options`) is the item block
+    `score_ranks` ranks with; the metrics are the same with and without it."""
+    from accelerate.state import AcceleratorState
+
+    seqs = random_sequences(20, 300, 3, 12, seed=5)
+    data = write_split_dataset(tmp_path / "data", seqs, num_items=300, max_length=6)
+    _model(num_items=300).save_pretrained(tmp_path / "model")
+    sizes = []
+    original = evaluation.score_ranks
+
+    def recording(*args):
+        sizes.append(args[5])
+        return original(*args)
+
+    monkeypatch.setattr(evaluation, "score_ranks", recording)
+    evaluate = runpy.run_path(str(ROOT / "scripts" / "evaluate.py"))["main"]
+    results = []
+    for extra in ([], ["--item_chunk_size", "128"]):
+        AcceleratorState._reset_state(reset_partial_state=True)
+        argv = ["--model_name_or_path", str(tmp_path / "model"), "--dataset", str(data), "--cpu", *extra]
+        results.append(evaluate(argv)["window"])
+    AcceleratorState._reset_state(reset_partial_state=True)
+    assert set(sizes) == {None, 128}
+    assert {k: v for k, v in results[0].items() if k != "eval_seconds"} == {
+        k: v for k, v in results[1].items() if k != "eval_seconds"
+    }
+    run = parse_args(["--dataset", str(data), "--item_chunk_size", "128"])
+    assert evaluation_options(run.training)["item_chunk_size"] == 128
+    run.training.item_chunk_size = 100
+    with pytest.raises(ValueError, match="--item_chunk_size: `item_chunk_size` must be a positive multiple of 64"):
+        check_arguments(run)

@@ -32,7 +32,7 @@ def checkpoint(tmp_path_factory) -> Path:
     return folder
 
 
-@pytest.mark.parametrize("extra", [[], ["--exclude_seen", "--compile"]])
+@pytest.mark.parametrize("extra", [[], ["--exclude_seen", "--compile"], ["--item_chunk_size", "64"]])
 def test_replay_prints_the_full_history_recommendations(checkpoint, extra):
     history = [3, 5, 7, 9, 11, 13, 5, 2]
     result = subprocess.run(
@@ -69,3 +69,17 @@ def test_unknown_item_is_a_clear_error(checkpoint):
     assert "error: history item 2 (50): Item id 50 is outside [0, 50)" in result.stderr
     assert "Traceback" not in result.stderr
     assert result.stdout.startswith("after item    1 ")  # the items before the bad one were replayed
+
+
+def test_item_chunk_size_must_be_a_multiple_of_64(checkpoint):
+    result = subprocess.run(
+        [sys.executable, str(SCRIPT), "--model_name_or_path", str(checkpoint), "--history", "3", "--item_chunk_size"]
+        + ["100"],
+        env=script_env(),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 2 and "--item_chunk_size: `item_chunk_size` must be a positive multiple of 64" in (
+        result.stderr
+    )

@@ -35,19 +35,24 @@ def _loss_and_grads(model, ids, labels):
     return loss, torch.autograd.grad(loss, [p for p in model.parameters() if p.requires_grad])
 
 
+def assert_the_full_softmax(model, ids, labels) -> None:
+    """The model's `config.loss_type` loss and every gradient equal the full cross-entropy's (float64 model)."""
+    loss, grads = _loss_and_grads(model, ids, labels)
+    loss_type, model.config.loss_type = model.config.loss_type, "full_ce"
+    full_loss, full_grads = _loss_and_grads(model, ids, labels)
+    model.config.loss_type = loss_type
+    torch.testing.assert_close(loss, full_loss, rtol=1e-12, atol=1e-12)
+    for g, f in zip(grads, full_grads, strict=True):
+        torch.testing.assert_close(g, f, rtol=1e-10, atol=1e-12)
+
+
 @pytest.mark.parametrize("pad", [0, 7, None])
 @pytest.mark.parametrize("item_scoring", ["embedding", "target_mlp"])
 def test_all_items_as_negatives_is_the_full_softmax(pad, item_scoring):
     """With `num_negatives` at least the number of real items, the uniform sampler takes every item once and the
     loss and every gradient are the full cross-entropy's."""
     model = _model(pad=pad, item_scoring=item_scoring, num_negatives=30)
-    ids, labels = _batch(30, pad)
-    loss, grads = _loss_and_grads(model, ids, labels)
-    model.config.loss_type = "full_ce"
-    full_loss, full_grads = _loss_and_grads(model, ids, labels)
-    torch.testing.assert_close(loss, full_loss, rtol=1e-12, atol=1e-12)
-    for g, f in zip(grads, full_grads, strict=True):
-        torch.testing.assert_close(g, f, rtol=1e-10, atol=1e-12)
+    assert_the_full_softmax(model, *_batch(30, pad))
 
 
 def test_logq_corrected_gradient_matches_the_full_softmax_on_average():

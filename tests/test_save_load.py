@@ -49,7 +49,9 @@ def test_save_and_load_with_auto_classes(tmp_path, backbone, ttt_layer_type, ite
     # the source files that remote code needs travel with the checkpoint, all from the package root
     package_root = Path(modeling_ttt4rec.__file__).parent
     root_modules = {p.name for p in package_root.glob("*.py")} - {"__init__.py"}
-    assert {"configuration_ttt4rec.py", "modeling_ttt4rec.py", "ttt.py", "cache.py", "losses.py"} <= set(files)
+    shipped = {"configuration_ttt4rec.py", "modeling_ttt4rec.py", "ttt.py", "cache.py", "losses.py"}
+    shipped.add("recommender_head.py")
+    assert shipped <= set(files)
     assert {f for f in files if f.endswith(".py")} == root_modules
 
     assert isinstance(AutoConfig.from_pretrained(tmp_path), TTT4RecConfig)

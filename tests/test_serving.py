@@ -199,6 +199,7 @@ def test_metrics_in_prometheus_format(server):
         "ttt4rec_batch_size_count",
         'ttt4rec_store_seconds_count{op="commit"}',
         "ttt4rec_states_in_memory 2.0",  # (--lru_size 2)
+        "process_cpu_seconds_total",  # (scripts/load_test.py reports CPU time per event from it)
     ):
         assert name in text
 

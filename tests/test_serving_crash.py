@@ -80,5 +80,6 @@ def test_load_test_script_reports_latency_and_throughput(tmp_path):
         load = results["load"]
         assert load["errors"] == 0 and 0 < load["ok"] <= 60
         assert 0 < load["p50_ms"] <= load["p95_ms"] <= load["p99_ms"]
+        assert load["server_cpu_ms_per_event"] > 0 and load["client_cpu_ms_per_event"] > 0
         total = sum(server.client.get(f"/v1/users/user{i}/recommendations").json()["items_read"] for i in range(20))
         assert total == 20 * 5 + load["ok"]

@@ -2,14 +2,19 @@
 
 import asyncio
 import sqlite3
+import time
 
+import numpy as np
 import pytest
 import torch
-from serving_fixtures import make_checkpoint
+from serving_fixtures import NUM_ITEMS, make_checkpoint
 
 from modeling_ttt4rec.serving.app import build_engine
+from modeling_ttt4rec.serving.evaluation import serving_ranks
 from modeling_ttt4rec.serving.state import StateCodec, StateError
 from modeling_ttt4rec.serving.store import Commit, SQLiteStore, StoreUnavailable, open_store
+from modeling_ttt4rec.training.data import SplitSequences
+from modeling_ttt4rec.training.evaluation import compute_ranks, load_checkpoint
 
 
 @pytest.fixture(scope="module")
@@ -99,6 +104,48 @@ def test_events_of_one_user_are_applied_in_arrival_order(checkpoint, tmp_path):
     assert engine.codec.decode(engine.store.get(["same"])["same"]).history == list(range(1, 11))
 
 
+def test_the_next_batch_steps_while_one_commits_and_never_holds_its_users(checkpoint, tmp_path):
+    """The pipeline: batch 2's model step runs during batch 1's (slow) commit, without batch 1's user, whose next
+    event waits for that commit; nobody is answered before its own batch is committed."""
+    engine = engine_for(checkpoint, tmp_path, max_batch=8, max_wait_ms=20)
+    timeline: list[tuple[str, set[str]]] = []
+    store_commit, prepare = engine.store.commit, engine.prepare
+
+    def slow_commit(commit):
+        timeline.append(("commit starts", set(commit.states)))
+        time.sleep(0.5)
+        store_commit(commit)
+        timeline.append(("commit ends", set(commit.states)))
+
+    def noted_prepare(batch):
+        timeline.append(("step", {op.user_id for op in batch}))
+        return prepare(batch)
+
+    engine.store.commit, engine.prepare = slow_commit, noted_prepare
+
+    async def go():
+        first = asyncio.ensure_future(engine.submit("event", "a", items=[1]))
+        while ("commit starts", {"a"}) not in timeline:  # batch 1 (a) is committing
+            await asyncio.sleep(0.01)
+        assert not first.done()  # (not answered before its commit)
+        later = [asyncio.ensure_future(engine.submit("event", u, items=[2])) for u in ("a", "b")]
+        return [await first, *await asyncio.gather(*later)]
+
+    answers = run(engine, go)
+    assert [a["items_read"] for a in answers] == [1, 2, 1]
+    assert timeline == [
+        ("step", {"a"}),
+        ("commit starts", {"a"}),
+        ("step", {"b"}),  # during a's commit, without a
+        ("commit ends", {"a"}),
+        ("commit starts", {"b"}),
+        ("step", {"a"}),  # a's second event, after its first is committed
+        ("commit ends", {"b"}),
+        ("commit starts", {"a"}),
+        ("commit ends", {"a"}),
+    ]
+
+
 def test_the_lru_is_bounded(checkpoint, tmp_path):
     engine = engine_for(checkpoint, tmp_path, lru_size=3)
     events(engine, [[(f"u{i}", [1]) for i in range(10)]])
@@ -142,3 +189,22 @@ def test_store_urls(tmp_path):
     assert isinstance(open_store(str(tmp_path / "b.db")), SQLiteStore)
     with pytest.raises(ValueError, match="sqlite:///PATH or redis://"):
         open_store("postgres://x")
+
+
+def test_served_states_rank_test_targets_as_the_stream_evaluation(checkpoint):
+    """`serving_ranks` (each user's state stored and read back between events) equals the `stream` evaluation in
+    float32; bfloat16 states rank every sample too (their effect is measured by scripts/evaluate_serving_state.py)."""
+    model = load_checkpoint(str(checkpoint)).eval()
+    rng = np.random.default_rng(0)
+    rows, starts = [], []
+    for _ in range(7):
+        length = int(rng.integers(2, 19))
+        rows.append(rng.integers(1, NUM_ITEMS, length).tolist())
+        starts.append(int(rng.integers(1, length + 1)))  # (a user may have no target: start == length)
+    split = SplitSequences.from_rows(rows, starts)
+    expected = compute_ranks(model, split, max_length=64, mode="stream")
+    np.testing.assert_array_equal(serving_ranks(model, split, "float32", batch_users=3), expected)
+    half = serving_ranks(model, split, "bfloat16", batch_users=3)
+    assert half.shape == expected.shape and ((0 <= half) & (half < NUM_ITEMS)).all()
+    with pytest.raises(ValueError, match="history before it"):
+        serving_ranks(model, SplitSequences.from_rows([[1, 2]], [0]))

@@ -350,10 +350,12 @@ def test_train_runs_any_registered_recommender(prefix_mean_registered, data, tmp
     assert isinstance(PrefixMeanModel.from_pretrained(out / "best_model"), PrefixMeanModel)
 
 
-def test_a_checkpoint_inside_an_epoch_resumes_exactly(data, tmp_path, monkeypatch):
+@pytest.mark.parametrize("loss", [[], ["--loss_type", "sampled_softmax", "--num_negatives", "8"]])
+def test_a_checkpoint_inside_an_epoch_resumes_exactly(data, tmp_path, monkeypatch, loss):
     """`--save_steps`: a run interrupted in the middle of an epoch and resumed ends exactly as the uninterrupted run
-    (the same losses, the same weights): the resumed epoch skips the steps done, with their random state."""
-    common = ["--dataset", str(data), "--max_epochs", "2", "--patience", "10", "--test_eval_modes", "window"]
+    (the same losses, the same weights): the resumed epoch skips the steps done, with their random state (dropout's
+    and the sampled negatives')."""
+    common = ["--dataset", str(data), "--max_epochs", "2", "--patience", "10", "--test_eval_modes", "window", *loss]
     common += [*TINY, *FAST, "--batch_targets", "16", "--save_steps", "2"]
     full = tmp_path / "full"
     train(parse_args([*common, "--output_dir", str(full)]))

@@ -1,5 +1,6 @@
 """A real 2-process data-parallel run on CPU (gloo): training works and the gathered metrics are exactly those of
-one process (no sample lost or counted twice, with an uneven last share of batches)."""
+one process (no sample lost or counted twice, with an uneven last share of batches); the sampled softmax draws the
+same negatives on every process while dropout is seeded per process."""
 
 import json
 import os
@@ -20,6 +21,36 @@ ROOT = Path(__file__).resolve().parent.parent
 ACCELERATE = shutil.which("accelerate", path=str(Path(sys.executable).parent))
 
 
+# runs scripts/train.py (argv[2:]) recording, in the folder argv[1], each process's sampled-softmax negatives and
+# the seed of torch's global generator (dropout's) at each draw
+RECORDING_LAUNCH = """
+import os, runpy, sys
+import torch
+import modeling_ttt4rec.recommender_head as head
+
+draw, folder = head.shared_negatives, sys.argv[1]
+
+
+def recording(*args, **kwargs):
+    ids, log_expected = draw(*args, **kwargs)
+    with open(os.path.join(folder, f"negatives_{os.environ['RANK']}.txt"), "a") as f:
+        f.write(f"{torch.initial_seed()} {ids.tolist()}\\n")
+    return ids, log_expected
+
+
+head.shared_negatives = recording
+sys.argv = sys.argv[2:]
+runpy.run_path(sys.argv[0], run_name="__main__")
+"""
+
+
+def launch_command(script: str) -> list[str]:
+    """`accelerate launch` of `script` on 2 CPU processes with gloo DDP."""
+    # `accelerate launch --cpu --num_processes 2` silently runs ONE process; this is the launch that gives gloo DDP
+    cmd = [ACCELERATE, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1"]
+    return [*cmd, "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(free_port()), script]
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -35,10 +66,8 @@ def test_two_process_ddp_matches_one_process(tmp_path):
     # an evaluation batch size that gives an odd number of batches: one process gets one batch more than the other
     window = prefix_units(test, meta.max_length)
     eval_batch = next(b for b in range(7, 40) if len(make_batches(window, b, 65536)) % 2 == 1)
-    # `accelerate launch --cpu --num_processes 2` silently runs ONE process; this is the launch that gives gloo DDP
-    cmd = [ACCELERATE, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1"]
-    cmd += ["--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(free_port())]
-    cmd += [str(ROOT / "scripts" / "train.py"), "--dataset", str(data), "--output_dir", str(out), "--max_epochs", "2"]
+    cmd = launch_command(str(ROOT / "scripts" / "train.py"))
+    cmd += ["--dataset", str(data), "--output_dir", str(out), "--max_epochs", "2"]
     cmd += ["--hidden_size", "16", "--intermediate_size", "32", "--mini_batch_size", "4", "--num_attention_heads", "2"]
     cmd += ["--batch_targets", "40", "--eval_batch_targets", str(eval_batch)]
     # a fresh datasets cache: both processes prepare the data set (and would both show its progress bars)
@@ -66,3 +95,26 @@ def test_two_process_ddp_matches_one_process(tmp_path):
         assert row["num_samples"] == single["num_samples"] == test.num_samples
         for name in METRIC_NAMES:
             assert row[name] == single[name], (mode, name)
+
+
+@pytest.mark.skipif(ACCELERATE is None, reason="the accelerate CLI is not installed next to this Python")
+def test_every_process_draws_the_same_negatives(tmp_path):
+    data = write_split_dataset(tmp_path / "data", random_sequences(30, 30, 3, 12, seed=5), num_items=30, max_length=6)
+    launcher = tmp_path / "launch.py"
+    launcher.write_text(RECORDING_LAUNCH)
+    cmd = launch_command(str(launcher)) + [str(tmp_path), str(ROOT / "scripts" / "train.py")]
+    cmd += ["--dataset", str(data), "--output_dir", str(tmp_path / "run"), "--max_epochs", "2"]
+    cmd += ["--hidden_size", "16", "--intermediate_size", "32", "--mini_batch_size", "4", "--num_attention_heads", "2"]
+    cmd += ["--loss_type", "sampled_softmax", "--num_negatives", "8", "--batch_targets", "40"]
+    cmd += ["--test_eval_modes", "window"]
+    env = dict(os.environ, ACCELERATE_USE_CPU="true", OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
+    env["HF_DATASETS_CACHE"] = str(tmp_path / "datasets_cache")
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
+    draws = [(tmp_path / f"negatives_{rank}.txt").read_text().splitlines() for rank in (0, 1)]
+    assert len(draws[0]) == len(draws[1]) >= 4  # every step of both epochs (two or more each)
+    seeds = [[int(line.split(" ", 1)[0]) for line in lines] for lines in draws]
+    negatives = [[line.split(" ", 1)[1] for line in lines] for lines in draws]
+    assert negatives[0] == negatives[1]  # the same negatives on both processes ...
+    assert all(a != b for a, b in zip(*seeds, strict=True))  # ... while dropout is seeded per process
+    assert len(set(negatives[0])) > 1  # (and new negatives at each step)

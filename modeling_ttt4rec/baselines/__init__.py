@@ -1,20 +1,27 @@
 """The baselines of the TTT4Rec papers, as RecBole 1.2.1 builds them, with the project's recommender interface:
-SASRec (`sasrec`) and GRU4Rec (`gru4rec`, with an incremental cache).
+SASRec (`sasrec`, with a cache of its keys and values), GRU4Rec (`gru4rec`, with an incremental cache) and NARM
+(`narm`).
 
-Each model's files are flat siblings here (its configuration, its modeling file, `recommender.py` and `losses.py`, a
-link to the package's one loss module), so `save_pretrained` ships exactly them as remote code. Importing this
-package registers the models with the Auto classes.
+Each model's files are flat siblings here (its configuration, its modeling file, `recommender.py`, and `losses.py`
+and `recommender_head.py`, links to the package's one loss module and one next-item head), so `save_pretrained`
+ships exactly them as remote code. Importing this package registers the models with the Auto classes.
 """
 
 from transformers import AutoConfig, AutoModel
 
 from .configuration_gru4rec import GRU4RecConfig
+from .configuration_narm import NARMConfig
 from .configuration_sasrec import SASRecConfig
 from .modeling_gru4rec import GRU4RecCache, GRU4RecForNextItemPrediction
-from .modeling_sasrec import SASRecForNextItemPrediction
+from .modeling_narm import NARMForNextItemPrediction
+from .modeling_sasrec import SASRecCache, SASRecForNextItemPrediction
 from .recommender import NextItemOutput, SequentialRecommender
 
-for _config, _model in ((SASRecConfig, SASRecForNextItemPrediction), (GRU4RecConfig, GRU4RecForNextItemPrediction)):
+for _config, _model in (
+    (SASRecConfig, SASRecForNextItemPrediction),
+    (GRU4RecConfig, GRU4RecForNextItemPrediction),
+    (NARMConfig, NARMForNextItemPrediction),
+):
     AutoConfig.register(_config.model_type, _config, exist_ok=True)
     AutoModel.register(_config, _model, exist_ok=True)
     # save_pretrained writes `auto_map` and copies the source files: the checkpoint loads with trust_remote_code
@@ -25,7 +32,10 @@ __all__ = [
     "GRU4RecCache",
     "GRU4RecConfig",
     "GRU4RecForNextItemPrediction",
+    "NARMConfig",
+    "NARMForNextItemPrediction",
     "NextItemOutput",
+    "SASRecCache",
     "SASRecConfig",
     "SASRecForNextItemPrediction",
     "SequentialRecommender",

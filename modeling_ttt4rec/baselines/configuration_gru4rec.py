@@ -3,7 +3,11 @@
 from huggingface_hub.dataclasses import strict
 from transformers import PreTrainedConfig
 
+from .losses import document_loss_settings
+from .recommender import check_settings
 
+
+@document_loss_settings
 @strict
 class GRU4RecConfig(PreTrainedConfig):
     r"""
@@ -25,6 +29,7 @@ class GRU4RecConfig(PreTrainedConfig):
             Dropout of the item embeddings before the GRU (RecBole's own default: 0.3).
         pad_token_id (`int`, *optional*, defaults to 0):
             The padding item id (RecBole's is 0). It never receives probability.
+        [loss settings]
         use_cache (`bool`, *optional*, defaults to `True`):
             Whether the model returns a [`GRU4RecCache`] (the recurrent state) when asked to with `use_cache=True`.
     """
@@ -39,6 +44,10 @@ class GRU4RecConfig(PreTrainedConfig):
     num_hidden_layers: int = 1
     dropout_prob: float = 0.2
     pad_token_id: int | None = 0
+    loss_type: str = "full_ce"
+    num_negatives: int = 4
+    negative_sampler: str = "uniform"
+    in_batch_negatives: bool = False
     use_cache: bool = True
 
     def __post_init__(self, **kwargs):
@@ -47,15 +56,7 @@ class GRU4RecConfig(PreTrainedConfig):
 
     def check_arguments(self) -> None:
         """Raise a `ValueError` naming the argument for any setting the model cannot be built with."""
-        for name in ("embedding_size", "hidden_size", "num_hidden_layers"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"`{name}` must be >= 1, got {getattr(self, name)}.")
-        if self.num_items < 2:
-            raise ValueError(f"`num_items` counts the padding id and must be >= 2, got {self.num_items}.")
-        if not 0.0 <= self.dropout_prob < 1.0:
-            raise ValueError(f"`dropout_prob` must be in [0, 1), got {self.dropout_prob}.")
-        if self.pad_token_id is not None and not 0 <= self.pad_token_id < self.num_items:
-            raise ValueError(f"`pad_token_id` ({self.pad_token_id}) must be an item id in [0, {self.num_items}).")
+        check_settings(self, ("embedding_size", "hidden_size", "num_hidden_layers"), ("dropout_prob",))
 
 
 __all__ = ["GRU4RecConfig"]

@@ -4,7 +4,11 @@ from huggingface_hub.dataclasses import strict
 from transformers import PreTrainedConfig
 from transformers.activations import ACT2FN
 
+from .losses import document_loss_settings
+from .recommender import check_settings
 
+
+@document_loss_settings
 @strict
 class SASRecConfig(PreTrainedConfig):
     r"""
@@ -39,6 +43,7 @@ class SASRecConfig(PreTrainedConfig):
             Standard deviation of the normal initialisation of the linear and embedding layers (RecBole: 0.02).
         pad_token_id (`int`, *optional*, defaults to 0):
             The padding item id (RecBole's is 0). It never receives probability.
+        [loss settings]
     """
 
     model_type = "sasrec"
@@ -56,6 +61,10 @@ class SASRecConfig(PreTrainedConfig):
     layer_norm_eps: float = 1e-12
     initializer_range: float = 0.02
     pad_token_id: int | None = 0
+    loss_type: str = "full_ce"
+    num_negatives: int = 4
+    negative_sampler: str = "uniform"
+    in_batch_negatives: bool = False
 
     def __post_init__(self, **kwargs):
         self.check_arguments()
@@ -63,11 +72,8 @@ class SASRecConfig(PreTrainedConfig):
 
     def check_arguments(self) -> None:
         """Raise a `ValueError` naming the argument for any setting the model cannot be built with."""
-        for name in ("max_position_embeddings", "hidden_size", "num_hidden_layers", "num_attention_heads"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"`{name}` must be >= 1, got {getattr(self, name)}.")
-        if self.num_items < 2:
-            raise ValueError(f"`num_items` counts the padding id and must be >= 2, got {self.num_items}.")
+        sizes = ("max_position_embeddings", "hidden_size", "num_hidden_layers", "num_attention_heads")
+        check_settings(self, sizes, ("hidden_dropout_prob", "attention_probs_dropout_prob"))
         if self.hidden_size % self.num_attention_heads != 0:
             raise ValueError(
                 f"`hidden_size` ({self.hidden_size}) must be divisible by `num_attention_heads` "
@@ -75,11 +81,6 @@ class SASRecConfig(PreTrainedConfig):
             )
         if self.hidden_act not in ACT2FN:
             raise ValueError(f"Unknown `hidden_act` {self.hidden_act!r}; use an activation of transformers' ACT2FN.")
-        for name in ("hidden_dropout_prob", "attention_probs_dropout_prob"):
-            if not 0.0 <= getattr(self, name) < 1.0:
-                raise ValueError(f"`{name}` must be in [0, 1), got {getattr(self, name)}.")
-        if self.pad_token_id is not None and not 0 <= self.pad_token_id < self.num_items:
-            raise ValueError(f"`pad_token_id` ({self.pad_token_id}) must be an item id in [0, {self.num_items}).")
 
 
 __all__ = ["SASRecConfig"]

@@ -11,7 +11,8 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from starlette.routing import Match, Route
 
 from dataset_builders.item_ids import ItemIdMap, UnknownItemError
 
@@ -32,6 +33,74 @@ class EventBody(BaseModel):
     model_config = ConfigDict(extra="forbid")
     items: list[str | int] = Field(min_length=1)
     event_id: str | None = Field(default=None, min_length=1, max_length=MAX_ID_LENGTH)
+
+
+class EventQuery(BaseModel):
+    """The query of `POST /v1/users/{user_id}/events` (other query parameters are ignored, as FastAPI does)."""
+
+    k: int = 10
+    exclude_seen: bool = False
+
+
+class NamedRoute(Route):
+    """A Starlette route that names itself in the request's scope, as FastAPI's routes do (the metrics' label)."""
+
+    def matches(self, scope) -> tuple[Match, dict]:
+        match, child_scope = super().matches(scope)
+        if match != Match.NONE:
+            child_scope["route"] = self
+        return match, child_scope
+
+
+def validated(model: type[BaseModel], where: str, value: dict | bytes) -> BaseModel:
+    """`value` (a dict, or JSON bytes) as `model`, or the `RequestValidationError` FastAPI would raise for it."""
+    try:
+        return model.model_validate_json(value) if isinstance(value, bytes) else model.model_validate(value)
+    except ValidationError as exc:
+        raise RequestValidationError(
+            [error | {"loc": (where, *error["loc"])} for error in exc.errors(include_url=False)]
+        ) from exc
+
+
+def error(status: int, message: str) -> JSONResponse:
+    """The answer to a refused request: `{"error": message}`."""
+    return JSONResponse({"error": message}, status_code=status)
+
+
+class MeasureAndLimit:
+    """ASGI middleware: refuses a body over `max_body_bytes` (413) and counts and times every request by route.
+
+    A plain ASGI class rather than `@app.middleware("http")`, whose per-request task group and streams cost more than
+    the rest of the request's handling at a thousand requests a second."""
+
+    def __init__(self, app, metrics: Metrics, max_body_bytes: int):
+        self.app = app
+        self.metrics = metrics
+        self.max_body_bytes = max_body_bytes
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        status = 500  # (if the application fails before answering)
+
+        async def send_and_note(message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        length = dict(scope["headers"]).get(b"content-length")
+        if length is not None and (not length.isdigit() or int(length) > self.max_body_bytes):
+            await error(413, f"The request body is larger than {self.max_body_bytes} bytes.")(scope, receive, send)
+            status = 413
+        else:
+            await self.app(scope, receive, send_and_note)
+        route = scope.get("route")  # (set by the router on the shared scope when a route matched)
+        name = route.path if route is not None else "unmatched"
+        self.metrics.requests.labels(name, str(status)).inc()
+        self.metrics.request_seconds.labels(name).observe(time.perf_counter() - started)
 
 
 def build_engine(
@@ -82,22 +151,7 @@ def create_app(engine: Engine, max_items: int = 256, max_body_bytes: int = 65536
 
     app = FastAPI(title="TTT4Rec recommendation server", lifespan=lifespan)
 
-    def error(status: int, message: str) -> JSONResponse:
-        return JSONResponse({"error": message}, status_code=status)
-
-    @app.middleware("http")
-    async def measure(request: Request, call_next):
-        started = time.perf_counter()
-        length = request.headers.get("content-length")
-        if length is not None and (not length.isdigit() or int(length) > max_body_bytes):
-            response = error(413, f"The request body is larger than {max_body_bytes} bytes.")
-        else:
-            response = await call_next(request)
-        route = request.scope.get("route")
-        name = route.path if route is not None else "unmatched"
-        metrics.requests.labels(name, str(response.status_code)).inc()
-        metrics.request_seconds.labels(name).observe(time.perf_counter() - started)
-        return response
+    app.add_middleware(MeasureAndLimit, metrics=metrics, max_body_bytes=max_body_bytes)
 
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -122,19 +176,28 @@ def create_app(engine: Engine, max_items: int = 256, max_body_bytes: int = 65536
         if not 1 <= k <= max_k:
             raise RequestError(422, f"`k` must be in [1, {max_k}], got {k}.")
 
-    @app.post("/v1/users/{user_id}/events")
-    async def post_event(user_id: str, body: EventBody, k: int = 10, exclude_seen: bool = False) -> dict:
-        """Apply `items` to the user's state, in order; answers the new top-k once the state is committed."""
-        check_request(user_id, k)
+    async def post_event(request: Request) -> JSONResponse:
+        """`POST /v1/users/{user_id}/events?k=10&exclude_seen=false`: apply `items` to the user's state, in order;
+        answers the new top-k once the state is committed.
+
+        A plain Starlette route validated with the same pydantic models (`EventQuery`, `EventBody`) and errors as
+        FastAPI's: the request path of every event, where FastAPI's parameter machinery cost more than the rest."""
+        user_id = request.path_params["user_id"]
+        query = validated(EventQuery, "query", dict(request.query_params))
+        body = validated(EventBody, "body", await request.body())
+        check_request(user_id, query.k)
         if len(body.items) > max_items:
             raise RequestError(413, f"An event has at most {max_items} items; got {len(body.items)}.")
         try:
             items = engine.item_map.to_dense(body.items)
         except UnknownItemError as err:
             raise RequestError(422, str(err)) from err
-        return await engine.submit(
-            "event", user_id, items=items, event_id=body.event_id, k=k, exclude_seen=exclude_seen
+        answer = await engine.submit(
+            "event", user_id, items=items, event_id=body.event_id, k=query.k, exclude_seen=query.exclude_seen
         )
+        return JSONResponse(answer)
+
+    app.router.routes.append(NamedRoute("/v1/users/{user_id}/events", post_event, methods=["POST"]))
 
     @app.get("/v1/users/{user_id}/recommendations")
     async def get_recommendations(user_id: str, k: int = 10, exclude_seen: bool = False) -> dict:

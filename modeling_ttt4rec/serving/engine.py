@@ -9,13 +9,20 @@ user's events are applied one at a time in arrival order (the worker is the per-
    mini-batch and the boundary state must be kept: see `state.py`);
 3. commit all new states and event ids in one atomic write (a group commit), and only then update the LRU and
    answer. If the commit fails, nothing of the batch is applied and its requests get `StoreUnavailable`.
+
+Steps 1-2 run in one thread and step 3 in another, as a pipeline: batch N+1's model step runs while batch N is
+committed (the sync of a commit waits on the disk, not the interpreter). Batch N+1 holds none of batch N's users
+(their operations wait for N's commit), so a user's state is always read after its previous commit, and a failed
+commit can have nothing built on it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import torch
@@ -82,9 +89,14 @@ class Engine:
         self.lru: collections.OrderedDict[str, bytes] = collections.OrderedDict()
         self.num_items = model.config.num_items
         self.item_features = model.item_features().detach() if model.config.item_scoring == "target_mlp" else None
-        self._queue: asyncio.Queue[Operation] | None = None
+        self._queue: asyncio.Queue[Operation | None] | None = None
         self._deferred: collections.deque[Operation] = collections.deque()
+        self._lru_lock = threading.Lock()  # (the step and the commit threads both use the LRU)
         self._worker: asyncio.Task | None = None
+        self._committing: asyncio.Task | None = None  # the batch being committed
+        self._committing_users: set[str] = set()
+        self._step_thread: ThreadPoolExecutor | None = None
+        self._commit_thread: ThreadPoolExecutor | None = None
 
     # --------------------------------------------------------------------------------------------------------------
     # The asynchronous interface (called by the HTTP handlers)
@@ -94,13 +106,23 @@ class Engine:
         """Start the worker in the running event loop (the queue belongs to that loop)."""
         self._queue = asyncio.Queue()
         self._deferred.clear()
+        self._committing_users = set()
+        self._step_thread = ThreadPoolExecutor(1, thread_name_prefix="ttt4rec-step")
+        self._commit_thread = ThreadPoolExecutor(1, thread_name_prefix="ttt4rec-commit")
         self._worker = asyncio.create_task(self._run())
 
     async def stop(self) -> None:
+        """Stop forming batches; the batch being committed is still committed and answered."""
         if self._worker is not None:
             self._worker.cancel()
             await asyncio.gather(self._worker, return_exceptions=True)
             self._worker = None
+        if self._committing is not None:
+            await asyncio.gather(self._committing, return_exceptions=True)
+            self._committing = None
+        for pool in (self._step_thread, self._commit_thread):
+            if pool is not None:
+                pool.shutdown()
 
     async def submit(self, kind: str, user_id: str, **kwargs) -> dict:
         """Queue one operation and wait for its answer (or its error)."""
@@ -111,39 +133,62 @@ class Engine:
         return await future
 
     async def _run(self) -> None:
+        """Two stages in a pipeline: the model step of batch N+1 runs while batch N is committed (the commit waits on
+        the disk or the network, not on the interpreter). Batches commit in order, and a batch never holds a user of
+        the batch being committed, so each user's states still follow one another, whatever a commit's fate."""
+        loop = asyncio.get_running_loop()
         while True:
             batch = await self._next_batch()
             started = time.perf_counter()
             try:
-                outcomes = await asyncio.to_thread(self.process, batch)
+                outcomes, commit = await loop.run_in_executor(self._step_thread, self.prepare, batch)
             except Exception as error:  # a bug must fail the batch's requests, never stop the server
-                outcomes = [error] * len(batch)
-            self.metrics.batch_seconds.observe(time.perf_counter() - started)
-            for op, outcome in zip(batch, outcomes, strict=True):
-                if op.future.done():  # (the client went away)
-                    continue
-                if isinstance(outcome, Exception):
-                    op.future.set_exception(outcome)
-                else:
-                    op.future.set_result(outcome)
+                outcomes, commit = [error] * len(batch), Commit()
+            if self._committing is not None:
+                await self._committing
+            self._committing_users = {op.user_id for op in batch}
+            self._committing = asyncio.create_task(self._finish(batch, outcomes, commit, started))
+
+    async def _finish(self, batch: list[Operation], outcomes: list, commit: Commit, started: float) -> None:
+        """Commit a prepared batch, then (only then) answer its requests and let its users into a new batch."""
+        try:
+            failed = await asyncio.get_running_loop().run_in_executor(self._commit_thread, self.commit, commit)
+        except Exception as error:  # (a bug, as above)
+            failed = error
+        if failed is not None:
+            outcomes = [failed] * len(batch)
+        self.metrics.batch_seconds.observe(time.perf_counter() - started)
+        for op, outcome in zip(batch, outcomes, strict=True):
+            if op.future.done():  # (the client went away)
+                continue
+            if isinstance(outcome, Exception):
+                op.future.set_exception(outcome)
+            else:
+                op.future.set_result(outcome)
+        self._committing_users = set()
+        self._queue.put_nowait(None)  # wakes `_next_batch` for the operations of these users it holds back
 
     async def _next_batch(self) -> list[Operation]:
-        """Up to `max_batch` operations of distinct users, oldest first; a user's later operations stay queued."""
+        """Up to `max_batch` operations of distinct users, oldest first; a user's later operations, and those of the
+        users of the batch being committed, stay queued (a `None` in the queue is a wake-up: look at them again)."""
         batch: list[Operation] = []
         users: set[str] = set()
-        deferred, self._deferred = self._deferred, collections.deque()
 
-        def take(op: Operation) -> None:
-            if op.user_id in users or len(batch) >= self.max_batch:
+        def take(op: Operation | None) -> None:
+            if op is None:
+                return
+            if op.user_id in users or op.user_id in self._committing_users or len(batch) >= self.max_batch:
                 self._deferred.append(op)
             else:
                 users.add(op.user_id)
                 batch.append(op)
 
-        for op in deferred:
-            take(op)
-        if not batch:
-            take(await self._queue.get())
+        while not batch:
+            deferred, self._deferred = self._deferred, collections.deque()
+            for op in deferred:
+                take(op)
+            if not batch:
+                take(await self._queue.get())
         deadline = time.perf_counter() + self.max_wait
         while len(batch) < self.max_batch:
             try:
@@ -160,22 +205,23 @@ class Engine:
         return batch
 
     # --------------------------------------------------------------------------------------------------------------
-    # One micro-batch (runs in a worker thread)
+    # One micro-batch (runs in the engine's two worker threads)
     # --------------------------------------------------------------------------------------------------------------
 
-    def process(self, batch: list[Operation]) -> list[dict | Exception]:
-        """Apply one micro-batch of operations of distinct users; returns each one's answer or error."""
+    def prepare(self, batch: list[Operation]) -> tuple[list[dict | Exception], Commit]:
+        """The step of one micro-batch of operations of distinct users: each one's answer or error, and the commit
+        that must succeed before any answer is given."""
         self.metrics.batch_size.observe(len(batch))
         outcomes: list[dict | Exception | None] = [None] * len(batch)
+        commit = Commit()
         try:
             states = self._load([op.user_id for op in batch])
             events = [(op.user_id, op.event_id) for op in batch if op.kind == "event" and op.event_id is not None]
             with self.metrics.store_seconds.labels("read").time():
                 applied = self.store.applied(events)
         except StoreUnavailable as error:
-            return [error] * len(batch)
+            return [error] * len(batch), commit
 
-        commit = Commit()
         answer: list[int] = []  # operations answered with recommendations
         advance: list[int] = []  # events to apply
         for i, op in enumerate(batch):
@@ -193,39 +239,45 @@ class Engine:
             else:  # a read, or an event already applied (a retry): answer from the state as it is
                 answer.append(i)
 
-        new_states = self._advance([states[batch[i].user_id] for i in advance], [batch[i].items for i in advance])
+        new_states = self.advance([states[batch[i].user_id] for i in advance], [batch[i].items for i in advance])
         for i, state in zip(advance, new_states, strict=True):
             states[batch[i].user_id] = state
             commit.states[batch[i].user_id] = self.codec.encode(state)
+        ranked = self._top_k([states[batch[i].user_id] for i in answer], [batch[i] for i in answer])
+        for i, result in zip(answer, ranked, strict=True):
+            result["applied"] = i in advance if batch[i].kind == "event" else None
+            outcomes[i] = result
+        return outcomes, commit
+
+    def commit(self, commit: Commit) -> StoreUnavailable | None:
+        """Write `commit` atomically, then update the LRU; the store's error if it failed (nothing applied)."""
         if commit.states or commit.deletes:
             try:
                 with self.metrics.store_seconds.labels("commit").time():
                     self.store.commit(commit)
             except StoreUnavailable as error:
-                return [error] * len(batch)
-        for user_id in commit.deletes:
-            self.lru.pop(user_id, None)
-        for user_id, blob in commit.states.items():
-            self._remember(user_id, blob)
-
-        ranked = self._top_k([states[batch[i].user_id] for i in answer], [batch[i] for i in answer])
-        for i, result in zip(answer, ranked, strict=True):
-            result["applied"] = i in advance if batch[i].kind == "event" else None
-            outcomes[i] = result
-        return outcomes
+                return error
+        with self._lru_lock:
+            for user_id in commit.deletes:
+                self.lru.pop(user_id, None)
+            for user_id, blob in commit.states.items():
+                self._remember(user_id, blob)
+        return None
 
     def _load(self, user_ids: list[str]) -> dict[str, UserState | StateError]:
         """Each user's state: from the LRU, else the store, else a new user's."""
-        blobs = {u: self.lru[u] for u in user_ids if u in self.lru}
-        for u in blobs:
-            self.lru.move_to_end(u)
+        with self._lru_lock:
+            blobs = {u: self.lru[u] for u in user_ids if u in self.lru}
+            for u in blobs:
+                self.lru.move_to_end(u)
         missing = [u for u in user_ids if u not in blobs]
         if missing:
             with self.metrics.store_seconds.labels("read").time():
                 stored = self.store.get(missing)
-            for u, blob in stored.items():
-                blobs[u] = blob
-                self._remember(u, blob)
+            with self._lru_lock:
+                for u, blob in stored.items():
+                    blobs[u] = blob
+                    self._remember(u, blob)
         states: dict[str, UserState | StateError] = {}
         for u in user_ids:
             try:
@@ -235,6 +287,7 @@ class Engine:
         return states
 
     def _remember(self, user_id: str, blob: bytes) -> None:
+        """Put a state in the LRU (the caller holds `_lru_lock`)."""
         if self.lru_size <= 0:
             return
         self.lru[user_id] = blob
@@ -244,7 +297,7 @@ class Engine:
         self.metrics.states_in_memory.set(len(self.lru))
 
     @torch.no_grad()
-    def _advance(self, states: list[UserState], new_items: list[list[int]]) -> list[UserState]:
+    def advance(self, states: list[UserState], new_items: list[list[int]]) -> list[UserState]:
         """The states after reading `new_items`, in one batched step from each user's last mini-batch boundary.
 
         Each row reads its pending items again, then the new ones: first up to its last new mini-batch boundary

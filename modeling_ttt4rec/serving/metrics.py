@@ -1,16 +1,18 @@
 """The server's Prometheus metrics (`GET /metrics`), in a registry of their own."""
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector
 
 # latency buckets from 0.5 ms to 2.5 s
 _SECONDS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 
 
 class Metrics:
-    """Requests, latencies, micro-batch sizes, store latencies and the states held in memory."""
+    """Requests, latencies, micro-batch sizes, store latencies, the states held in memory, and the process's own
+    (`process_cpu_seconds_total`, memory: what scripts/load_test.py reads to report CPU time per event)."""
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
+        ProcessCollector(registry=self.registry)
         self.requests = Counter(
             "ttt4rec_requests", "HTTP requests by route and status.", ["route", "status"], registry=self.registry
         )

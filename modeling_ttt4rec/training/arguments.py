@@ -22,10 +22,19 @@ from pathlib import Path
 
 from transformers import PreTrainedConfig, PreTrainedModel
 
-from ..baselines import GRU4RecConfig, GRU4RecForNextItemPrediction, SASRecConfig, SASRecForNextItemPrediction
+from ..baselines import (
+    GRU4RecConfig,
+    GRU4RecForNextItemPrediction,
+    NARMConfig,
+    NARMForNextItemPrediction,
+    SASRecConfig,
+    SASRecForNextItemPrediction,
+)
 from ..configuration_ttt4rec import TTT4RecConfig
 from ..modeling_ttt4rec import TTT4RecForNextItemPrediction
+from ..recommender_head import check_item_chunk_size
 from .data import DEFAULT_CONFIG_NAME
+from .evaluation import DEFAULT_ITEM_CHUNK_SIZE
 
 # name (`--model_type`) -> (config class, model class)
 MODELS: dict[str, tuple[type[PreTrainedConfig], type[PreTrainedModel]]] = {
@@ -33,11 +42,26 @@ MODELS: dict[str, tuple[type[PreTrainedConfig], type[PreTrainedModel]]] = {
     # the baselines, as RecBole 1.2.1 builds them (modeling_ttt4rec/baselines)
     "sasrec": (SASRecConfig, SASRecForNextItemPrediction),
     "gru4rec": (GRU4RecConfig, GRU4RecForNextItemPrediction),
+    "narm": (NARMConfig, NARMForNextItemPrediction),
 }
 DEFAULT_MODEL_TYPE = "ttt4rec"
 # config fields that the data set or the runtime sets, not the user (`max_position_embeddings`: the data set's `L`)
 NOT_SETTINGS = ("num_items", "pad_token_id", "use_cache", "max_position_embeddings")
 SECTIONS = ("model", "data", "training")
+#: `--item_chunk_size` of train.py, evaluate.py and recommend.py
+ITEM_CHUNK_HELP = (
+    "Items scored at a time when ranking or recommending, a multiple of 64: the scores held are rows x this many "
+    f"whatever the catalog, with the same results (default: {DEFAULT_ITEM_CHUNK_SIZE:,} when ranking for an "
+    "evaluation, blocks that stay in the CPU cache; the whole catalog at once when recommending)"
+)
+
+
+def check_item_chunk_option(item_chunk_size: int | None) -> None:
+    """Raise a `ValueError` naming `--item_chunk_size` unless it is unset or a positive multiple of 64."""
+    try:
+        check_item_chunk_size(item_chunk_size)
+    except ValueError as err:
+        raise ValueError(f"--item_chunk_size: {err}") from err
 
 
 def register_model(name: str, config_class: type[PreTrainedConfig], model_class: type[PreTrainedModel]) -> None:
@@ -52,9 +76,15 @@ def register_model(name: str, config_class: type[PreTrainedConfig], model_class:
     - `item_features()` `[num_items, hidden]`, `score_items(hidden, item_features=None)` `[..., num_items]` (the
       padding id scoring lowest) and `score_candidates(hidden, candidate_ids, check_inputs=False)`;
     - `save_pretrained` / `from_pretrained`;
+    - optionally `set_item_counts(counts)` (the popularity sampler's training-split counts) and `seed_negatives(seed)`
+      (the sampled losses' negatives, seeded alike on every process each epoch);
     - for the `stream` evaluation mode only, a cache: `init_cache(batch_size)` (a model without it has no cache) and
       `model(..., cache_params=cache, use_cache=True)` returning `.cache_params` with `select(rows)` (and
-      `config.mini_batch_size`, if reading in chunks of its multiples is fastest).
+      `config.mini_batch_size`, if reading in chunks of its multiples is fastest); a model whose cache holds at most
+      `config.max_position_embeddings` items sets the class attribute `bounded_cache = True` and is evaluated in
+      the `window` mode only.
+
+    `recommender_head.RecommenderHeadMixin` gives a model all of this but its encoder (and `recommend`).
     """
     if not (dataclasses.is_dataclass(config_class) and issubclass(config_class, PreTrainedConfig)):
         raise TypeError(f"{config_class.__name__} must be a dataclass PreTrainedConfig (its fields are the settings).")
@@ -187,6 +217,7 @@ class TrainerArguments:
     )
     eval_batch_targets: int = field(default=4096, metadata={"help": "Targets per evaluation batch"})
     eval_batch_tokens: int = field(default=65536, metadata={"help": "Padded tokens per evaluation batch"})
+    item_chunk_size: int | None = field(default=None, metadata={"help": ITEM_CHUNK_HELP})
     eval_every: int = field(default=1, metadata={"help": "Evaluate on validation every N epochs"})
     save_steps: int = field(
         default=0,

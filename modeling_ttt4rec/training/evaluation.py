@@ -9,9 +9,10 @@ modes, on one process or many.
   is longer than `L` this is the same computation as `window`, much cheaper; when histories are longer, `stream`
   lets the model see all of them (what a deployed TTT4Rec does).
 
-In the `full` protocol every item is scored by the model's `score_items` (the padding id scores lowest, so it never
-counts), with no masking of seen items; in the `sampled` protocol only each sample's target and its 99 fixed
-negatives, by `score_candidates` (`sampling.evaluation_candidates`). The rank of a target is the number of candidates
+In the `full` protocol every item is scored as the model's `score_items` scores it, `h . item_features()[i]` (the
+padding id never counts), with no masking of seen items, in blocks of rows x items that stay in the CPU cache
+(`score_ranks`); in the `sampled` protocol only each sample's target and its 99 fixed negatives, by
+`score_candidates` (`sampling.evaluation_candidates`). The rank of a target is the number of candidates
 scoring strictly higher (`metrics.ranks_from_scores`). The model is run through its public interface only (`forward`
 with `return_logits=False, check_inputs=False`: the data were validated when loaded). With several processes each
 process scores a share of the batches and the per-sample ranks are gathered and put back in sample order, so
@@ -29,7 +30,7 @@ import torch
 
 from dataset_builders.format import ITEM_MAP_FILE
 
-from ..modeling_ttt4rec import check_item_chunk_size
+from ..recommender_head import check_item_chunk_size
 from .data import (
     DEFAULT_CONFIG_NAME,
     SplitSequences,
@@ -51,8 +52,9 @@ EVAL_PROTOCOLS = tuple(PROTOCOL_KS)
 
 
 def has_cache(model) -> bool:
-    """Whether a recommender (a model or its class) has a cache (`init_cache`), which the `stream` mode needs."""
-    return hasattr(model, "init_cache")
+    """Whether a recommender (a model or its class) has a cache for whole histories, which the `stream` mode needs:
+    `init_cache`, and not `bounded_cache` (a cache of at most `max_position_embeddings` items, SASRec's)."""
+    return hasattr(model, "init_cache") and not getattr(model, "bounded_cache", False)
 
 
 def scoring_matrix(item_features: torch.Tensor) -> torch.Tensor:
@@ -61,60 +63,73 @@ def scoring_matrix(item_features: torch.Tensor) -> torch.Tensor:
     return item_features.float().T.contiguous()
 
 
+#: Items per block of scores when ranking over the whole catalog (a multiple of 64, `check_item_chunk_size`): a
+#: block of 256 rows x 2,048 items of float32 is 2 MiB, which stays in a CPU core's cache while it is compared and
+#: counted (scoring whole rows of a 153,886-item catalog streamed each block through memory, 3x slower).
+DEFAULT_ITEM_CHUNK_SIZE = 2048
+#: Hidden states gathered across encoder batches before they are ranked, so that many rows share the block of their
+#: target (`score_ranks` groups them by it); 32,768 x 64 float32 is 8 MiB.
+RANK_ROWS = 32768
+
+
 def score_ranks(
     model,
     hidden: torch.Tensor,
     items_t: torch.Tensor,
     targets: torch.Tensor,
-    chunk_size: int = 64,
+    chunk_size: int = 256,
     item_chunk_size: int | None = None,
 ) -> torch.Tensor:
-    """Ranks of `targets` (item ids) among all items, scored by `model.score_items` (the padding id scores lowest,
-    so it never counts) with `items_t = scoring_matrix(model.item_features())`.
+    """Ranks of `targets` (item ids) among all items: the number of items scoring strictly higher than the target
+    (ties as `metrics.ranks_from_scores`), the padding id never counted, with the float32 scores
+    `hidden @ items_t` of `items_t = scoring_matrix(model.item_features())` (the recommender interface's rule
+    `h . item_features()[i]`, which `score_items` follows).
 
-    Scores are computed `chunk_size` rows at a time in float32: small chunks keep each block of scores in the CPU
-    cache while it is compared and counted (2-3x faster than blocks of 512 rows here). The block is
-    `chunk_size x num_items` floats; with `item_chunk_size` it is `chunk_size x item_chunk_size` whatever the
-    catalog (`_item_chunked_ranks`: the same ranks; a multiple of 64, `check_item_chunk_size`).
+    Scores are computed in blocks of `chunk_size` rows x `item_chunk_size` items (default
+    `DEFAULT_ITEM_CHUNK_SIZE`) and counted block by block, so memory is one block whatever the catalog. Rows are
+    grouped by the item chunk of their target: for each group the chunk holding the targets is computed first and
+    the targets' scores are read from it, then every other chunk is computed once for the same rows and its items
+    scoring higher are counted. Chunks start at multiples of 64 items (`check_item_chunk_size`), so every score is
+    the same float as over the whole catalog at once and exact ties stay ties.
     """
     check_item_chunk_size(item_chunk_size)
+    size = item_chunk_size or DEFAULT_ITEM_CHUNK_SIZE
     hidden = hidden.float()
-    ranks = []
-    for s in range(0, hidden.shape[0], chunk_size):
-        h, t = hidden[s : s + chunk_size], targets[s : s + chunk_size]
-        if item_chunk_size is None:
-            ranks.append(ranks_from_scores(model.score_items(h, items_t.T), t))
-        else:
-            ranks.append(_item_chunked_ranks(h, items_t, t, model.config.pad_token_id, item_chunk_size))
-    if not ranks:
-        return torch.zeros(0, dtype=torch.long, device=hidden.device)
-    return torch.cat(ranks)
+    ranks = torch.empty(hidden.shape[0], dtype=torch.long, device=hidden.device)
+    chunk_of = torch.div(targets, size, rounding_mode="floor")
+    order = torch.argsort(chunk_of, stable=True)
+    chunks, counts = torch.unique_consecutive(chunk_of[order], return_counts=True)
+    end = 0
+    for chunk, count in zip(chunks.tolist(), counts.tolist(), strict=True):
+        begin, end = end, end + count
+        for s in range(begin, end, chunk_size):
+            rows = order[s : min(s + chunk_size, end)]
+            ranks[rows] = _group_ranks(hidden[rows], items_t, targets[rows], model.config.pad_token_id, chunk, size)
+    return ranks
 
 
-def _item_chunked_ranks(
-    hidden: torch.Tensor, items_t: torch.Tensor, targets: torch.Tensor, pad: int | None, item_chunk_size: int
+def _group_ranks(
+    hidden: torch.Tensor, items_t: torch.Tensor, targets: torch.Tensor, pad: int | None, chunk: int, size: int
 ) -> torch.Tensor:
-    """`ranks_from_scores(hidden @ items_t, targets)` (the padding id scoring lowest), `item_chunk_size` items at a
-    time: each target's score is taken from the block of its own chunk, then the items scoring strictly higher are
-    counted chunk by chunk. A block is computed the same way both times (same rows, same items), so ties are exact
-    ties whatever the chunk size; the blocks holding targets are computed twice (at most twice the matmul work).
-    Scores are `h . item_features()[i]`, the recommender interface's rule that `score_items` follows."""
+    """`score_ranks` of rows whose targets are all in item chunk `chunk` (items `chunk * size` on)."""
     num_items = items_t.shape[1]
-    target_scores = hidden.new_empty(hidden.shape[0])
-    chunk_of = torch.div(targets, item_chunk_size, rounding_mode="floor")
-    for c in chunk_of.unique().tolist():
-        mine = chunk_of == c
-        start = c * item_chunk_size
-        block = hidden @ items_t[:, start : start + item_chunk_size]
-        target_scores[mine] = block[mine].gather(1, (targets[mine] - start)[:, None])[:, 0]
-    higher = torch.zeros(hidden.shape[0], dtype=torch.int32, device=hidden.device)
-    for start in range(0, num_items, item_chunk_size):
-        block = hidden @ items_t[:, start : start + item_chunk_size]
+
+    def scores(start: int) -> torch.Tensor:
+        block = hidden @ items_t[:, start : start + size]
         if pad is not None and start <= pad < start + block.shape[1]:
             block[:, pad - start] = torch.finfo(block.dtype).min
-        higher += torch.gt(block, target_scores[:, None]).sum(dim=1, dtype=torch.int32)
+        return block
+
+    own = chunk * size
+    block = scores(own)
+    target_scores = block.gather(1, (targets - own)[:, None])
+    # counting in int32 is ~2x faster on CPU than the default int64 sum of bools
+    higher = torch.gt(block, target_scores).sum(dim=1, dtype=torch.int32)
+    for start in range(0, num_items, size):
+        if start != own:
+            higher += torch.gt(scores(start), target_scores).sum(dim=1, dtype=torch.int32)
     # as `ranks_from_scores`: a target score that is not finite ranks last
-    return higher.long().masked_fill(~torch.isfinite(target_scores), num_items)
+    return higher.long().masked_fill(~torch.isfinite(target_scores[:, 0]), num_items)
 
 
 def _window_batch(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -174,7 +189,7 @@ def compute_ranks(
     batch_targets: int = 4096,
     batch_tokens: int = 65536,
     stream_chunk_size: int = 64,
-    score_chunk_size: int = 64,
+    score_chunk_size: int = 256,
     item_chunk_size: int | None = None,
     progress: bool = False,
     timings: dict[str, float] | None = None,
@@ -183,8 +198,9 @@ def compute_ranks(
     `TTT4RecForNextItemPrediction`, unwrapped), among all items (`protocol="full"`) or among the target and
     `num_negatives` negatives drawn with `candidate_seed` (`protocol="sampled"`). With an `accelerate.Accelerator`
     of several processes, each process scores every `num_processes`-th batch and the ranks are gathered; every
-    process returns all ranks. `item_chunk_size` bounds the block of scores by that many items instead of the
-    catalog (`score_ranks`; the same ranks). A `timings` dict receives the seconds spent encoding
+    process returns all ranks. Hidden states are gathered over encoder batches (`RANK_ROWS` at a time) and ranked
+    by `score_ranks` in blocks of `score_chunk_size` rows x `item_chunk_size` items (default
+    `DEFAULT_ITEM_CHUNK_SIZE`; the same ranks whatever the sizes). A `timings` dict receives the seconds spent encoding
     (`encode_seconds`) and scoring and ranking (`score_seconds`) on this process."""
     if mode not in EVAL_MODES:
         raise ValueError(f"Unknown eval mode {mode!r}; choose one of {EVAL_MODES}.")
@@ -192,8 +208,8 @@ def compute_ranks(
         raise ValueError(f"Unknown evaluation protocol {protocol!r}; choose one of {EVAL_PROTOCOLS}.")
     if mode == "stream" and not has_cache(model):
         raise ValueError(
-            f"{type(model).__name__} has no cache, so it cannot read histories in the stream mode: evaluate it in "
-            "the window mode (--eval_mode window, --test_eval_modes window)."
+            f"{type(model).__name__} has no cache for whole histories, so it cannot read them in the stream mode: "
+            "evaluate it in the window mode (--eval_mode window, --test_eval_modes window)."
         )
     candidates = _sampled_candidates(model, split, num_negatives, candidate_seed) if protocol == "sampled" else None
     units: Units = prefix_units(split, max_length) if mode == "window" else stream_units(split)
@@ -215,24 +231,30 @@ def compute_ranks(
 
         mine = tqdm(mine, desc=f"eval ({mode})", leave=False)
     sample_ids, ranks = [], []
+    encoded: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []  # (hidden, targets, sample ids) to rank
     encode_seconds = score_seconds = 0.0
     with full_precision:
         items_t = scoring_matrix(model.item_features()) if candidates is None else None
-    for index in mine:
+    for number, index in enumerate(mine, start=1):
         batch = collate(units, index, device)
         start = time.perf_counter()
         with autocast():
             hidden = (
                 _window_batch(model, batch) if mode == "window" else _stream_batch(model, batch, stream_chunk_size)
             )
-        encoded = time.perf_counter()
+        encoded.append((hidden.float(), batch["targets"], batch["sample_ids"]))
+        encode_seconds += time.perf_counter() - start
+        if number < len(mine) and sum(len(targets) for _, targets, _ in encoded) < RANK_ROWS:
+            continue
+        start = time.perf_counter()
+        hidden, targets, ids = (torch.cat(parts) for parts in zip(*encoded, strict=True))
+        encoded.clear()
         with full_precision:
             ranks.append(
-                _rank_batch(model, hidden.float(), batch, items_t, candidates, score_chunk_size, item_chunk_size)
+                _rank_batch(model, hidden, targets, ids, items_t, candidates, score_chunk_size, item_chunk_size)
             )
-        sample_ids.append(batch["sample_ids"])
-        encode_seconds += encoded - start
-        score_seconds += time.perf_counter() - encoded
+        sample_ids.append(ids)
+        score_seconds += time.perf_counter() - start
     model.train(was_training)
     if timings is not None:
         timings.update(encode_seconds=encode_seconds, score_seconds=score_seconds)
@@ -242,20 +264,21 @@ def compute_ranks(
 def _rank_batch(
     model,
     hidden: torch.Tensor,
-    batch: dict[str, torch.Tensor],
+    targets: torch.Tensor,
+    sample_ids: torch.Tensor,
     items_t: torch.Tensor | None,
     candidates: torch.Tensor | None,
     score_chunk_size: int,
     item_chunk_size: int | None = None,
 ) -> torch.Tensor:
-    """Ranks of the batch's targets from the float32 hidden states before them: among all items (`items_t`, the
-    full protocol) or among each sample's `candidates` (the sampled protocol)."""
+    """Ranks of `targets` (of the samples `sample_ids`) from the float32 hidden states before them: among all items
+    (`items_t`, the full protocol) or among each sample's `candidates` (the sampled protocol)."""
     if candidates is None:
-        return score_ranks(model, hidden, items_t, batch["targets"], score_chunk_size, item_chunk_size)
+        return score_ranks(model, hidden, items_t, targets, score_chunk_size, item_chunk_size)
     # column 0 of every sample's candidates is its target
-    sample_candidates = candidates[batch["sample_ids"].cpu()].to(hidden.device)
+    sample_candidates = candidates[sample_ids.cpu()].to(hidden.device)
     scores = model.score_candidates(hidden, sample_candidates, check_inputs=False)
-    return ranks_from_scores(scores, torch.zeros_like(batch["targets"]), ties="pessimistic")
+    return ranks_from_scores(scores, torch.zeros_like(targets), ties="pessimistic")
 
 
 def _sampled_candidates(model, split: SplitSequences, num_negatives: int, seed: int) -> torch.Tensor:
@@ -295,13 +318,15 @@ def _ranks_in_sample_order(
 
 def evaluation_options(args) -> dict:
     """The `compute_ranks` options a run's settings choose (`--eval_protocol`, `--eval_num_negatives`,
-    `--candidate_seed`, `--eval_batch_targets`, `--eval_batch_tokens`), shared by the trainer and `evaluate.py`."""
+    `--candidate_seed`, `--eval_batch_targets`, `--eval_batch_tokens`, `--item_chunk_size`), shared by the trainer
+    and `evaluate.py`."""
     return {
         "batch_targets": args.eval_batch_targets,
         "batch_tokens": args.eval_batch_tokens,
         "protocol": args.eval_protocol,
         "num_negatives": args.eval_num_negatives,
         "candidate_seed": args.candidate_seed,
+        "item_chunk_size": args.item_chunk_size,
     }
 
 
@@ -453,12 +478,15 @@ def check_item_map(checkpoint: str | os.PathLike, meta, ignore_mismatch: bool = 
 def check_evaluation_arguments(args) -> None:
     """Raise a `ValueError` naming the first evaluation setting of `args` (evaluate.py's or the trainer's) that is
     meaningless; warn that `--eval_num_negatives` does nothing in the full protocol."""
+    from .arguments import check_item_chunk_option
+
     if args.eval_protocol not in EVAL_PROTOCOLS:
         raise ValueError(f"Unknown --eval_protocol {args.eval_protocol!r}; choose one of {EVAL_PROTOCOLS}.")
     for name in ("eval_num_negatives", "eval_batch_targets", "eval_batch_tokens", "stream_chunk_size"):
         value = getattr(args, name, None)
         if value is not None and value < 1:
             raise ValueError(f"--{name} must be at least 1, got {value}.")
+    check_item_chunk_option(getattr(args, "item_chunk_size", None))
     if args.candidate_seed < 0:
         raise ValueError(f"--candidate_seed must be >= 0 (a seed of numpy's generator), got {args.candidate_seed}.")
     if args.eval_protocol == "full" and args.eval_num_negatives != EVALUATION_DEFAULTS["eval_num_negatives"]:

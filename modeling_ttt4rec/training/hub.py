@@ -21,6 +21,131 @@ from .reports import split_metrics_table
 # the repository's model_card.md (linked into the package, so an installed wheel has it too)
 DEFAULT_TEMPLATE = Path(__file__).resolve().parent / "model_card.md"
 
+# What the card says of each model type (`config.json`'s `model_type`): what the model is and where it comes from,
+# its architecture line (a format string over the config's fields), extra tags, its incremental use and the papers
+# to cite. A model type not listed here gets a plain description.
+_TTT4REC_CITATION = """\
+@article{yang2024ttt4rec,
+  title   = {TTT4Rec: A Test-Time Training Approach for Rapid Adaption in Sequential Recommendation},
+  author  = {Yang, Zhaoqi and Wang, Yanan and Ge, Yong},
+  journal = {arXiv preprint arXiv:2409.19142},
+  year    = {2024}
+}
+
+@inproceedings{zhan2025preliminary,
+  title     = {Preliminary Evaluation of the Test-Time Training Layers in Recommendation System (Student Abstract)},
+  author    = {Zhan, Tianyu and Lv, Zheqi and Zhang, Shengyu and Li, Jiwei},
+  booktitle = {Proceedings of the AAAI Conference on Artificial Intelligence},
+  year      = {2025}
+}"""
+_RECBOLE_CITATION = """\
+@inproceedings{zhao2021recbole,
+  title     = {RecBole: Towards a Unified, Comprehensive and Efficient Framework for Recommendation Algorithms},
+  author    = {Zhao, Wayne Xin and others},
+  booktitle = {Proceedings of the 30th ACM International Conference on Information and Knowledge Management},
+  year      = {2021}
+}"""
+_BASELINE_TEXT = (
+    "sequential recommender for next-item prediction, its architecture exactly RecBole 1.2.1's (the baseline of the "
+    "TTT4Rec papers). Implemented as a Hugging Face Transformers model (remote code, `trust_remote_code=True`)."
+)
+# the incremental use of a model that has a cache (TTT4Rec's cache also saves to a file)
+_CACHE_USAGE = """\
+Incremental recommendation: keep one cache per user and feed each new interaction as it happens, without re-reading
+the history (exactly the same scores as re-reading it).
+
+```python
+with torch.no_grad():
+    out = model(history, use_cache=True)  # read the history once
+    cache = out.cache_params
+    out = model(torch.tensor([[88]]), cache_params=cache, use_cache=True)  # the user interacts with item 88
+    top10 = out.logits.topk(10).indices{save}
+```"""
+_NO_CACHE = "This model has no cache: each call reads the user's history whole (at most its newest items)."
+_BOUNDED_CACHE = (
+    "The cache (`model.init_cache(batch_size)`) keeps each layer's keys and values, so new interactions are read\n"
+    "without re-reading the history, up to `max_position_embeddings` items in all; then read the newest items whole."
+)
+MODEL_CARD_TEXTS = {
+    "ttt4rec": {
+        "description": (
+            "A TTT4Rec (Yang, Wang and Ge, 2024; [official code](https://github.com/ZhaoqiZachYang/TTT4Rec)) "
+            "sequential\nrecommender: next-item prediction whose sequence layer is a\nTest-Time Training (TTT) "
+            "layer, a small model trained by gradient descent on a self-supervised loss while it reads\nthe user's "
+            "interactions, at training and at serving time. Implemented as a Hugging Face Transformers model "
+            "(remote\ncode, `trust_remote_code=True`)."
+        ),
+        "architecture": (
+            "**Backbone / inner model:** `{backbone}` / TTT-`{ttt_layer_type}`, hidden size {hidden_size},\n"
+            "  {num_hidden_layers} block(s), {num_attention_heads} heads, inner mini-batch {mini_batch_size}; items\n"
+            "  scored through {item_scoring}"
+        ),
+        "tags": ["test-time-training"],
+        "cache_usage": _CACHE_USAGE.format(
+            save='\n    cache.save("user_42.safetensors")  # keep the state between sessions'
+        ),
+        "citation": _TTT4REC_CITATION,
+    },
+    "sasrec": {
+        "description": "A SASRec (Kang and McAuley, 2018) " + _BASELINE_TEXT,
+        "architecture": (
+            "**Architecture:** {num_hidden_layers} self-attention layer(s), {num_attention_heads} heads, hidden size "
+            "{hidden_size}, at most\n  {max_position_embeddings} items read; items scored through {item_scoring}"
+        ),
+        "tags": [],
+        "cache_usage": _BOUNDED_CACHE,
+        "citation": """\
+@inproceedings{kang2018sasrec,
+  title     = {Self-Attentive Sequential Recommendation},
+  author    = {Kang, Wang-Cheng and McAuley, Julian},
+  booktitle = {IEEE International Conference on Data Mining (ICDM)},
+  year      = {2018}
+}
+
+"""
+        + _RECBOLE_CITATION,
+    },
+    "gru4rec": {
+        "description": "A GRU4Rec (Hidasi et al., 2016; Tan, Xu and Liu, 2016) " + _BASELINE_TEXT,
+        "architecture": (
+            "**Architecture:** {num_hidden_layers} GRU layer(s) of width {hidden_size} over item embeddings of size "
+            "{embedding_size};\n  items scored through {item_scoring}"
+        ),
+        "tags": [],
+        "cache_usage": _CACHE_USAGE.format(save=""),
+        "citation": """\
+@inproceedings{hidasi2016gru4rec,
+  title     = {Session-based Recommendations with Recurrent Neural Networks},
+  author    = {Hidasi, Bal{\\'a}zs and Karatzoglou, Alexandros and Baltrunas, Linas and Tikk, Domonkos},
+  booktitle = {International Conference on Learning Representations (ICLR)},
+  year      = {2016}
+}
+
+"""
+        + _RECBOLE_CITATION,
+    },
+    "narm": {
+        "description": "A NARM (Li et al., 2017) " + _BASELINE_TEXT,
+        "architecture": (
+            "**Architecture:** {num_hidden_layers} GRU layer(s) of width {hidden_size} over item embeddings of size "
+            "{embedding_size},\n  attention over the prefix, a bilinear projection; items scored through "
+            "{item_scoring}"
+        ),
+        "tags": [],
+        "cache_usage": _NO_CACHE,
+        "citation": """\
+@inproceedings{li2017narm,
+  title     = {Neural Attentive Session-based Recommendation},
+  author    = {Li, Jing and Ren, Pengjie and Chen, Zhumin and Ren, Zhaochun and Lian, Tao and Ma, Jun},
+  booktitle = {ACM International Conference on Information and Knowledge Management (CIKM)},
+  year      = {2017}
+}
+
+"""
+        + _RECBOLE_CITATION,
+    },
+}
+
 
 def build_model_card(
     checkpoint_dir: str | os.PathLike,
@@ -39,6 +164,8 @@ def build_model_card(
     if not template_path.is_file():
         raise FileNotFoundError(f"Model card template {template_path} not found.")
     config = json.loads((checkpoint_dir / "config.json").read_text())
+    model_type = config.get("model_type", "ttt4rec")
+    texts = _model_texts(model_type)
     info_path = checkpoint_dir / "training_info.json"
     info = json.loads(info_path.read_text()) if info_path.is_file() else {}
     dataset = results.get("dataset", info.get("dataset", "unknown"))
@@ -50,7 +177,7 @@ def build_model_card(
     card_data = ModelCardData(
         library_name="transformers",
         license="apache-2.0",
-        tags=["ttt4rec", "recommendation", "sequential-recommendation", "test-time-training", "custom_code"],
+        tags=[model_type, "recommendation", "sequential-recommendation", *texts["tags"], "custom_code"],
         datasets=None if is_local_dataset else [dataset],
         pipeline_tag=None,
         model_name=repo_id.split("/")[-1],
@@ -65,7 +192,7 @@ def build_model_card(
         max_length=info.get("max_length", "?"),
         dataset=f"local data set {dataset_name}" if is_local_dataset else dataset,
         dataset_config=dataset_config,
-        **_model_fields(config, checkpoint_dir),
+        **_model_fields(config, checkpoint_dir, texts),
         **_training_fields(results, training, config),
     )
 
@@ -93,20 +220,33 @@ def _eval_results(results: dict, dataset_type: str, dataset_name: str, dataset_c
     ]
 
 
-def _model_fields(config: dict, checkpoint_dir: Path) -> dict:
-    """The template's fields about the model: architecture, item scoring, item ids."""
-    scoring = config.get("item_scoring", "embedding")
+def _model_texts(model_type: str) -> dict:
+    """`MODEL_CARD_TEXTS[model_type]`, or for a model type not listed there a plain description."""
+    if model_type in MODEL_CARD_TEXTS:
+        return MODEL_CARD_TEXTS[model_type]
     return {
-        "backbone": config.get("backbone"),
-        "ttt_layer_type": config.get("ttt_layer_type"),
-        "hidden_size": config.get("hidden_size"),
-        "num_hidden_layers": config.get("num_hidden_layers"),
-        "num_attention_heads": config.get("num_attention_heads"),
-        "mini_batch_size": config.get("mini_batch_size"),
+        "description": f"A `{model_type}` sequential recommender for next-item prediction. Implemented as a Hugging "
+        "Face Transformers model (remote code, `trust_remote_code=True`).",
+        "architecture": "**Architecture:** `{model_type}`, hidden size {hidden_size}; items scored through "
+        "{item_scoring}",
+        "tags": [],
+        "cache_usage": "",
+        "citation": "",
+    }
+
+
+def _model_fields(config: dict, checkpoint_dir: Path, texts: dict) -> dict:
+    """The template's fields about the model: what it is, its architecture and item scoring, its cache, item ids."""
+    scoring = config.get("item_scoring", "embedding")
+    item_scoring = (
+        "the tied item embedding (`h . e_i`)" if scoring == "embedding" else "a target MLP tower (`h . MLP(e_i)`)"
+    )
+    return {
+        "model_description": texts["description"],
+        "architecture": texts["architecture"].format_map(_MissingAsUnknown(config, item_scoring=item_scoring)),
+        "cache_usage": texts["cache_usage"],
+        "citation": texts["citation"],
         "num_items": config.get("num_items"),
-        "item_scoring": (
-            "the tied item embedding (`h . e_i`)" if scoring == "embedding" else "a target MLP tower (`h . MLP(e_i)`)"
-        ),
         "item_id_map_note": (
             f"Item ids are the data set's dense ids; `{ITEM_MAP_FILE}` in this repository maps them back to the "
             "original item ids."
@@ -114,6 +254,13 @@ def _model_fields(config: dict, checkpoint_dir: Path) -> dict:
             else "Item ids are the data set's dense ids (1 .. num_items - 1)."
         ),
     }
+
+
+class _MissingAsUnknown(dict):
+    """Format mapping that shows a field the config lacks as `?`."""
+
+    def __missing__(self, key: str) -> str:
+        return "?"
 
 
 def _training_fields(results: dict, training: dict, config: dict) -> dict:

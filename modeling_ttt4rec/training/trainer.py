@@ -71,6 +71,11 @@ from .reports import plot_curves, results_table
 logger = logging.getLogger("ttt4rec.training")
 
 STATE_FILE = "trainer_state.json"
+# a checkpoint inside an epoch (`--save_steps`) also keeps where the sampled losses' negatives generator stands
+NEGATIVES_STATE_FILE = "negatives_generator.pt"
+# the negatives of epoch `e` come from seed `NEGATIVES_SEED_OFFSET + seed + e` (`seed_negatives`): a stream apart from
+# the dropout seeds `seed + e * world + rank`
+NEGATIVES_SEED_OFFSET = 1_000_003
 # model settings that are this run's (the training loss), not the checkpoint's, when fine-tuning one
 RUN_MODEL_SETTINGS = ("loss_type", "num_negatives", "negative_sampler", "in_batch_negatives")
 # files and folders of a run in its output folder (what --overwrite_output_dir removes)
@@ -432,6 +437,8 @@ class Trainer:
             saved = json.loads((self.resume_dir / STATE_FILE).read_text())
             check_resume_settings(saved.get("settings"), self.state["settings"])
             self.accelerator.load_state(str(self.resume_dir))
+            if (self.resume_dir / NEGATIVES_STATE_FILE).is_file():
+                self.resumed_negatives_state = torch.load(self.resume_dir / NEGATIVES_STATE_FILE)
             self.state = {**saved, "settings": self.state["settings"]}
             # --max_epochs / --patience may have changed since: is the run finished under the current ones?
             self.state["done"] = (
@@ -450,9 +457,14 @@ class Trainer:
         start = time.perf_counter()
         first_step = self._epoch_resume_step(epoch)
         if first_step == 0:
-            # dropout and sampled negatives: the same after a resume, different on each process (a resume inside
-            # the epoch has the random state of its checkpoint back)
+            # dropout: the same after a resume, different on each process (a resume inside the epoch has the random
+            # state of its checkpoint back)
             torch.manual_seed(args.seed + epoch * world + rank)
+        # the negatives of the sampled losses: the same after a resume and on every process, from a stream of their own
+        if hasattr(self.model, "seed_negatives"):
+            self.model.seed_negatives(NEGATIVES_SEED_OFFSET + args.seed + epoch)
+            if first_step:
+                self.model.negatives_generator.set_state(self.resumed_negatives_state)
         batches = make_batches(units, args.batch_targets, shuffle=True, seed=args.seed + epoch, min_rows=world)
         self.module.train()
         # the loss summed so far in this epoch (over every process: kept by the main process)
@@ -579,6 +591,9 @@ class Trainer:
         accelerator.wait_for_everyone()
         if self.main:
             (tmp / STATE_FILE).write_text(json.dumps(self.state, indent=2))
+            generator = getattr(self.model, "negatives_generator", None)
+            if "step_in_epoch" in self.state and generator is not None:
+                torch.save(generator.get_state(), tmp / NEGATIVES_STATE_FILE)
             _atomic_replace(tmp, self.checkpoint_dir)
 
     def _log_epoch(self, record: dict) -> None:

@@ -1,0 +1,1 @@
+../recommender_head.py
