@@ -68,10 +68,14 @@ PLACEHOLDERS = [  # (document, text, replacement)
 
 BOUNDS = [  # (document, text, replacement)
     ("README.md", "127.0.0.1:8000", "127.0.0.1:{port}"),
-    ("docs/serving.md", "--port 18732", "--port {port}"),
-    ("docs/serving.md", "http://127.0.0.1:18732", "http://127.0.0.1:{port}"),
-    ("docs/serving.md", "--users 300 --prefill_items 10", "--users 20 --prefill_items 10"),
-    ("docs/serving.md", "--prefill_rate 50 --rate 50 --duration 15", "--prefill_rate 200 --rate 50 --duration 2"),
+    ("docs/serving.md", "--port 18791", "--port {port}"),
+    ("docs/serving.md", "http://127.0.0.1:18791", "http://127.0.0.1:{port}"),
+    (
+        "docs/serving.md",
+        "--users 100000 \\\n    --prefill_items 10 --prefill_rate 1000 --rate 1000 --duration 20",
+        "--users 50 --prefill_items 10 --prefill_rate 500 --rate 100 --duration 2",
+    ),
+    ("docs/serving.md", "--users 100000 \\\n    --rate 300 --duration 20", "--users 50 --rate 100 --duration 2"),
     ("docs/benchmarks.md", "--only training --repeats 5", "--only training --repeats 1 --num_items 500 --batch 4"),
     ("docs/benchmarks.md", "--only serving      #", "--only serving --serving_repeats 2 --serving_batches 1 #"),
     (
@@ -80,9 +84,9 @@ BOUNDS = [  # (document, text, replacement)
         "--serving_batches 1 --serving_lengths 20",
     ),
     ("docs/benchmarks.md", "benchmark_builders.py --regenerate", "benchmark_builders.py --regenerate --rows 20000"),
-    ("docs/benchmarks.md", "--items 10000 100000 1000000", "--items 1000 2000"),
-    ("docs/benchmarks.md", "synthetic-gowalla.txt.gz --rows 6400000", "synthetic-gowalla.txt.gz --rows 40000"),
-    ("docs/benchmarks.md", "--catalog 1000000", "--catalog 3000"),
+    ("docs/benchmarks.md", "--items 10000 100000 1000000", "--items 1000"),
+    ("docs/benchmarks.md", "synthetic-gowalla.txt.gz --rows 6400000", "synthetic-gowalla.txt.gz --rows 20000"),
+    ("docs/benchmarks.md", "--catalog 1000000", "--rows 20000"),
     ("README.md", "scripts/quickstart.py", "scripts/quickstart.py --steps 20"),
     ("docs/benchmarks.md", "--only breakdown --compiled_recompute", "--only breakdown --breakdown_length 16"),
 ]
