@@ -15,7 +15,8 @@ Output folder layout (`args.output_dir`):
     run_config.json          every setting of the run, resolved (model, data, training)
     best_model/              the best model: save_pretrained (safetensors + config + remote code) + item id map
     checkpoint/              Accelerate training state of the last finished epoch (model, optimizer, RNG) and
-                             trainer_state.json; `--resume_from_checkpoint` continues from it
+                             trainer_state.json, or of a step inside an epoch with `--save_steps N`;
+                             `--resume_from_checkpoint` continues from it
     log.jsonl                one JSON record per epoch (and one for the final test)
     tensorboard/             TensorBoard scalars
     training_curves.png      training loss and validation metrics by epoch
@@ -70,6 +71,8 @@ from .reports import plot_curves, results_table
 logger = logging.getLogger("ttt4rec.training")
 
 STATE_FILE = "trainer_state.json"
+# a checkpoint inside an epoch (`--save_steps`) also keeps where the sampled losses' negatives generator stands
+NEGATIVES_STATE_FILE = "negatives_generator.pt"
 # the negatives of epoch `e` come from seed `NEGATIVES_SEED_OFFSET + seed + e` (`seed_negatives`): a stream apart from
 # the dropout seeds `seed + e * world + rank`
 NEGATIVES_SEED_OFFSET = 1_000_003
@@ -208,6 +211,8 @@ def check_arguments(run: RunConfig) -> None:
     for name in ("max_epochs", "patience", "eval_every", "batch_targets", "gradient_accumulation_steps"):
         if getattr(args, name) < 1:
             raise ValueError(f"--{name} must be at least 1, got {getattr(args, name)}.")
+    if args.save_steps < 0:
+        raise ValueError(f"--save_steps must be 0 (checkpoint after each epoch only) or more, got {args.save_steps}.")
     if args.push_to_hub and not args.hub_model_id:
         raise ValueError("--push_to_hub needs --hub_model_id USER/NAME.")
     if args.hub_model_id and not args.push_to_hub:
@@ -432,6 +437,8 @@ class Trainer:
             saved = json.loads((self.resume_dir / STATE_FILE).read_text())
             check_resume_settings(saved.get("settings"), self.state["settings"])
             self.accelerator.load_state(str(self.resume_dir))
+            if (self.resume_dir / NEGATIVES_STATE_FILE).is_file():
+                self.resumed_negatives_state = torch.load(self.resume_dir / NEGATIVES_STATE_FILE)
             self.state = {**saved, "settings": self.state["settings"]}
             # --max_epochs / --patience may have changed since: is the run finished under the current ones?
             self.state["done"] = (
@@ -448,17 +455,31 @@ class Trainer:
 
         args, units, world, rank = self.args, self.units, self.world, self.rank
         start = time.perf_counter()
-        # dropout: the same after a resume, different on each process; the negatives of the sampled losses: the same
-        # after a resume and the same on every process, from a stream of their own
-        torch.manual_seed(args.seed + epoch * world + rank)
+        first_step = self._epoch_resume_step(epoch)
+        if first_step == 0:
+            # dropout: the same after a resume, different on each process (a resume inside the epoch has the random
+            # state of its checkpoint back)
+            torch.manual_seed(args.seed + epoch * world + rank)
+        # the negatives of the sampled losses: the same after a resume and on every process, from a stream of their own
         if hasattr(self.model, "seed_negatives"):
             self.model.seed_negatives(NEGATIVES_SEED_OFFSET + args.seed + epoch)
+            if first_step:
+                self.model.negatives_generator.set_state(self.resumed_negatives_state)
         batches = make_batches(units, args.batch_targets, shuffle=True, seed=args.seed + epoch, min_rows=world)
         self.module.train()
-        loss_sum = torch.zeros((), dtype=torch.float64, device=self.accelerator.device)
+        # the loss summed so far in this epoch (over every process: kept by the main process)
+        loss_so_far = self.state.pop("epoch_loss_sum", 0.0)
+        loss_sum = torch.tensor(loss_so_far if self.main else 0.0, dtype=torch.float64, device=self.accelerator.device)
         steps, accum = len(batches), args.gradient_accumulation_steps
-        bar = tqdm(batches, desc=f"epoch {epoch}", disable=not self.main or args.disable_tqdm, leave=False)
-        for step, index in enumerate(bar):
+        bar = tqdm(
+            batches[first_step:],
+            desc=f"epoch {epoch}",
+            initial=first_step,
+            total=steps,
+            disable=not self.main or args.disable_tqdm,
+            leave=False,
+        )
+        for step, index in enumerate(bar, start=first_step):
             group = batches[step // accum * accum : min((step // accum + 1) * accum, steps)]
             group_targets = sum(int(units.num_targets[b].sum()) for b in group)
             batch = collate(units, index[rank::world], self.accelerator.device)
@@ -466,10 +487,12 @@ class Trainer:
             no_sync = self.accelerator.no_sync(self.module) if not sync and world > 1 else contextlib.nullcontext()
             with no_sync:
                 batch_loss_sum = self._training_step(batch, group_targets)
+            loss_sum += batch_loss_sum.double()
             if sync:
                 self.optimizer.step()
                 self.optimizer.zero_grad(set_to_none=True)
-            loss_sum += batch_loss_sum.double()
+                if args.save_steps and (step + 1) // accum % args.save_steps == 0 and step + 1 < steps:
+                    loss_sum = self._save_checkpoint_in_epoch(step + 1, loss_sum)
             if self.main and not args.disable_tqdm:
                 bar.set_postfix(loss=f"{batch_loss_sum.item() / max(1, int(batch['targets'].numel())):.4f}")
         train_seconds = time.perf_counter() - start
@@ -530,6 +553,30 @@ class Trainer:
             "candidate_seed": args.candidate_seed,
         }
 
+    def _epoch_resume_step(self, epoch: int) -> int:
+        """The step of `epoch` to start at: 0, or where a checkpoint inside the epoch (`--save_steps`) left it."""
+        first_step = self.state.pop("step_in_epoch", 0)
+        if first_step:
+            if self.state.pop("epoch_world_size") != self.world:
+                raise ValueError(
+                    f"The checkpoint was written inside epoch {epoch} by a run on a different number of processes "
+                    "(its batches are split across them): resume it with the same `accelerate launch "
+                    "--num_processes`, or resume from a checkpoint written at the end of an epoch."
+                )
+            logger.info("Resuming epoch %d at step %d", epoch, first_step)
+        return first_step
+
+    def _save_checkpoint_in_epoch(self, step_in_epoch: int, loss_sum: torch.Tensor) -> torch.Tensor:
+        """A checkpoint after `step_in_epoch` steps of the running epoch (`--save_steps`); `--resume_from_checkpoint`
+        continues the epoch from there exactly. Returns the loss sum to continue with (the total so far on the main
+        process, 0 elsewhere)."""
+        total = self.accelerator.reduce(loss_sum.clone(), reduction="sum")
+        self.state.update(step_in_epoch=step_in_epoch, epoch_loss_sum=float(total), epoch_world_size=self.world)
+        self._save_checkpoint()
+        for key in ("step_in_epoch", "epoch_loss_sum", "epoch_world_size"):
+            del self.state[key]
+        return total if self.main else torch.zeros_like(total)
+
     def _save_checkpoint(self) -> None:
         """The training state after this epoch, written atomically (`checkpoint.tmp`, then moved)."""
         accelerator = self.accelerator
@@ -544,6 +591,9 @@ class Trainer:
         accelerator.wait_for_everyone()
         if self.main:
             (tmp / STATE_FILE).write_text(json.dumps(self.state, indent=2))
+            generator = getattr(self.model, "negatives_generator", None)
+            if "step_in_epoch" in self.state and generator is not None:
+                torch.save(generator.get_state(), tmp / NEGATIVES_STATE_FILE)
             _atomic_replace(tmp, self.checkpoint_dir)
 
     def _log_epoch(self, record: dict) -> None:
