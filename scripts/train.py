@@ -20,8 +20,8 @@ from modeling_ttt4rec.training.cli import run_script  # noqa: E402
 from modeling_ttt4rec.training.trainer import parse_args, train  # noqa: E402
 
 INTERRUPTED = (
-    "the last finished epoch is kept in OUTPUT_DIR/checkpoint; run the same command with --resume_from_checkpoint "
-    "latest to continue"
+    "the last finished epoch (or --save_steps step) is kept in OUTPUT_DIR/checkpoint; run the same command with "
+    "--resume_from_checkpoint latest to continue"
 )
 
 

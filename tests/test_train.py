@@ -12,8 +12,10 @@ from pathlib import Path
 
 import pytest
 import torch
+from accelerate.state import AcceleratorState
 from helpers import random_sequences, write_split_dataset
 from huggingface_hub.dataclasses import strict
+from safetensors.torch import load_file
 from torch import nn
 from torch.nn import functional as F
 from transformers import PreTrainedConfig, PreTrainedModel
@@ -22,7 +24,7 @@ from transformers.utils import ModelOutput
 from dataset_builders.format import ITEM_MAP_FILE
 from modeling_ttt4rec import TTT4RecConfig, TTT4RecForNextItemPrediction
 from modeling_ttt4rec.training.arguments import MODELS, check_resume_settings, model_arguments, register_model
-from modeling_ttt4rec.training.trainer import parse_args, train
+from modeling_ttt4rec.training.trainer import Trainer, parse_args, train
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY = ["--hidden_size", "16", "--intermediate_size", "32", "--mini_batch_size", "4", "--num_attention_heads", "2"]
@@ -38,8 +40,6 @@ def data(tmp_path_factory):
 @pytest.fixture(autouse=True)
 def fresh_accelerator_state():
     """`AcceleratorState` is a process-wide singleton; each in-process run starts from a clean one."""
-    from accelerate.state import AcceleratorState
-
     AcceleratorState._reset_state(reset_partial_state=True)
     yield
     AcceleratorState._reset_state(reset_partial_state=True)
@@ -348,3 +348,63 @@ def test_train_runs_any_registered_recommender(prefix_mean_registered, data, tmp
     assert {"results.md", "results.json", "training_curves.png"} <= {p.name for p in out.iterdir()}
     assert json.loads((out / "best_model" / "config.json").read_text())["model_type"] == "prefix-mean-test"
     assert isinstance(PrefixMeanModel.from_pretrained(out / "best_model"), PrefixMeanModel)
+
+
+@pytest.mark.parametrize(
+    "model",
+    [
+        TINY,
+        [*TINY, "--loss_type", "sampled_softmax", "--num_negatives", "8"],
+        # BERT4Rec's training samples (`training_batch`) come from a generator of each process
+        ["--model_type", "bert4rec", "--hidden_size", "16", "--intermediate_size", "32", "--num_attention_heads", "2"],
+    ],
+    ids=["full_ce", "sampled_softmax", "bert4rec"],
+)
+def test_a_checkpoint_inside_an_epoch_resumes_exactly(data, tmp_path, monkeypatch, model):
+    """`--save_steps`: a run interrupted in the middle of an epoch and resumed ends exactly as the uninterrupted run
+    (the same losses, the same weights): the resumed epoch skips the steps done, with their random state (dropout's,
+    the sampled negatives' and the model's training samples')."""
+    common = ["--dataset", str(data), "--max_epochs", "2", "--patience", "10", "--test_eval_modes", "window", *model]
+    common += [*FAST, "--batch_targets", "16", "--save_steps", "2"]
+    full = tmp_path / "full"
+    train(parse_args([*common, "--output_dir", str(full)]))
+    full_state = json.loads((full / "checkpoint" / "trainer_state.json").read_text())
+    assert full_state["history"][0]["steps"] >= 6 and "step_in_epoch" not in full_state
+
+    steps = []
+    real_step = Trainer._training_step
+
+    def interrupted_step(self, batch, group_targets):
+        steps.append(len(steps))
+        if len(steps) == full_state["history"][0]["steps"] + 5:  # in the middle of epoch 2, after a checkpoint
+            raise KeyboardInterrupt
+        return real_step(self, batch, group_targets)
+
+    part = tmp_path / "part"
+    monkeypatch.setattr(Trainer, "_training_step", interrupted_step)
+    with pytest.raises(KeyboardInterrupt):
+        train(parse_args([*common, "--output_dir", str(part)]))
+    saved = json.loads((part / "checkpoint" / "trainer_state.json").read_text())
+    assert saved["epoch"] == 1 and saved["step_in_epoch"] == 4
+    monkeypatch.setattr(Trainer, "_training_step", real_step)
+    AcceleratorState._reset_state(reset_partial_state=True)
+    train(parse_args([*common, "--output_dir", str(part), "--resume_from_checkpoint", "latest"]))
+    part_state = json.loads((part / "checkpoint" / "trainer_state.json").read_text())
+    assert [h["train_loss"] for h in part_state["history"]] == [h["train_loss"] for h in full_state["history"]]
+    a = load_file(full / "best_model" / "model.safetensors")
+    b = load_file(part / "best_model" / "model.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_save_steps_must_not_be_negative(data, tmp_path):
+    with pytest.raises(ValueError, match="--save_steps must be 0"):
+        train(parse_args(["--dataset", str(data), "--output_dir", str(tmp_path / "r"), "--save_steps", "-1", *FAST]))
+
+
+def test_a_mid_epoch_checkpoint_refuses_another_number_of_processes():
+    trainer = Trainer.__new__(Trainer)  # only the resume rule, no run
+    trainer.state, trainer.world = {"step_in_epoch": 4, "epoch_world_size": 2}, 1
+    with pytest.raises(ValueError, match="same `accelerate launch --num_processes`"):
+        trainer._epoch_resume_step(3)
+    trainer.state = {"step_in_epoch": 4, "epoch_world_size": 1}
+    assert trainer._epoch_resume_step(3) == 4 and trainer.state == {}

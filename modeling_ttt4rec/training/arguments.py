@@ -227,6 +227,10 @@ class TrainerArguments:
     eval_batch_tokens: int = field(default=65536, metadata={"help": "Padded tokens per evaluation batch"})
     item_chunk_size: int | None = field(default=None, metadata={"help": ITEM_CHUNK_HELP})
     eval_every: int = field(default=1, metadata={"help": "Evaluate on validation every N epochs"})
+    save_steps: int = field(
+        default=0,
+        metadata={"help": "Also checkpoint every N optimizer steps inside an epoch (0: only after each epoch)"},
+    )
     resume_from_checkpoint: str | None = field(
         default=None, metadata={"help": "A checkpoint folder, or 'latest' for OUTPUT_DIR/checkpoint"}
     )

@@ -15,7 +15,8 @@ Output folder layout (`args.output_dir`):
     run_config.json          every setting of the run, resolved (model, data, training)
     best_model/              the best model: save_pretrained (safetensors + config + remote code) + item id map
     checkpoint/              Accelerate training state of the last finished epoch (model, optimizer, RNG) and
-                             trainer_state.json; `--resume_from_checkpoint` continues from it
+                             trainer_state.json, or of a step inside an epoch with `--save_steps N`;
+                             `--resume_from_checkpoint` continues from it
     log.jsonl                one JSON record per epoch (and one for the final test)
     tensorboard/             TensorBoard scalars
     training_curves.png      training loss and validation metrics by epoch
@@ -70,6 +71,10 @@ from .reports import plot_curves, results_table
 logger = logging.getLogger("ttt4rec.training")
 
 STATE_FILE = "trainer_state.json"
+# a checkpoint inside an epoch (`--save_steps`) also keeps where the sampled losses' negatives generator stands
+NEGATIVES_STATE_FILE = "negatives_generator.pt"
+# ... and where each process's generator of the model's training samples (`training_batch`) stands
+SAMPLES_STATE_FILE = "samples_generator_{rank}.pt"
 # the negatives of epoch `e` come from seed `NEGATIVES_SEED_OFFSET + seed + e` (`seed_negatives`): a stream apart from
 # the dropout seeds `seed + e * world + rank`
 NEGATIVES_SEED_OFFSET = 1_000_003
@@ -208,6 +213,8 @@ def check_arguments(run: RunConfig) -> None:
     for name in ("max_epochs", "patience", "eval_every", "batch_targets", "gradient_accumulation_steps"):
         if getattr(args, name) < 1:
             raise ValueError(f"--{name} must be at least 1, got {getattr(args, name)}.")
+    if args.save_steps < 0:
+        raise ValueError(f"--save_steps must be 0 (checkpoint after each epoch only) or more, got {args.save_steps}.")
     if args.push_to_hub and not args.hub_model_id:
         raise ValueError("--push_to_hub needs --hub_model_id USER/NAME.")
     if args.hub_model_id and not args.push_to_hub:
@@ -406,6 +413,8 @@ class Trainer:
             model.parameters(), lr=self.args.learning_rate, weight_decay=self.args.weight_decay
         )
         self.module, self.optimizer = self.accelerator.prepare(model, optimizer)
+        # the generator of the model's training samples (`training_batch`), seeded each epoch per process
+        self.samples_generator = torch.Generator(self.accelerator.device)
         self.model = self.accelerator.unwrap_model(self.module)
 
     def _training_step(self, batch: dict[str, torch.Tensor], group_targets: int) -> torch.Tensor:
@@ -446,6 +455,11 @@ class Trainer:
             saved = json.loads((self.resume_dir / STATE_FILE).read_text())
             check_resume_settings(saved.get("settings"), self.state["settings"])
             self.accelerator.load_state(str(self.resume_dir))
+            if (self.resume_dir / NEGATIVES_STATE_FILE).is_file():
+                self.resumed_negatives_state = torch.load(self.resume_dir / NEGATIVES_STATE_FILE)
+            samples_state = self.resume_dir / SAMPLES_STATE_FILE.format(rank=self.rank)
+            if samples_state.is_file():
+                self.resumed_samples_state = torch.load(samples_state)
             self.state = {**saved, "settings": self.state["settings"]}
             # --max_epochs / --patience may have changed since: is the run finished under the current ones?
             self.state["done"] = (
@@ -462,31 +476,49 @@ class Trainer:
 
         args, units, world, rank = self.args, self.units, self.world, self.rank
         start = time.perf_counter()
-        # dropout and the model's training samples (`training_batch`): the same after a resume, different on each
-        # process; the negatives of the sampled losses: the same after a resume and the same on every process, from a
-        # stream of their own
-        torch.manual_seed(args.seed + epoch * world + rank)
-        generator = torch.Generator(self.accelerator.device).manual_seed(args.seed + epoch * world + rank)
+        first_step = self._epoch_resume_step(epoch)
+        if first_step == 0:
+            # dropout and the model's training samples (`training_batch`): the same after a resume, different on each
+            # process (a resume inside the epoch has the random states of its checkpoint back)
+            torch.manual_seed(args.seed + epoch * world + rank)
+            self.samples_generator.manual_seed(args.seed + epoch * world + rank)
+        else:
+            self.samples_generator.set_state(self.resumed_samples_state)
+        # the negatives of the sampled losses: the same after a resume and on every process, from a stream of their own
         if hasattr(self.model, "seed_negatives"):
             self.model.seed_negatives(NEGATIVES_SEED_OFFSET + args.seed + epoch)
+            if first_step:
+                self.model.negatives_generator.set_state(self.resumed_negatives_state)
         batches = make_batches(units, args.batch_targets, shuffle=True, seed=args.seed + epoch, min_rows=world)
         self.module.train()
-        loss_sum = torch.zeros((), dtype=torch.float64, device=self.accelerator.device)
-        steps, accum, total_targets = len(batches), args.gradient_accumulation_steps, 0
-        bar = tqdm(batches, desc=f"epoch {epoch}", disable=not self.main or args.disable_tqdm, leave=False)
-        for step, _ in enumerate(bar):
-            if step % accum == 0:  # the batches of the next optimizer step
-                group, group_targets = self._step_batches(batches[step : step + accum], generator)
+        # the loss summed so far in this epoch (over every process: kept by the main process), and its targets
+        loss_so_far = self.state.pop("epoch_loss_sum", 0.0)
+        loss_sum = torch.tensor(loss_so_far if self.main else 0.0, dtype=torch.float64, device=self.accelerator.device)
+        total_targets = self.state.pop("epoch_targets", 0)
+        steps, accum = len(batches), args.gradient_accumulation_steps
+        bar = tqdm(
+            batches[first_step:],
+            desc=f"epoch {epoch}",
+            initial=first_step,
+            total=steps,
+            disable=not self.main or args.disable_tqdm,
+            leave=False,
+        )
+        for step, _ in enumerate(bar, start=first_step):
+            if step % accum == 0:  # the batches of the next optimizer step (an epoch resumes at a step's start)
+                group, group_targets = self._step_batches(batches[step : step + accum], self.samples_generator)
                 total_targets += group_targets
             batch = group[step % accum]
             sync = (step + 1) % accum == 0 or step + 1 == steps
             no_sync = self.accelerator.no_sync(self.module) if not sync and world > 1 else contextlib.nullcontext()
             with no_sync:
                 batch_loss_sum = self._training_step(batch, group_targets)
+            loss_sum += batch_loss_sum.double()
             if sync:
                 self.optimizer.step()
                 self.optimizer.zero_grad(set_to_none=True)
-            loss_sum += batch_loss_sum.double()
+                if args.save_steps and (step + 1) // accum % args.save_steps == 0 and step + 1 < steps:
+                    loss_sum = self._save_checkpoint_in_epoch(step + 1, loss_sum, total_targets)
             if self.main and not args.disable_tqdm:
                 bar.set_postfix(loss=f"{batch_loss_sum.item() / max(1, int(batch['targets'].numel())):.4f}")
         train_seconds = time.perf_counter() - start
@@ -547,6 +579,35 @@ class Trainer:
             "candidate_seed": args.candidate_seed,
         }
 
+    def _epoch_resume_step(self, epoch: int) -> int:
+        """The step of `epoch` to start at: 0, or where a checkpoint inside the epoch (`--save_steps`) left it."""
+        first_step = self.state.pop("step_in_epoch", 0)
+        if first_step:
+            if self.state.pop("epoch_world_size") != self.world:
+                raise ValueError(
+                    f"The checkpoint was written inside epoch {epoch} by a run on a different number of processes "
+                    "(its batches are split across them): resume it with the same `accelerate launch "
+                    "--num_processes`, or resume from a checkpoint written at the end of an epoch."
+                )
+            logger.info("Resuming epoch %d at step %d", epoch, first_step)
+        return first_step
+
+    def _save_checkpoint_in_epoch(self, step_in_epoch: int, loss_sum: torch.Tensor, targets: int) -> torch.Tensor:
+        """A checkpoint after `step_in_epoch` steps of the running epoch (`--save_steps`), whose loss sum is
+        `loss_sum` over `targets` targets; `--resume_from_checkpoint` continues the epoch from there exactly. Returns
+        the loss sum to continue with (the total so far on the main process, 0 elsewhere)."""
+        total = self.accelerator.reduce(loss_sum.clone(), reduction="sum")
+        self.state.update(
+            step_in_epoch=step_in_epoch,
+            epoch_loss_sum=float(total),
+            epoch_targets=targets,
+            epoch_world_size=self.world,
+        )
+        self._save_checkpoint()
+        for key in ("step_in_epoch", "epoch_loss_sum", "epoch_targets", "epoch_world_size"):
+            del self.state[key]
+        return total if self.main else torch.zeros_like(total)
+
     def _save_checkpoint(self) -> None:
         """The training state after this epoch, written atomically (`checkpoint.tmp`, then moved)."""
         accelerator = self.accelerator
@@ -556,11 +617,16 @@ class Trainer:
             shutil.rmtree(tmp)
         accelerator.wait_for_everyone()
         accelerator.save_state(str(tmp))
-        # every process writes its own part (its random state) and `save_state` does not wait for the others:
+        if "step_in_epoch" in self.state:
+            torch.save(self.samples_generator.get_state(), tmp / SAMPLES_STATE_FILE.format(rank=self.rank))
+        # every process writes its own part (its random states) and `save_state` does not wait for the others:
         # move the folder only once all have written
         accelerator.wait_for_everyone()
         if self.main:
             (tmp / STATE_FILE).write_text(json.dumps(self.state, indent=2))
+            generator = getattr(self.model, "negatives_generator", None)
+            if "step_in_epoch" in self.state and generator is not None:
+                torch.save(generator.get_state(), tmp / NEGATIVES_STATE_FILE)
             _atomic_replace(tmp, self.checkpoint_dir)
 
     def _log_epoch(self, record: dict) -> None:
