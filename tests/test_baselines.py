@@ -1,7 +1,7 @@
-"""The baselines (SASRec, GRU4Rec, NARM): RecBole's parameter counts, causality and padding invariance, the caches,
-NARM's per-prefix readout, save/load with the Auto classes and remote code in a fresh process, training and
-evaluation through the project's scripts, and clear errors for bad input. (Parity with RecBole itself:
-test_baselines_parity.py.)"""
+"""The baselines (SASRec, GRU4Rec, NARM, BERT4Rec): RecBole's parameter counts, causality and padding invariance, the
+caches, NARM's and BERT4Rec's per-prefix readouts, BERT4Rec's training samples and the trainer's hook for them,
+save/load with the Auto classes and remote code in a fresh process, training and evaluation through the project's
+scripts, and clear errors for bad input. (Parity with RecBole itself: test_baselines_parity.py.)"""
 
 import json
 import os
@@ -18,6 +18,8 @@ from transformers import AutoConfig, AutoModel
 
 import modeling_ttt4rec.baselines as baselines
 from modeling_ttt4rec.baselines import (
+    BERT4RecConfig,
+    BERT4RecForNextItemPrediction,
     GRU4RecConfig,
     GRU4RecForNextItemPrediction,
     NARMConfig,
@@ -46,6 +48,11 @@ def tiny(model_type: str, num_items: int = 12, **settings):
             num_items=num_items, max_position_embeddings=16, hidden_size=8, intermediate_size=16, **settings
         )
         return perturbed(SASRecForNextItemPrediction(config).eval(), 0.1)
+    if model_type == "bert4rec":
+        config = BERT4RecConfig(
+            num_items=num_items, max_position_embeddings=16, hidden_size=8, intermediate_size=16, **settings
+        )
+        return perturbed(BERT4RecForNextItemPrediction(config).eval(), 0.1)
     if model_type == "narm":
         config = NARMConfig(num_items=num_items, embedding_size=8, hidden_size=6, num_hidden_layers=2, **settings)
         return perturbed(NARMForNextItemPrediction(config).eval(), 0.1)
@@ -53,9 +60,9 @@ def tiny(model_type: str, num_items: int = 12, **settings):
     return perturbed(GRU4RecForNextItemPrediction(config).eval(), 0.1)
 
 
-MODEL_TYPES = ["sasrec", "gru4rec", "narm"]
+MODEL_TYPES = ["sasrec", "gru4rec", "narm", "bert4rec"]
 # the models without a cache (evaluated in the window mode only)
-WITHOUT_CACHE = ("sasrec", "narm")
+WITHOUT_CACHE = ("sasrec", "narm", "bert4rec")
 
 
 def test_parameter_counts_equal_recboles_on_video_games():
@@ -64,8 +71,9 @@ def test_parameter_counts_equal_recboles_on_video_games():
         "sasrec": SASRecForNextItemPrediction(SASRecConfig(num_items=10673)).num_parameters(),
         "gru4rec": GRU4RecForNextItemPrediction(GRU4RecConfig(num_items=10673)).num_parameters(),
         "narm": NARMForNextItemPrediction(NARMConfig(num_items=10673)).num_parameters(),
+        "bert4rec": BERT4RecForNextItemPrediction(BERT4RecConfig(num_items=10673)).num_parameters(),
     }
-    assert num_params == {"sasrec": 786_368, "gru4rec": 711_808, "narm": 724_096}
+    assert num_params == {"sasrec": 786_368, "gru4rec": 711_808, "narm": 724_096, "bert4rec": 801_393}
 
 
 @pytest.mark.parametrize("model_type", MODEL_TYPES)
@@ -151,7 +159,7 @@ def test_sasrec_cache_is_bounded_by_its_positions_and_not_for_the_stream_mode(da
 def test_bad_inputs_are_clear_errors(model_type):
     model = tiny(model_type)
     with pytest.raises(ValueError, match=r"`input_ids` must be item ids in \[0, 12\)"):
-        model(torch.tensor([[1, 12]]))
+        model(torch.tensor([[1, 13]]))
     with pytest.raises(ValueError, match="right-padded"):
         model(torch.tensor([[0, 3]]))
     with pytest.raises(ValueError, match="the padding id 0 is never a target"):
@@ -168,16 +176,17 @@ def test_save_load_ships_exactly_the_models_files(tmp_path, model_type):
     model.save_pretrained(tmp_path)
     config = json.loads((tmp_path / "config.json").read_text())
     assert config["model_type"] == model_type
-    name = {"sasrec": "SASRec", "gru4rec": "GRU4Rec", "narm": "NARM"}[model_type]
+    name = {"sasrec": "SASRec", "gru4rec": "GRU4Rec", "narm": "NARM", "bert4rec": "BERT4Rec"}[model_type]
     assert config["auto_map"] == {
         "AutoConfig": f"configuration_{model_type}.{name}Config",
         "AutoModel": f"modeling_{model_type}.{name}ForNextItemPrediction",
     }
-    # each model ships exactly its own files; losses.py and recommender_head.py are the package's one loss module
-    # and one next-item head (links to them)
+    # each model ships exactly its own files (BERT4Rec SASRec's too, whose layers it uses); losses.py and
+    # recommender_head.py are the package's one loss module and one next-item head (links to them)
     shipped = {p.name for p in tmp_path.glob("*.py")}
     shared = {"losses.py", "recommender_head.py"}
-    assert shipped == {f"configuration_{model_type}.py", f"modeling_{model_type}.py", "recommender.py", *shared}
+    own = {f"configuration_{model_type}.py", f"modeling_{model_type}.py", "recommender.py", *shared}
+    assert shipped == own | ({"configuration_sasrec.py", "modeling_sasrec.py"} if model_type == "bert4rec" else set())
     for name in shared:
         assert (tmp_path / name).read_text() == (ROOT / "modeling_ttt4rec" / name).read_text()
     assert shipped <= {p.name for p in Path(baselines.__file__).parent.glob("*.py")}
@@ -210,7 +219,7 @@ def test_train_and_evaluate_with_the_scripts(data, tmp_path, model_type):
     assert modes == (["window"] if model_type in WITHOUT_CACHE else ["window", "stream"])
     model = load_checkpoint(str(out / "best_model"))
     assert model.config.model_type == model_type
-    if model_type == "sasrec":
+    if model_type in ("sasrec", "bert4rec"):
         assert model.config.max_position_embeddings == 8  # the data set's L
     cmd = [sys.executable, str(ROOT / "scripts" / "evaluate.py"), "--model_name_or_path", str(out / "best_model")]
     cmd += ["--dataset", str(data), "--torch_threads", "1", "--output_json", str(tmp_path / "eval.json")]
@@ -264,3 +273,121 @@ def test_narm_has_no_cache_and_a_clear_error():
         tiny("narm")(IDS, use_cache=True)
     with pytest.raises(ValueError, match="`context_dropout_prob` must be in"):
         NARMConfig(context_dropout_prob=1.0)
+
+
+def test_bert4rec_after_each_item_is_recboles_test_sequence_of_that_prefix():
+    # the hidden state after item t is BERT4Rec's output at the mask token of the prefix's items 1..t (RecBole drops
+    # the first), the mask token appended: read as masked input, and the prefix read alone as a history
+    model = tiny("bert4rec")
+    mask = model.config.mask_token_id
+    with torch.no_grad():
+        hidden = model(IDS, return_logits=False).last_hidden_state
+        for row in range(IDS.shape[0]):
+            for t in range(int((IDS[row] > 0).sum())):
+                recbole = torch.cat([IDS[row, 1 : t + 1], torch.tensor([mask])])[None]
+                torch.testing.assert_close(model(recbole).last_hidden_state[0, -1], hidden[row, t])
+                alone = model(IDS[row : row + 1, : t + 1])
+                torch.testing.assert_close(alone.logits[0], model.score_items(hidden[row, t]))
+    # the scores are h . e_i + b_i: [h, 1] against [e_i, b_i]
+    assert (hidden[IDS > 0][:, -1] == 1).all()
+    expected = hidden[0, 3, :-1] @ model.item_embedding.weight[5] + model.output_bias[5]
+    torch.testing.assert_close(model.score_items(hidden[0, 3])[5], expected)
+    torch.testing.assert_close(model.score_candidates(hidden[:1, 3], torch.tensor([[5]]))[0, 0], expected)
+
+
+def test_bert4rec_prefix_blocks_give_the_same_states(monkeypatch):
+    from modeling_ttt4rec.baselines import modeling_bert4rec
+
+    model = tiny("bert4rec")
+    with torch.no_grad():
+        whole = model(IDS).last_hidden_state
+        for elements in (1, 5 * IDS.shape[1] * model.config.hidden_size):  # 1 or 5 prefixes at a time
+            monkeypatch.setattr(modeling_bert4rec, "PREFIX_BLOCK_ELEMENTS", elements)
+            # (blocks pad to their own longest prefix: float32 round-off)
+            torch.testing.assert_close(model(IDS).last_hidden_state, whole, rtol=1e-5, atol=1e-6)
+
+
+def test_bert4rec_training_samples_are_recboles():
+    model = tiny("bert4rec")
+    config = model.config  # at most int(0.2 * 16) = 3 masked targets per history
+    ids = IDS[:, :8]
+    target_mask = (ids > 0) & (torch.arange(8) >= 1)  # targets after positions 1..
+    batch = {"input_ids": ids, "attention_mask": (ids > 0).long(), "target_mask": target_mask}
+    batch["targets"] = torch.arange(int(target_mask.sum()))
+    rows, ends = target_mask.nonzero(as_tuple=True)
+    for ft_ratio in (0.0, 1.0):
+        config.ft_ratio = ft_ratio
+        out = model.training_batch(batch, torch.Generator().manual_seed(0))
+        again = model.training_batch(batch, torch.Generator().manual_seed(0))
+        assert all(torch.equal(out[k], again[k]) for k in out)  # the generator decides everything
+        # one history per target of the batch: the items up to the target's position
+        assert out["input_ids"].shape == (len(rows), 8)
+        assert out["attention_mask"].sum(1).tolist() == (ends + 1).tolist()
+        histories = ids[rows].masked_fill(out["attention_mask"] == 0, 0)
+        masked = out["input_ids"] == config.mask_token_id
+        assert torch.equal(out["input_ids"][~masked], histories[~masked])
+        assert torch.equal(out["targets"], histories[out["target_mask"]])
+        assert not out["target_mask"][:, 0].any() and not (out["target_mask"] & ~masked).any()
+        if ft_ratio == 1.0:  # fine-tuning samples: the newest item of each history masked, and its target
+            assert torch.equal(masked, torch.arange(8) == ends[:, None])
+        else:
+            assert masked.any() and (out["target_mask"].sum(1) <= config.max_masked_targets).all()
+    # the loss of masked input reads it as it is; masked input passes the input checks, masked targets do not
+    loss = model(out["input_ids"], out["attention_mask"], torch.where(out["target_mask"], histories, -100)).loss
+    assert torch.isfinite(loss)
+    with pytest.raises(ValueError, match=r"`labels` must be item ids in \[1, 12\)"):
+        model(out["input_ids"], labels=torch.full_like(out["input_ids"][:, 0], config.mask_token_id))
+    with pytest.raises(ValueError, match=r"`candidate_ids` must be item ids in \[0, 12\)"):
+        model.score_candidates(torch.zeros(1, 9), torch.tensor([[config.mask_token_id]]))
+
+
+def test_bert4rec_has_no_cache_and_clear_errors():
+    with pytest.raises(ValueError, match="BERT4Rec has no cache"):
+        tiny("bert4rec")(IDS, use_cache=True)
+    with pytest.raises(ValueError, match=r"item ids in \[0, 12\) .* or the mask token 12; got values in \[1, 13\]"):
+        tiny("bert4rec")(torch.tensor([[1, 13]]))
+    # recommend() reads histories of items (it appends the mask token itself)
+    with pytest.raises(ValueError, match="`recommend` reads histories of items, but `input_ids` holds the mask token"):
+        tiny("bert4rec").recommend(torch.tensor([[1, 2, 12]]), exclude_seen=True)
+    with pytest.raises(ValueError, match="leave at least one target per history"):
+        BERT4RecConfig(max_position_embeddings=4, mask_ratio=0.2)
+    with pytest.raises(ValueError, match="`ft_ratio` must be in"):
+        BERT4RecConfig(ft_ratio=1.5)
+
+
+class _DropEveryOtherTarget(torch.nn.Module):
+    """A model with the trainer's `training_batch` hook: it keeps every other target of a batch."""
+
+    def training_batch(self, batch: dict, generator: torch.Generator) -> dict:
+        keep = torch.zeros_like(batch["targets"], dtype=torch.bool)
+        keep[::2] = True
+        target_mask = batch["target_mask"].clone()
+        target_mask[target_mask.clone()] = keep
+        return {**batch, "target_mask": target_mask, "targets": batch["targets"][keep]}
+
+
+def test_trainer_passes_batches_through_the_models_training_batch_hook(data):
+    from types import SimpleNamespace
+
+    from accelerate import Accelerator
+
+    from modeling_ttt4rec.training.data import collate, load_sequences, make_batches, prefix_units
+    from modeling_ttt4rec.training.trainer import Trainer
+
+    sequences, meta = load_sequences(str(data), "split-3-2-5")
+    units = prefix_units(sequences["train"], meta.max_length)
+    indices = make_batches(units, 64)[:2]
+    generator = torch.Generator().manual_seed(0)
+    trainer = SimpleNamespace(units=units, rank=0, world=1, accelerator=Accelerator(cpu=True))
+    # a model without the hook trains on the collated batches as they are, normalised by their targets
+    trainer.model = torch.nn.Linear(1, 1)
+    batches, targets = Trainer._step_batches(trainer, indices, generator)
+    for batch, index in zip(batches, indices, strict=True):
+        expected = collate(units, index)
+        assert batch.keys() == expected.keys() and all(torch.equal(batch[k], expected[k]) for k in batch)
+    assert targets == sum(int(units.num_targets[index].sum()) for index in indices)
+    # a model with it trains on what it returns, normalised by the targets it keeps
+    trainer.model = _DropEveryOtherTarget()
+    batches, hooked_targets = Trainer._step_batches(trainer, indices, generator)
+    assert hooked_targets == sum((int(units.num_targets[index].sum()) + 1) // 2 for index in indices)
+    assert [b["targets"].numel() for b in batches] == [(int(units.num_targets[i].sum()) + 1) // 2 for i in indices]

@@ -80,7 +80,7 @@ def test_exact_upload_and_model_card(checkpoint, tmp_path):
     assert card == (ROOT / "tests" / "fixtures" / "ttt4rec_model_card.md").read_text()
 
 
-@pytest.mark.parametrize("model_type", ["sasrec", "gru4rec", "narm"])
+@pytest.mark.parametrize("model_type", ["sasrec", "gru4rec", "narm", "bert4rec"])
 def test_model_card_of_a_baseline_names_the_model_and_its_origin(tmp_path, model_type):
     from modeling_ttt4rec.training.arguments import model_classes
 
@@ -93,13 +93,18 @@ def test_model_card_of_a_baseline_names_the_model_and_its_origin(tmp_path, model
         "sasrec": "A SASRec (Kang and McAuley, 2018)",
         "gru4rec": "A GRU4Rec (Hidasi et al., 2016",
         "narm": "A NARM (Li et al., 2017)",
+        "bert4rec": "A BERT4Rec (Sun et al., 2019)",
     }[model_type]
     assert name in body and "exactly RecBole 1.2.1's" in body and "zhao2021recbole" in body
     assert "TTT" not in body.replace("TTT4Rec papers", "").replace("`ttt4rec` project", "") and "{{" not in body
     # the incremental use where the model has a cache (GRU4Rec; SASRec's up to its positions), a note where none
     assert ("cache_params=cache" in body) == (model_type == "gru4rec")
     assert ("up to `max_position_embeddings` items" in body) == (model_type == "sasrec")
-    assert ("has no cache" in body) == (model_type == "narm")
+    assert ("has no cache" in body) == (model_type in ("narm", "bert4rec"))
+    # BERT4Rec's own scoring and training, not the tied embedding's
+    if model_type == "bert4rec":
+        assert "`h . e_i + b_i`" in body and "mask ratio\n  0.2" in body and "sun2019bert4rec" in body
+        assert "tied item embedding" not in body
 
 
 def test_model_card_of_the_sampled_protocol(tmp_path):

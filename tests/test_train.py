@@ -350,13 +350,22 @@ def test_train_runs_any_registered_recommender(prefix_mean_registered, data, tmp
     assert isinstance(PrefixMeanModel.from_pretrained(out / "best_model"), PrefixMeanModel)
 
 
-@pytest.mark.parametrize("loss", [[], ["--loss_type", "sampled_softmax", "--num_negatives", "8"]])
-def test_a_checkpoint_inside_an_epoch_resumes_exactly(data, tmp_path, monkeypatch, loss):
+@pytest.mark.parametrize(
+    "model",
+    [
+        TINY,
+        [*TINY, "--loss_type", "sampled_softmax", "--num_negatives", "8"],
+        # BERT4Rec's training samples (`training_batch`) come from a generator of each process
+        ["--model_type", "bert4rec", "--hidden_size", "16", "--intermediate_size", "32", "--num_attention_heads", "2"],
+    ],
+    ids=["full_ce", "sampled_softmax", "bert4rec"],
+)
+def test_a_checkpoint_inside_an_epoch_resumes_exactly(data, tmp_path, monkeypatch, model):
     """`--save_steps`: a run interrupted in the middle of an epoch and resumed ends exactly as the uninterrupted run
-    (the same losses, the same weights): the resumed epoch skips the steps done, with their random state (dropout's
-    and the sampled negatives')."""
-    common = ["--dataset", str(data), "--max_epochs", "2", "--patience", "10", "--test_eval_modes", "window", *loss]
-    common += [*TINY, *FAST, "--batch_targets", "16", "--save_steps", "2"]
+    (the same losses, the same weights): the resumed epoch skips the steps done, with their random state (dropout's,
+    the sampled negatives' and the model's training samples')."""
+    common = ["--dataset", str(data), "--max_epochs", "2", "--patience", "10", "--test_eval_modes", "window", *model]
+    common += [*FAST, "--batch_targets", "16", "--save_steps", "2"]
     full = tmp_path / "full"
     train(parse_args([*common, "--output_dir", str(full)]))
     full_state = json.loads((full / "checkpoint" / "trainer_state.json").read_text())

@@ -108,7 +108,11 @@ class SASRecAttention(nn.Module):
         self.attn_dropout_prob = config.attention_probs_dropout_prob
         self.out_dropout = nn.Dropout(config.hidden_dropout_prob)
 
-    def forward(self, x: torch.Tensor, step: _CacheStep | None = None) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, step: _CacheStep | None = None, attn_mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Causal attention, or with `attn_mask` (an additive mask broadcast to `[batch, heads, seq, seq]`) that mask
+        instead (BERT4Rec's bidirectional attention over the non-padding items)."""
         batch, seq, hidden = x.shape
 
         def heads(t: torch.Tensor) -> torch.Tensor:
@@ -121,7 +125,12 @@ class SASRecAttention(nn.Module):
             # never follows padding, so at every item position that is exactly the causal mask (exp(-10000) is 0 in
             # float32)
             context = F.scaled_dot_product_attention(
-                query.transpose(1, 2), key.transpose(1, 2), value.transpose(1, 2), dropout_p=dropout_p, is_causal=True
+                query.transpose(1, 2),
+                key.transpose(1, 2),
+                value.transpose(1, 2),
+                attn_mask=attn_mask,
+                dropout_p=dropout_p,
+                is_causal=attn_mask is None,
             )
         else:  # the same over the cached items and the new ones, in their history positions
             key, value = step.append(self.layer_idx, key, value)
@@ -160,8 +169,10 @@ class SASRecLayer(nn.Module):
         self.multi_head_attention = SASRecAttention(config, layer_idx)
         self.feed_forward = SASRecFeedForward(config)
 
-    def forward(self, x: torch.Tensor, step: _CacheStep | None = None) -> torch.Tensor:
-        return self.feed_forward(self.multi_head_attention(x, step))
+    def forward(
+        self, x: torch.Tensor, step: _CacheStep | None = None, attn_mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        return self.feed_forward(self.multi_head_attention(x, step, attn_mask))
 
 
 class SASRecEncoder(nn.Module):
@@ -171,9 +182,11 @@ class SASRecEncoder(nn.Module):
         super().__init__()
         self.layer = nn.ModuleList([SASRecLayer(config, i) for i in range(config.num_hidden_layers)])
 
-    def forward(self, x: torch.Tensor, step: _CacheStep | None = None) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, step: _CacheStep | None = None, attn_mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
         for layer in self.layer:
-            x = layer(x, step)
+            x = layer(x, step, attn_mask)
         return x
 
 

@@ -132,11 +132,11 @@ class SequentialRecommender(PreTrainedModel, RecommenderHeadMixin):
                 )
         if input_ids.numel():
             low, high = (int(v) for v in torch.aminmax(input_ids))
-            if low < 0 or high >= self.config.num_items:
+            if low < 0 or high >= self.num_input_ids:
                 raise ValueError(
                     f"`input_ids` must be item ids in [0, {self.config.num_items}) (`num_items`, padding id "
-                    f"{self.config.pad_token_id} included); got values in [{low}, {high}]. Map unknown items to "
-                    "known ids or drop them first."
+                    f"{self.config.pad_token_id} included){self._other_input_ids()}; got values in [{low}, {high}]. "
+                    "Map unknown items to known ids or drop them first."
                 )
         mask = attention_mask.bool()
         if mask.shape[1] > 1 and (mask[:, 1:] & ~mask[:, :-1]).any():
@@ -145,6 +145,16 @@ class SequentialRecommender(PreTrainedModel, RecommenderHeadMixin):
             empty = (~mask[:, 0]).nonzero().flatten().tolist()
             raise ValueError(f"Row(s) {empty} contain no items (all padding); every row needs at least one item.")
         return attention_mask
+
+    @property
+    def num_input_ids(self) -> int:
+        """`input_ids` hold ids in `[0, num_input_ids)`: the item ids, and the ids a model reads beyond them (after
+        `num_items`, described by `_other_input_ids`; BERT4Rec's mask token)."""
+        return self.config.num_items
+
+    def _other_input_ids(self) -> str:
+        """The ids `input_ids` may hold beyond the items, for the error message (`num_input_ids`); none here."""
+        return ""
 
     def validate_cache(self, cache_params: Any) -> None:
         """Raise a `ValueError` if the model has no cache, or `cache_params` is not its cache, or is on another

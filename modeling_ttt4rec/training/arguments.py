@@ -23,6 +23,8 @@ from pathlib import Path
 from transformers import PreTrainedConfig, PreTrainedModel
 
 from ..baselines import (
+    BERT4RecConfig,
+    BERT4RecForNextItemPrediction,
     GRU4RecConfig,
     GRU4RecForNextItemPrediction,
     NARMConfig,
@@ -43,6 +45,7 @@ MODELS: dict[str, tuple[type[PreTrainedConfig], type[PreTrainedModel]]] = {
     "sasrec": (SASRecConfig, SASRecForNextItemPrediction),
     "gru4rec": (GRU4RecConfig, GRU4RecForNextItemPrediction),
     "narm": (NARMConfig, NARMForNextItemPrediction),
+    "bert4rec": (BERT4RecConfig, BERT4RecForNextItemPrediction),
 }
 DEFAULT_MODEL_TYPE = "ttt4rec"
 # config fields that the data set or the runtime sets, not the user (`max_position_embeddings`: the data set's `L`)
@@ -78,6 +81,11 @@ def register_model(name: str, config_class: type[PreTrainedConfig], model_class:
     - `save_pretrained` / `from_pretrained`;
     - optionally `set_item_counts(counts)` (the popularity sampler's training-split counts) and `seed_negatives(seed)`
       (the sampled losses' negatives, seeded alike on every process each epoch);
+    - optionally, `training_batch(batch, generator) -> batch`: the trainer passes each collated training batch
+      (`input_ids`, `attention_mask`, `target_mask`, `targets`) through it before the loss, and the targets it
+      returns are the ones the loss is normalised by (a model trained on other samples than the next items, e.g.
+      BERT4Rec's masked items; `generator` is the trainer's `torch.Generator`, seeded per epoch and process). A
+      model without it trains on the batch as it is;
     - for the `stream` evaluation mode only, a cache: `init_cache(batch_size)` (a model without it has no cache) and
       `model(..., cache_params=cache, use_cache=True)` returning `.cache_params` with `select(rows)` (and
       `config.mini_batch_size`, if reading in chunks of its multiples is fastest); a model whose cache holds at most

@@ -144,6 +144,31 @@ MODEL_CARD_TEXTS = {
 """
         + _RECBOLE_CITATION,
     },
+    "bert4rec": {
+        "description": "A BERT4Rec (Sun et al., 2019) " + _BASELINE_TEXT,
+        "architecture": (
+            "**Architecture:** {num_hidden_layers} bidirectional self-attention layer(s), {num_attention_heads} "
+            "heads, hidden size\n  {hidden_size}, at most {max_position_embeddings} items read; trained on masked "
+            "items as RecBole does (mask ratio\n  {mask_ratio}); items scored through the item embedding and an "
+            "output bias (`h . e_i + b_i`)"
+        ),
+        "tags": [],
+        "cache_usage": _NO_CACHE
+        + (
+            "\nIt reads a history as RecBole does at test time: its items without the first one, then its mask "
+            "token, whose\noutput is the history's representation."
+        ),
+        "citation": """\
+@inproceedings{sun2019bert4rec,
+  title     = {BERT4Rec: Sequential Recommendation with Bidirectional Encoder Representations from Transformer},
+  author    = {Sun, Fei and Liu, Jun and Wu, Jian and Pei, Changhua and Lin, Xiao and Ou, Wenwu and Jiang, Peng},
+  booktitle = {ACM International Conference on Information and Knowledge Management (CIKM)},
+  year      = {2019}
+}
+
+"""
+        + _RECBOLE_CITATION,
+    },
 }
 
 

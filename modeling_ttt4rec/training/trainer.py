@@ -73,6 +73,8 @@ logger = logging.getLogger("ttt4rec.training")
 STATE_FILE = "trainer_state.json"
 # a checkpoint inside an epoch (`--save_steps`) also keeps where the sampled losses' negatives generator stands
 NEGATIVES_STATE_FILE = "negatives_generator.pt"
+# ... and where each process's generator of the model's training samples (`training_batch`) stands
+SAMPLES_STATE_FILE = "samples_generator_{rank}.pt"
 # the negatives of epoch `e` come from seed `NEGATIVES_SEED_OFFSET + seed + e` (`seed_negatives`): a stream apart from
 # the dropout seeds `seed + e * world + rank`
 NEGATIVES_SEED_OFFSET = 1_000_003
@@ -411,6 +413,8 @@ class Trainer:
             model.parameters(), lr=self.args.learning_rate, weight_decay=self.args.weight_decay
         )
         self.module, self.optimizer = self.accelerator.prepare(model, optimizer)
+        # the generator of the model's training samples (`training_batch`), seeded each epoch per process
+        self.samples_generator = torch.Generator(self.accelerator.device)
         self.model = self.accelerator.unwrap_model(self.module)
 
     def _training_step(self, batch: dict[str, torch.Tensor], group_targets: int) -> torch.Tensor:
@@ -420,6 +424,20 @@ class Trainer:
         # DDP averages the gradients of the processes: scale back to the sum over the group's targets
         self.accelerator.backward(loss * self.world)
         return loss.detach() * group_targets
+
+    def _step_batches(self, indices: list[np.ndarray], generator: torch.Generator) -> tuple[list[dict], int]:
+        """The collated batches (this process's rows of units `indices`) of one optimizer step, and the number of
+        targets of the step on all processes. A model with a `training_batch(batch, generator)` method (the
+        recommender interface, `register_model`) makes each batch its training samples first."""
+        units, device = self.units, self.accelerator.device
+        batches = [collate(units, index[self.rank :: self.world], device) for index in indices]
+        prepare = getattr(self.model, "training_batch", None)
+        if prepare is None:
+            return batches, sum(int(units.num_targets[index].sum()) for index in indices)
+        batches = [prepare(batch, generator) for batch in batches]
+        count = torch.tensor(sum(b["targets"].numel() for b in batches), device=device)
+        # at least 1: a step whose samples hold no target has a loss of 0
+        return batches, max(1, int(self.accelerator.reduce(count, reduction="sum")))
 
     # ------------------------------------------------------------------------------------------- resume
     def _resume(self) -> None:
@@ -439,6 +457,9 @@ class Trainer:
             self.accelerator.load_state(str(self.resume_dir))
             if (self.resume_dir / NEGATIVES_STATE_FILE).is_file():
                 self.resumed_negatives_state = torch.load(self.resume_dir / NEGATIVES_STATE_FILE)
+            samples_state = self.resume_dir / SAMPLES_STATE_FILE.format(rank=self.rank)
+            if samples_state.is_file():
+                self.resumed_samples_state = torch.load(samples_state)
             self.state = {**saved, "settings": self.state["settings"]}
             # --max_epochs / --patience may have changed since: is the run finished under the current ones?
             self.state["done"] = (
@@ -457,9 +478,12 @@ class Trainer:
         start = time.perf_counter()
         first_step = self._epoch_resume_step(epoch)
         if first_step == 0:
-            # dropout: the same after a resume, different on each process (a resume inside the epoch has the random
-            # state of its checkpoint back)
+            # dropout and the model's training samples (`training_batch`): the same after a resume, different on each
+            # process (a resume inside the epoch has the random states of its checkpoint back)
             torch.manual_seed(args.seed + epoch * world + rank)
+            self.samples_generator.manual_seed(args.seed + epoch * world + rank)
+        else:
+            self.samples_generator.set_state(self.resumed_samples_state)
         # the negatives of the sampled losses: the same after a resume and on every process, from a stream of their own
         if hasattr(self.model, "seed_negatives"):
             self.model.seed_negatives(NEGATIVES_SEED_OFFSET + args.seed + epoch)
@@ -467,9 +491,10 @@ class Trainer:
                 self.model.negatives_generator.set_state(self.resumed_negatives_state)
         batches = make_batches(units, args.batch_targets, shuffle=True, seed=args.seed + epoch, min_rows=world)
         self.module.train()
-        # the loss summed so far in this epoch (over every process: kept by the main process)
+        # the loss summed so far in this epoch (over every process: kept by the main process), and its targets
         loss_so_far = self.state.pop("epoch_loss_sum", 0.0)
         loss_sum = torch.tensor(loss_so_far if self.main else 0.0, dtype=torch.float64, device=self.accelerator.device)
+        total_targets = self.state.pop("epoch_targets", 0)
         steps, accum = len(batches), args.gradient_accumulation_steps
         bar = tqdm(
             batches[first_step:],
@@ -479,10 +504,11 @@ class Trainer:
             disable=not self.main or args.disable_tqdm,
             leave=False,
         )
-        for step, index in enumerate(bar, start=first_step):
-            group = batches[step // accum * accum : min((step // accum + 1) * accum, steps)]
-            group_targets = sum(int(units.num_targets[b].sum()) for b in group)
-            batch = collate(units, index[rank::world], self.accelerator.device)
+        for step, _ in enumerate(bar, start=first_step):
+            if step % accum == 0:  # the batches of the next optimizer step (an epoch resumes at a step's start)
+                group, group_targets = self._step_batches(batches[step : step + accum], self.samples_generator)
+                total_targets += group_targets
+            batch = group[step % accum]
             sync = (step + 1) % accum == 0 or step + 1 == steps
             no_sync = self.accelerator.no_sync(self.module) if not sync and world > 1 else contextlib.nullcontext()
             with no_sync:
@@ -492,7 +518,7 @@ class Trainer:
                 self.optimizer.step()
                 self.optimizer.zero_grad(set_to_none=True)
                 if args.save_steps and (step + 1) // accum % args.save_steps == 0 and step + 1 < steps:
-                    loss_sum = self._save_checkpoint_in_epoch(step + 1, loss_sum)
+                    loss_sum = self._save_checkpoint_in_epoch(step + 1, loss_sum, total_targets)
             if self.main and not args.disable_tqdm:
                 bar.set_postfix(loss=f"{batch_loss_sum.item() / max(1, int(batch['targets'].numel())):.4f}")
         train_seconds = time.perf_counter() - start
@@ -504,7 +530,7 @@ class Trainer:
             )
         return {
             "epoch": epoch,
-            "train_loss": float(loss_sum) / units.total_targets,
+            "train_loss": float(loss_sum) / max(1, total_targets),
             "train_seconds": train_seconds,
             "steps": steps,
         }
@@ -566,14 +592,19 @@ class Trainer:
             logger.info("Resuming epoch %d at step %d", epoch, first_step)
         return first_step
 
-    def _save_checkpoint_in_epoch(self, step_in_epoch: int, loss_sum: torch.Tensor) -> torch.Tensor:
-        """A checkpoint after `step_in_epoch` steps of the running epoch (`--save_steps`); `--resume_from_checkpoint`
-        continues the epoch from there exactly. Returns the loss sum to continue with (the total so far on the main
-        process, 0 elsewhere)."""
+    def _save_checkpoint_in_epoch(self, step_in_epoch: int, loss_sum: torch.Tensor, targets: int) -> torch.Tensor:
+        """A checkpoint after `step_in_epoch` steps of the running epoch (`--save_steps`), whose loss sum is
+        `loss_sum` over `targets` targets; `--resume_from_checkpoint` continues the epoch from there exactly. Returns
+        the loss sum to continue with (the total so far on the main process, 0 elsewhere)."""
         total = self.accelerator.reduce(loss_sum.clone(), reduction="sum")
-        self.state.update(step_in_epoch=step_in_epoch, epoch_loss_sum=float(total), epoch_world_size=self.world)
+        self.state.update(
+            step_in_epoch=step_in_epoch,
+            epoch_loss_sum=float(total),
+            epoch_targets=targets,
+            epoch_world_size=self.world,
+        )
         self._save_checkpoint()
-        for key in ("step_in_epoch", "epoch_loss_sum", "epoch_world_size"):
+        for key in ("step_in_epoch", "epoch_loss_sum", "epoch_targets", "epoch_world_size"):
             del self.state[key]
         return total if self.main else torch.zeros_like(total)
 
@@ -586,7 +617,9 @@ class Trainer:
             shutil.rmtree(tmp)
         accelerator.wait_for_everyone()
         accelerator.save_state(str(tmp))
-        # every process writes its own part (its random state) and `save_state` does not wait for the others:
+        if "step_in_epoch" in self.state:
+            torch.save(self.samples_generator.get_state(), tmp / SAMPLES_STATE_FILE.format(rank=self.rank))
+        # every process writes its own part (its random states) and `save_state` does not wait for the others:
         # move the folder only once all have written
         accelerator.wait_for_everyone()
         if self.main:
