@@ -32,6 +32,7 @@ losses, and the test metrics.
 
 import argparse
 import json
+import statistics
 import time
 from collections import Counter
 from pathlib import Path
@@ -39,6 +40,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 
 SPLITS = ("train", "validation", "test")
+MODELS = ("GRU4Rec", "SASRec", "NARM", "BERT4Rec")
 # this project's baseline defaults that differ from RecBole's own (the paper's `config.yaml`); the models' other
 # settings are RecBole's defaults, which equal ours
 PAPER_SETTINGS = {"hidden_size": 64, "dropout_prob": 0.2}
@@ -128,17 +130,63 @@ def ratios(config: str) -> list[float]:
     return [p / sum(parts) for p in parts]
 
 
+def our_run(folder: Path) -> dict:
+    """Per-epoch training seconds and test (window mode) HR@10 / NDCG@10 of a `scripts/train.py` run, which must have
+    tested the model of its last epoch (`--eval_every` = `--max_epochs`)."""
+    results = json.loads((folder / "results.json").read_text())
+    if results["best_epoch"] != results["epochs"]:
+        raise ValueError(f"{folder} tested epoch {results['best_epoch']}, not its last: pass --eval_every E.")
+    log = [json.loads(line) for line in (folder / "log.jsonl").read_text().splitlines()]
+    test = next(r for r in results["rows"] if r["split"] == "test" and r["mode"] == "window")
+    return {
+        "seconds": [r["train_seconds"] for r in log if "train_seconds" in r],
+        "test": {m: test[m] for m in ("HR@10", "NDCG@10")},
+    }
+
+
+def table(run_dir: Path) -> str:
+    """The Markdown table of the runs in `run_dir`: `recbole-MODEL-SEED.json` (this script) beside
+    `ours-MODEL-SEED/` (scripts/train.py), for every model and seed both finished; seconds are medians over all
+    epochs of both seeds."""
+    lines = [
+        "| model | s / epoch here | s / epoch RecBole | RecBole / here | HR@10 here | HR@10 RecBole "
+        "| NDCG@10 here | NDCG@10 RecBole |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for model in MODELS:
+        theirs = [json.loads(p.read_text()) for p in sorted(run_dir.glob(f"recbole-{model.lower()}-*.json"))]
+        folders = [run_dir / f"ours-{model.lower()}-{r['seed']}" for r in theirs]
+        pairs = [(r, our_run(f)) for r, f in zip(theirs, folders, strict=True) if (f / "results.json").is_file()]
+        if not pairs:
+            continue
+        here = statistics.median(s for _, ours in pairs for s in ours["seconds"])
+        there = statistics.median(e["train_seconds"] for r, _ in pairs for e in r["epochs"])
+        cells = [f"{model} ({', '.join(str(r['seed']) for r, _ in pairs)})", f"{here:.1f}", f"{there:.1f}"]
+        cells.append(f"{there / here:.1f}x")
+        for metric in ("HR@10", "NDCG@10"):
+            cells += [" / ".join(f"{ours['test'][metric]:.4f}" for _, ours in pairs)]
+            cells += [" / ".join(f"{r['test'][metric]:.4f}" for r, _ in pairs)]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--dataset", type=Path, required=True, help="a data set built by scripts/build_dataset.py")
+    parser.add_argument("--dataset", type=Path, help="a data set built by scripts/build_dataset.py")
     parser.add_argument("--dataset_config", default="split-3-2-5")
-    parser.add_argument("--model", default="SASRec", choices=["SASRec", "GRU4Rec", "NARM", "BERT4Rec"])
+    parser.add_argument("--model", default="SASRec", choices=MODELS)
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--seed", type=int, default=2020)
     parser.add_argument("--torch_threads", type=int, default=1)
     parser.add_argument("--work_dir", type=Path, default=Path("/tmp/recbole-bench"), help="atomic files, logs")
-    parser.add_argument("--output_json", type=Path, required=True)
+    parser.add_argument("--output_json", type=Path)
+    parser.add_argument("--table", type=Path, help="print the table of the runs in this folder instead (no RecBole)")
     args = parser.parse_args()
+    if args.table:
+        print(table(args.table))
+        return
+    if args.dataset is None or args.output_json is None:
+        parser.error("--dataset and --output_json are required (or --table RUN_DIR)")
 
     import numpy as np
     import torch

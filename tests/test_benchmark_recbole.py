@@ -3,6 +3,7 @@ it compares RecBole's with (equal to the project's sample rule) and the comparis
 here (docs/benchmarks.md, "RecBole 1.2.1 side by side")."""
 
 import importlib.util
+import json
 from collections import Counter
 from pathlib import Path
 
@@ -75,3 +76,35 @@ def test_split_ratios_come_from_the_config_name(bench):
     assert bench.ratios("split-6-2-2") == pytest.approx([0.6, 0.2, 0.2])
     with pytest.raises(ValueError, match="split-A-B-C"):
         bench.ratios("default")
+
+
+def write_runs(run_dir: Path, best_epoch: int = 2) -> None:
+    """Two seeds of GRU4Rec in both frameworks, two epochs each, as the script and scripts/train.py write them."""
+    for seed, (hr, ndcg) in {2020: (0.05, 0.02), 2021: (0.06, 0.03)}.items():
+        epochs = [{"epoch": e, "train_seconds": 40.0 + e + seed % 2, "loss_sum": 1.0} for e in (1, 2)]
+        recbole = {"seed": seed, "epochs": epochs, "test": {"HR@10": hr + 0.001, "NDCG@10": ndcg + 0.001}}
+        (run_dir / f"recbole-gru4rec-{seed}.json").write_text(json.dumps(recbole))
+        ours = run_dir / f"ours-gru4rec-{seed}"
+        ours.mkdir(parents=True)
+        log = [{"epoch": e, "train_seconds": 2.0 + e + seed % 2} for e in (1, 2)] + [{"final": True}]
+        (ours / "log.jsonl").write_text("\n".join(json.dumps(r) for r in log))
+        rows = [{"split": "test", "mode": "window", "HR@10": hr, "NDCG@10": ndcg}]
+        (ours / "results.json").write_text(json.dumps({"epochs": 2, "best_epoch": best_epoch, "rows": rows}))
+    # a RecBole run whose run here has not finished is left out
+    (run_dir / "recbole-sasrec-2020.json").write_text(json.dumps({"seed": 2020, "epochs": [], "test": {}}))
+
+
+def test_the_table_sets_both_frameworks_side_by_side(bench, tmp_path):
+    write_runs(tmp_path)
+    lines = bench.table(tmp_path).splitlines()
+    assert len(lines) == 3
+    # medians over the 4 epochs: here 3, 4, 4, 5; RecBole 41, 42, 42, 43
+    assert lines[2] == "| GRU4Rec (2020, 2021) | 4.0 | 42.0 | 10.5x | 0.0500 / 0.0600 | 0.0510 / 0.0610 " + (
+        "| 0.0200 / 0.0300 | 0.0210 / 0.0310 |"
+    )
+
+
+def test_the_table_refuses_a_run_here_that_tested_another_epoch(bench, tmp_path):
+    write_runs(tmp_path, best_epoch=1)
+    with pytest.raises(ValueError, match="tested epoch 1, not its last: pass --eval_every E"):
+        bench.table(tmp_path)
