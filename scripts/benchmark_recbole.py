@@ -174,7 +174,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--dataset", type=Path, help="a data set built by scripts/build_dataset.py")
     parser.add_argument("--dataset_config", default="split-3-2-5")
-    parser.add_argument("--model", default="SASRec", choices=MODELS)
+    parser.add_argument(
+        "--model",
+        default="SASRec",
+        type=lambda name: {m.lower(): m for m in MODELS}.get(name.lower(), name),
+        choices=MODELS,
+        help="RecBole's model name, in any case (sasrec, as scripts/train.py's --model_type)",
+    )
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--seed", type=int, default=2020)
     parser.add_argument("--torch_threads", type=int, default=1)

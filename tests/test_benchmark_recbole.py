@@ -4,6 +4,8 @@ here (docs/benchmarks.md, "RecBole 1.2.1 side by side")."""
 
 import importlib.util
 import json
+import subprocess
+import sys
 from collections import Counter
 from pathlib import Path
 
@@ -108,3 +110,10 @@ def test_the_table_refuses_a_run_here_that_tested_another_epoch(bench, tmp_path)
     write_runs(tmp_path, best_epoch=1)
     with pytest.raises(ValueError, match="tested epoch 1, not its last: pass --eval_every E"):
         bench.table(tmp_path)
+
+
+def test_model_names_are_recboles_in_any_case(tmp_path):
+    script = [sys.executable, str(ROOT / "scripts" / "benchmark_recbole.py"), "--table", str(tmp_path)]
+    assert subprocess.run([*script, "--model", "gru4rec"], capture_output=True).returncode == 0
+    bad = subprocess.run([*script, "--model", "gru"], capture_output=True, text=True)
+    assert bad.returncode == 2 and "choose from 'GRU4Rec', 'SASRec', 'NARM', 'BERT4Rec'" in bad.stderr
