@@ -32,6 +32,7 @@ losses, and the test metrics.
 
 import argparse
 import json
+import os
 import statistics
 import time
 from collections import Counter
@@ -205,15 +206,19 @@ def main() -> None:
     from recbole.utils import get_model, init_logger, init_seed
 
     torch.set_num_threads(args.torch_threads)
+    # RecBole writes its logs into ./log and ./log_tensorboard: keep them in the work folder
+    args.dataset, args.output_json = args.dataset.resolve(), args.output_json.resolve()
+    args.work_dir.mkdir(parents=True, exist_ok=True)
+    os.chdir(args.work_dir.resolve())
     metadata = json.loads((args.dataset / "metadata.json").read_text())
     name = args.dataset.name
-    export_atomic(args.dataset, args.dataset_config, args.work_dir, name)
+    export_atomic(args.dataset, args.dataset_config, Path.cwd(), name)
     config = Config(
         model=args.model,
         dataset=name,
         config_dict={
-            "data_path": str(args.work_dir),
-            "checkpoint_dir": str(args.work_dir / "saved"),
+            "data_path": str(Path.cwd()),
+            "checkpoint_dir": str(Path.cwd() / "saved"),
             "load_col": {"inter": ["user_id", "item_id", "timestamp"]},
             "MAX_ITEM_LIST_LENGTH": metadata["max_length"],
             "eval_args": {
