@@ -63,6 +63,10 @@ PLACEHOLDERS = [  # (document, text, replacement)
         "--max_batch 64 --max_wait_ms 2 --lru_size 100000 --state_dtype float32",
     ),
     ("docs/serving.md", "--model CKPT", "--model outputs/amazon/best_model"),
+    ("docs/benchmarks.md", "--model_type MODEL", "--model_type gru4rec"),
+    ("docs/benchmarks.md", "--model MODEL", "--model gru4rec"),
+    ("docs/benchmarks.md", "--seed SEED", "--seed 2020"),
+    ("docs/benchmarks.md", "-MODEL-SEED", "-gru4rec-2020"),
     ("docs/serving.md", "--item_ids_from CKPT", "--item_ids_from outputs/amazon/best_model"),
 ]
 
@@ -89,6 +93,7 @@ BOUNDS = [  # (document, text, replacement)
     ("docs/benchmarks.md", "--catalog 1000000", "--rows 20000"),
     ("README.md", "scripts/quickstart.py", "scripts/quickstart.py --steps 20"),
     ("docs/benchmarks.md", "--only breakdown --compiled_recompute", "--only breakdown --breakdown_length 16"),
+    ("docs/benchmarks.md", "torch.arange(70497)", "torch.arange(4096)"),
 ]
 
 INSTALLED = [  # (document, text, replacement): the installation, which `.ci/run` performs on every clean clone
@@ -104,6 +109,7 @@ NOT_RUN = [  # (document, the command's beginning, why)
     ("docs/datasets.md", "--download", "downloads from the data set's site and pushes to the Hub: needs the network"),
     ("docs/datasets.md", "--push_to_hub", "pushes to the Hub: needs the network and a token"),
     ("docs/serving.md", 'pip install -e ".[serve]"', "the installation of the serving extra (in the dev extra too)"),
+    ("docs/benchmarks.md", "/tmp/recbole-venv/bin/python", "needs RecBole, never installed with this project"),
 ]
 
 
