@@ -3,7 +3,10 @@ modes, on one process or many.
 
 * `window` (the paper's): every sample is scored from its history truncated to the last `L` items. Histories that
   start at the user's first item are whole prefixes, so one causal pass over each user's first `L` items scores all
-  of them; only targets beyond `L` get a window of their own (`data.prefix_units`).
+  of them; only targets beyond `L` get a window of their own (`data.prefix_units`). A model that cannot share one
+  pass among a user's samples (its hidden state after an item is computed from the history ending there alone, so
+  it defines `newest_hidden_state`: BERT4Rec) gets one window per sample instead (`data.sample_units`), batched by
+  length, and is asked for the hidden state after each window's newest item only (`reads_each_sample`).
 * `stream`: each user's whole history is read once, in chunks, carrying the model's cache from chunk to chunk, and
   every target of the split is scored on the way from the hidden state after the item before it. When no history
   is longer than `L` this is the same computation as `window`, much cheaper; when histories are longer, `stream`
@@ -40,6 +43,7 @@ from .data import (
     prefix_units,
     sample_history_lengths,
     sample_targets,
+    sample_units,
     stream_units,
 )
 from .metrics import PROTOCOL_KS, metric_names, metrics_by_history_length, ranking_metrics, ranks_from_scores
@@ -55,6 +59,13 @@ def has_cache(model) -> bool:
     """Whether a recommender (a model or its class) has a cache for whole histories, which the `stream` mode needs:
     `init_cache`, and not `bounded_cache` (a cache of at most `max_position_embeddings` items, SASRec's)."""
     return hasattr(model, "init_cache") and not getattr(model, "bounded_cache", False)
+
+
+def reads_each_sample(model) -> bool:
+    """Whether a recommender (a model or its class) computes the hidden state after each item from the history
+    ending there alone, so that one pass cannot serve a user's samples: it defines `newest_hidden_state`, and the
+    window mode gives it one window per sample (see the module docstring)."""
+    return hasattr(model, "newest_hidden_state")
 
 
 def scoring_matrix(item_features: torch.Tensor) -> torch.Tensor:
@@ -135,6 +146,8 @@ def _group_ranks(
 def _window_batch(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
     """Hidden states at every target position of each unit (a prefix or a window), in the order of
     `batch["targets"]`."""
+    if reads_each_sample(model):  # one window per sample (`sample_units`), its target after the newest item
+        return model.newest_hidden_state(batch["input_ids"], batch["attention_mask"], check_inputs=False)
     out = model(
         batch["input_ids"],
         attention_mask=batch["attention_mask"],
@@ -212,7 +225,10 @@ def compute_ranks(
             "evaluate it in the window mode (--eval_mode window, --test_eval_modes window)."
         )
     candidates = _sampled_candidates(model, split, num_negatives, candidate_seed) if protocol == "sampled" else None
-    units: Units = prefix_units(split, max_length) if mode == "window" else stream_units(split)
+    if mode == "stream":
+        units: Units = stream_units(split)
+    else:
+        units = sample_units(split, max_length) if reads_each_sample(model) else prefix_units(split, max_length)
     # a multiple of the inner mini-batch, so rows that continue always start a mini-batch (fastest path)
     b = getattr(model.config, "mini_batch_size", 1)
     stream_chunk_size = max(b, (stream_chunk_size + b - 1) // b * b)
@@ -608,6 +624,7 @@ __all__ = [
     "checkpoint_folder",
     "has_cache",
     "load_checkpoint",
+    "reads_each_sample",
     "run_evaluation",
     "score_ranks",
     "scoring_matrix",
