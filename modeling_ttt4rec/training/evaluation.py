@@ -17,9 +17,9 @@ padding id never counts), with no masking of seen items, in blocks of rows x ite
 (`score_ranks`); in the `sampled` protocol only each sample's target and its 99 fixed negatives, by
 `score_candidates` (`sampling.evaluation_candidates`). The rank of a target is the number of candidates
 scoring strictly higher (`metrics.ranks_from_scores`). The model is run through its public interface only (`forward`
-with `return_logits=False, check_inputs=False`: the data were validated when loaded). With several processes each
-process scores a share of the batches and the per-sample ranks are gathered and put back in sample order, so
-the metrics are exactly those of one process (every sample counted once; checked).
+with `return_logits=False, check_inputs=False`, or `newest_hidden_state`: the data were validated when loaded).
+With several processes each process scores a share of the batches and the per-sample ranks are gathered and put
+back in sample order, so the metrics are exactly those of one process (every sample counted once; checked).
 """
 
 import contextlib
