@@ -375,7 +375,7 @@ def _recbole_readout(model, history: list[int]) -> torch.Tensor:
 def test_bert4rec_window_evaluation_reads_each_sample_alone_on_ragged_data(monkeypatch, elements):
     from modeling_ttt4rec.baselines import modeling_bert4rec
     from modeling_ttt4rec.training.data import SplitSequences, collate, make_batches, prefix_units, sample_units
-    from modeling_ttt4rec.training.evaluation import _window_batch, reads_each_sample, score_ranks, scoring_matrix
+    from modeling_ttt4rec.training.evaluation import _sample_batch, reads_each_sample, score_ranks, scoring_matrix
     from modeling_ttt4rec.training.metrics import ranking_metrics, ranks_from_scores
 
     if elements is not None:
@@ -397,7 +397,7 @@ def test_bert4rec_window_evaluation_reads_each_sample_alone_on_ragged_data(monke
         fast = torch.zeros_like(reference)
         for index in make_batches(units, max_targets=16, max_tokens=64):
             batch = collate(units, index)
-            fast[batch["sample_ids"]] = _window_batch(model, batch)
+            fast[batch["sample_ids"]] = _sample_batch(model, batch)
         assert sum(passes) == len(samples)
         torch.testing.assert_close(fast, reference, rtol=1e-5, atol=1e-6)
         # the ranks and metrics equal the reference's and those of reading every prefix through `forward` (the

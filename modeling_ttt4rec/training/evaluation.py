@@ -23,6 +23,7 @@ back in sample order, so the metrics are exactly those of one process (every sam
 """
 
 import contextlib
+import functools
 import logging
 import os
 import time
@@ -146,8 +147,6 @@ def _group_ranks(
 def _window_batch(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
     """Hidden states at every target position of each unit (a prefix or a window), in the order of
     `batch["targets"]`."""
-    if reads_each_sample(model):  # one window per sample (`sample_units`), its target after the newest item
-        return model.newest_hidden_state(batch["input_ids"], batch["attention_mask"], check_inputs=False)
     out = model(
         batch["input_ids"],
         attention_mask=batch["attention_mask"],
@@ -156,6 +155,12 @@ def _window_batch(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         check_inputs=False,
     )
     return out.last_hidden_state[batch["target_mask"]]
+
+
+def _sample_batch(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Hidden states after each unit's newest item, the target of its one sample (`data.sample_units`), for a model
+    that `reads_each_sample`."""
+    return model.newest_hidden_state(batch["input_ids"], batch["attention_mask"], check_inputs=False)
 
 
 def _stream_batch(model, batch: dict[str, torch.Tensor], chunk_size: int) -> torch.Tensor:
@@ -225,13 +230,16 @@ def compute_ranks(
             "evaluate it in the window mode (--eval_mode window, --test_eval_modes window)."
         )
     candidates = _sampled_candidates(model, split, num_negatives, candidate_seed) if protocol == "sampled" else None
-    if mode == "stream":
-        units: Units = stream_units(split)
-    else:
-        units = sample_units(split, max_length) if reads_each_sample(model) else prefix_units(split, max_length)
     # a multiple of the inner mini-batch, so rows that continue always start a mini-batch (fastest path)
     b = getattr(model.config, "mini_batch_size", 1)
     stream_chunk_size = max(b, (stream_chunk_size + b - 1) // b * b)
+    if mode == "stream":
+        units: Units = stream_units(split)
+        read = functools.partial(_stream_batch, chunk_size=stream_chunk_size)
+    elif reads_each_sample(model):
+        units, read = sample_units(split, max_length), _sample_batch
+    else:
+        units, read = prefix_units(split, max_length), _window_batch
     batches = make_batches(units, max_targets=batch_targets, max_tokens=batch_tokens)
     rank_id, world = (0, 1) if accelerator is None else (accelerator.process_index, accelerator.num_processes)
     device = model.device if accelerator is None else accelerator.device
@@ -255,9 +263,7 @@ def compute_ranks(
         batch = collate(units, index, device)
         start = time.perf_counter()
         with autocast():
-            hidden = (
-                _window_batch(model, batch) if mode == "window" else _stream_batch(model, batch, stream_chunk_size)
-            )
+            hidden = read(model, batch)
         encoded.append((hidden.float(), batch["targets"], batch["sample_ids"]))
         encode_seconds += time.perf_counter() - start
         if number < len(mine) and sum(len(targets) for _, targets, _ in encoded) < RANK_ROWS:
