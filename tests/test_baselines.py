@@ -134,6 +134,19 @@ def test_gru4rec_stream_and_window_evaluation_agree(data):
     assert (window == stream).all()
 
 
+def test_the_stream_mode_reads_with_forward_also_for_a_model_that_reads_each_sample(data, monkeypatch):
+    # `newest_hidden_state` changes the window mode only: a model with a cache streams as before
+    from modeling_ttt4rec.training.data import load_sequences
+
+    sequences, meta = load_sequences(str(data), "split-3-2-5")
+    model = GRU4RecForNextItemPrediction(GRU4RecConfig(num_items=meta.num_items, embedding_size=8, hidden_size=8))
+    test = sequences["test"]
+    expected = {size: compute_ranks(model, test, 64, mode="stream", stream_chunk_size=size) for size in (3, 64)}
+    monkeypatch.setattr(model, "newest_hidden_state", lambda *args, **kwargs: pytest.fail("read"), raising=False)
+    for size, ranks in expected.items():  # chunks, and one chunk for the whole history (one forward pass)
+        assert (compute_ranks(model, test, 64, mode="stream", stream_chunk_size=size) == ranks).all()
+
+
 def test_sasrec_cache_is_bounded_by_its_positions_and_not_for_the_stream_mode(data):
     from modeling_ttt4rec.training.data import load_sequences
     from modeling_ttt4rec.training.evaluation import has_cache
