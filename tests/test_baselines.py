@@ -1,5 +1,6 @@
 """The baselines (SASRec, GRU4Rec, NARM, BERT4Rec): RecBole's parameter counts, causality and padding invariance, the
-caches, NARM's and BERT4Rec's per-prefix readouts, BERT4Rec's training samples and the trainer's hook for them,
+caches, NARM's and BERT4Rec's per-prefix readouts, BERT4Rec's one window per sample in the window evaluation and one
+readout per row in `recommend`, BERT4Rec's training samples and the trainer's hook for them,
 save/load with the Auto classes and remote code in a fresh process, training and evaluation through the project's
 scripts, and clear errors for bad input. (Parity with RecBole itself: test_baselines_parity.py.)"""
 
@@ -131,6 +132,19 @@ def test_gru4rec_stream_and_window_evaluation_agree(data):
     window = compute_ranks(model, test, 64, mode="window")
     stream = compute_ranks(model, test, 64, mode="stream", stream_chunk_size=3)
     assert (window == stream).all()
+
+
+def test_the_stream_mode_reads_with_forward_also_for_a_model_that_reads_each_sample(data, monkeypatch):
+    # `newest_hidden_state` changes the window mode only: a model with a cache streams as before
+    from modeling_ttt4rec.training.data import load_sequences
+
+    sequences, meta = load_sequences(str(data), "split-3-2-5")
+    model = GRU4RecForNextItemPrediction(GRU4RecConfig(num_items=meta.num_items, embedding_size=8, hidden_size=8))
+    test = sequences["test"]
+    expected = {size: compute_ranks(model, test, 64, mode="stream", stream_chunk_size=size) for size in (3, 64)}
+    monkeypatch.setattr(model, "newest_hidden_state", lambda *args, **kwargs: pytest.fail("read"), raising=False)
+    for size, ranks in expected.items():  # chunks, and one chunk for the whole history (one forward pass)
+        assert (compute_ranks(model, test, 64, mode="stream", stream_chunk_size=size) == ranks).all()
 
 
 def test_sasrec_cache_is_bounded_by_its_positions_and_not_for_the_stream_mode(data):
@@ -353,6 +367,86 @@ def test_bert4rec_has_no_cache_and_clear_errors():
         BERT4RecConfig(max_position_embeddings=4, mask_ratio=0.2)
     with pytest.raises(ValueError, match="`ft_ratio` must be in"):
         BERT4RecConfig(ft_ratio=1.5)
+
+
+def _count_sequences(monkeypatch, model) -> list[int]:
+    """Record how many sequences each encoder pass of `model` (BERT4Rec's `_bert`) reads."""
+    passes, bert = [], model._bert
+    monkeypatch.setattr(model, "_bert", lambda ids: passes.append(ids.shape[0]) or bert(ids))
+    return passes
+
+
+def _recbole_readout(model, history: list[int]) -> torch.Tensor:
+    """Slow reference: RecBole's test-time sequence of one history read alone (its items without the first, the
+    mask token appended, no padding), `[h, 1]` at the mask token."""
+    sequence = torch.tensor([history[1:] + [model.config.mask_token_id]])
+    h = model._bert(sequence)[0, -1]
+    return torch.cat([h, h.new_ones(1)])
+
+
+@pytest.mark.parametrize("elements", [None, 1, 3 * 8 * 8])  # blocks: the default, 1 and a few sequences at a time
+def test_bert4rec_window_evaluation_reads_each_sample_alone_on_ragged_data(monkeypatch, elements):
+    from modeling_ttt4rec.baselines import modeling_bert4rec
+    from modeling_ttt4rec.training.data import SplitSequences, collate, make_batches, prefix_units, sample_units
+    from modeling_ttt4rec.training.evaluation import _sample_batch, reads_each_sample, score_ranks, scoring_matrix
+    from modeling_ttt4rec.training.metrics import ranking_metrics, ranks_from_scores
+
+    if elements is not None:
+        monkeypatch.setattr(modeling_bert4rec, "PREFIX_BLOCK_ELEMENTS", elements)
+    L, model = 8, tiny("bert4rec", num_items=30)
+    assert reads_each_sample(model) and not reads_each_sample(tiny("sasrec"))
+    rng = torch.Generator().manual_seed(3)
+    seqs = [
+        torch.randint(1, 30, (int(n),), generator=rng).tolist() for n in torch.randint(2, 20, (40,), generator=rng)
+    ]
+    starts = [1 + k % (len(s) - 1) for k, s in enumerate(seqs)]
+    split = SplitSequences.from_rows(seqs, starts)
+    samples = [(s[max(0, j - L) : j], s[j]) for s, ts in zip(seqs, starts, strict=True) for j in range(ts, len(s))]
+    with torch.no_grad():
+        reference = torch.stack([_recbole_readout(model, history) for history, _ in samples])
+        # the evaluator's path: one window per sample, batched by length (several batches), one readout each
+        units = sample_units(split, L)
+        passes = _count_sequences(monkeypatch, model)
+        fast = torch.zeros_like(reference)
+        for index in make_batches(units, max_targets=16, max_tokens=64):
+            batch = collate(units, index)
+            fast[batch["sample_ids"]] = _sample_batch(model, batch)
+        assert sum(passes) == len(samples)
+        torch.testing.assert_close(fast, reference, rtol=1e-5, atol=1e-6)
+        # the ranks and metrics equal the reference's and those of reading every prefix through `forward` (the
+        # evaluation before per-sample windows)
+        targets = torch.tensor([target for _, target in samples])
+        expected = ranks_from_scores(model.score_items(reference), targets, ties="pessimistic").numpy()
+        ranks = compute_ranks(model, split, L, batch_targets=16, batch_tokens=64)
+        assert (ranks == expected).all()
+        prefixes = prefix_units(split, L)
+        every_prefix = torch.zeros_like(reference)
+        for index in make_batches(prefixes, max_targets=16):
+            batch = collate(prefixes, index)
+            every_prefix[batch["sample_ids"]] = model(batch["input_ids"]).last_hidden_state[batch["target_mask"]]
+        before = score_ranks(model, every_prefix, scoring_matrix(model.item_features()), targets).numpy()
+        assert (ranks == before).all() and ranking_metrics(ranks) == ranking_metrics(before)
+
+
+def test_bert4rec_recommend_reads_only_the_newest_readout(monkeypatch):
+    model = tiny("bert4rec")
+    with torch.no_grad():
+        logits = model(IDS).logits  # every prefix read, the newest one scored
+        passes = _count_sequences(monkeypatch, model)
+        whole = model.recommend(IDS, top_k=5)
+        assert sum(passes) == IDS.shape[0]  # one sequence per row
+        chunked = model.recommend(IDS, top_k=5, item_chunk_size=64)
+        newest = model.newest_hidden_state(IDS)
+    scores, item_ids = logits.topk(5, dim=1)
+    for got in (whole, chunked):
+        assert torch.equal(got.item_ids, item_ids)
+        torch.testing.assert_close(got.scores, scores)
+    lengths = (IDS > 0).sum(dim=1)
+    torch.testing.assert_close(newest, model(IDS).last_hidden_state[torch.arange(3), lengths - 1])
+    with pytest.raises(ValueError, match="`newest_hidden_state` reads histories of items, but `input_ids` holds"):
+        model.newest_hidden_state(torch.tensor([[1, 2, 12]]))
+    with pytest.raises(ValueError, match="contain no items"):
+        model.newest_hidden_state(torch.tensor([[1, 2], [0, 0]]))
 
 
 class _DropEveryOtherTarget(torch.nn.Module):

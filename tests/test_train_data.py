@@ -19,6 +19,7 @@ from modeling_ttt4rec.training.data import (
     prefix_units,
     sample_history_lengths,
     sample_targets,
+    sample_units,
     stream_units,
 )
 
@@ -177,14 +178,18 @@ def units_by_sample_id(units):
 @pytest.mark.parametrize("L", [1, 3, 6, 50])
 def test_units_are_built_from_the_sample_rule(L):
     """The trainer's and evaluator's units hold exactly the samples of `dataset_builders.samples` (the one sample
-    rule, as `WindowedSamples` gives it), numbered in its order: window units sample by sample, stream units with
-    the whole history before each target."""
+    rule, as `WindowedSamples` gives it), numbered in its order: window units sample by sample (prefix units, and
+    one unit per sample with a single target after its newest item), stream units with the whole history before
+    each target."""
     seqs = random_sequences(25, 25, 2, 16, seed=L)
     starts = [1 + k % (len(s) - 1) for k, s in enumerate(seqs)]
     split = SplitSequences.from_rows(seqs, starts)
     rule = WindowedSamples({"item_ids": seqs, "target_start": starts}, max_length=L)
     expected = {i: (tuple(rule[i]["history"].tolist()), rule[i]["target"]) for i in range(len(rule))}
     assert units_by_sample_id(prefix_units(split, L)) == expected
+    per_sample = sample_units(split, L)
+    assert units_by_sample_id(per_sample) == expected
+    assert (per_sample.num_targets == 1).all() and len(per_sample) == split.num_samples
     assert sample_targets(split).tolist() == rule.targets.tolist()
     whole = WindowedSamples({"item_ids": seqs, "target_start": starts}, max_length=max(map(len, seqs)))
     expected_stream = {i: (tuple(whole[i]["history"].tolist()), whole[i]["target"]) for i in range(len(whole))}

@@ -20,8 +20,11 @@ computed from the prefix ending at t alone. It is RecBole's test-time representa
 mask token. RecBole always drops a history's first item there (it shifts the padded history left by one to make room
 for the mask token), also when the history is shorter than `max_position_embeddings`; this model does the same, so
 the scores equal RecBole's. Every prefix is one sequence of the encoder: a history of `T` items costs `T` encoder
-passes (computed in blocks of rows to bound the memory). BERT4Rec has no cache: evaluate it in `window` mode. Which
-of the two readings applies (below) is decided per call from the input, one synchronisation with the device.
+passes (sorted by length and computed in blocks of rows, to bound the memory and the padding). Where only the newest
+readout of each history is needed, `newest_hidden_state` computes that one alone: the window evaluation asks for it
+(one window per sample: the recommender interface's `newest_hidden_state`), and so does `recommend`. BERT4Rec has no
+cache: evaluate it in `window` mode. Which of the two readings applies (below) is decided per call from the input,
+one synchronisation with the device.
 
 **Masked input** (training): `input_ids` that hold the mask token are read as they are, one bidirectional pass; the
 hidden state at a masked position predicts the item there (`labels` at that position). `training_batch` turns the
@@ -131,6 +134,38 @@ class BERT4RecForNextItemPrediction(SequentialRecommender):
             )
         return super().recommend(input_ids, *args, **kwargs)
 
+    def _read_newest(
+        self,
+        input_ids: torch.LongTensor,
+        attention_mask: torch.Tensor,
+        cache_params: None,
+        item_chunk_size: int | None,
+    ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """The head's `_read_newest` (inputs already checked) with one readout per row, its newest, where `forward`
+        would read every prefix."""
+        newest = self.newest_hidden_state(input_ids, attention_mask, check_inputs=False)
+        return (self.score_items(newest), None) if item_chunk_size is None else (None, newest)
+
+    def newest_hidden_state(
+        self, input_ids: torch.LongTensor, attention_mask: torch.Tensor | None = None, check_inputs: bool = True
+    ) -> torch.Tensor:
+        """`[batch, hidden + 1]`: the hidden state after each row's newest item (`[h, 1]`), the same as `forward`'s
+        `last_hidden_state` there, computing only that readout (one encoder pass per row instead of one per prefix;
+        the recommender interface's `newest_hidden_state`). `input_ids` are right-padded histories of items;
+        `check_inputs=False` skips the checks that read the values."""
+        if check_inputs:
+            attention_mask = self.validate_inputs(input_ids, attention_mask)
+            if bool((input_ids == self.config.mask_token_id).any()):
+                raise ValueError(
+                    f"`newest_hidden_state` reads histories of items, but `input_ids` holds the mask token "
+                    f"{self.config.mask_token_id}: pass the history without it."
+                )
+        else:
+            attention_mask = self._check_shapes(input_ids, attention_mask)
+        rows = torch.arange(input_ids.shape[0], device=input_ids.device)
+        hidden = self._readouts(input_ids, rows, attention_mask.long().sum(dim=1) - 1)
+        return torch.cat([hidden, hidden.new_ones(hidden.shape[:-1] + (1,))], dim=-1)
+
     def _bert(self, input_ids: torch.Tensor) -> torch.Tensor:
         """RecBole's `BERT4Rec.forward`: the output `[batch, seq, hidden]` at every position of right-padded
         `input_ids`, attention bidirectional over the non-padding ids."""
@@ -144,21 +179,31 @@ class BERT4RecForNextItemPrediction(SequentialRecommender):
     def _prefix_states(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """`[batch, seq, hidden]`: after each item t, the output at the mask token of RecBole's test-time sequence of
         the prefix ending at t (its items 1..t, then the mask token; see the module docstring)."""
-        batch, seq = input_ids.shape
         rows, ends = attention_mask.bool().nonzero(as_tuple=True)  # one sequence per (row, last position)
-        pad, positions = self.config.pad_token_id, torch.arange(seq, device=input_ids.device)
+        states = self._readouts(input_ids, rows, ends)
+        out = states.new_zeros(input_ids.shape + (self.config.hidden_size,))
+        return out.index_put((rows, ends), states)
+
+    def _readouts(self, input_ids: torch.Tensor, rows: torch.Tensor, ends: torch.Tensor) -> torch.Tensor:
+        """`[len(rows), hidden]`: for each prefix of `input_ids` (right-padded histories of items) given by its row
+        and last position (`rows`, `ends`), the output at the mask token of RecBole's test-time sequence of it (its
+        items 1..t, then the mask token). The sequences are encoded longest first, in blocks of at most
+        `PREFIX_BLOCK_ELEMENTS` tokens x hidden, each padded to its own longest sequence."""
+        pad, positions = self.config.pad_token_id, torch.arange(input_ids.shape[1], device=input_ids.device)
         shifted = F.pad(input_ids[:, 1:], (0, 1), value=pad)  # each row without its first item
-        block = max(1, PREFIX_BLOCK_ELEMENTS // max(1, seq * self.config.hidden_size))
-        states = []
-        for r0 in range(0, len(rows), block):
-            r, t = rows[r0 : r0 + block], ends[r0 : r0 + block]
-            prefix = shifted[r].masked_fill(positions >= t[:, None], pad)
-            prefix = prefix.masked_fill(positions == t[:, None], self.config.mask_token_id)
-            width = int(t.max()) + 1  # the longest sequence of the block
-            states.append(self._bert(prefix[:, :width])[torch.arange(len(r), device=r.device), t])
-        out = torch.zeros(batch, seq, self.config.hidden_size, dtype=self.output_ln.weight.dtype, device=rows.device)
-        if states:
-            out = out.index_put((rows, ends), torch.cat(states).to(out.dtype))
+        order = torch.argsort(ends, descending=True, stable=True)
+        widths = (ends[order] + 1).tolist()  # each sequence's length with its mask token (one synchronisation)
+        out = torch.zeros(len(rows), self.config.hidden_size, dtype=self.output_ln.weight.dtype, device=rows.device)
+        begin = 0
+        while begin < len(widths):
+            width = widths[begin]  # the longest sequence of the block
+            end = begin + max(1, PREFIX_BLOCK_ELEMENTS // (width * self.config.hidden_size))
+            index = order[begin:end]
+            r, t = rows[index], ends[index]
+            prefix = shifted[r, :width].masked_fill(positions[:width] >= t[:, None], pad)
+            prefix = prefix.masked_fill(positions[:width] == t[:, None], self.config.mask_token_id)
+            out[index] = self._bert(prefix)[torch.arange(len(index), device=r.device), t].to(out.dtype)
+            begin = end
         return out
 
     def encode(

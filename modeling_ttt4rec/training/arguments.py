@@ -86,6 +86,12 @@ def register_model(name: str, config_class: type[PreTrainedConfig], model_class:
       returns are the ones the loss is normalised by (a model trained on other samples than the next items, e.g.
       BERT4Rec's masked items; `generator` is the trainer's `torch.Generator`, seeded per epoch and process). A
       model without it trains on the batch as it is;
+    - optionally, `newest_hidden_state(input_ids, attention_mask, check_inputs=False)` `[batch, hidden]`: the hidden
+      state after each row's newest item, computed alone, for a model that cannot share one pass among a user's
+      samples (its hidden state after an item is computed from the history ending there alone, e.g. BERT4Rec's
+      bidirectional attention). Defining it is what says so: the `window` evaluation then gives the model one window
+      per sample (batched by length) and reads only this (`evaluation.reads_each_sample`). A causal model leaves it
+      out, and one pass over a user's prefix serves all of its samples;
     - for the `stream` evaluation mode only, a cache: `init_cache(batch_size)` (a model without it has no cache) and
       `model(..., cache_params=cache, use_cache=True)` returning `.cache_params` with `select(rows)` (and
       `config.mini_batch_size`, if reading in chunks of its multiples is fastest); a model whose cache holds at most

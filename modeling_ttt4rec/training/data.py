@@ -19,7 +19,9 @@ split's flattened item ids, with targets after its positions `first_target .. le
   target. The set of (history, target) pairs is exactly the protocol's (the paper evaluates each sample on its own
   window; the results are the same);
 * stream evaluation (`stream_units`): one unit per user, the whole history, every target of the split scored on the
-  way (read in chunks with the cache, see `evaluation.py`).
+  way (read in chunks with the cache, see `evaluation.py`);
+* window evaluation of a model that cannot share one pass among a user's samples (`sample_units`, BERT4Rec): one
+  window `item_ids[max(0, j - L):j]` per sample, its target after the last position.
 """
 
 import logging
@@ -362,6 +364,23 @@ def stream_units(split: SplitSequences) -> Units:
     return Units(split.values, start, length, first_target, sample_offset)
 
 
+def _window_units(split: SplitSequences, max_length: int, min_history: int) -> Units:
+    """One unit per sample of `split` whose history has at least `min_history` items: its window
+    `item_ids[history_start(j, L):j]`, its target after the last position."""
+    rows, j = sample_positions(split.lengths, split.target_start)
+    ids = np.flatnonzero(j >= min_history)  # sample ids in the split's sample order
+    rows, j = rows[ids], j[ids]
+    start = split.offsets[rows] + history_start(j, max_length)
+    length = j - history_start(j, max_length)
+    return Units(split.values, start, length, length - 1, ids)
+
+
+def sample_units(split: SplitSequences, max_length: int) -> Units:
+    """One unit per sample of `split`: its window of at most `L` items (the sample rule), a single target after it.
+    For a model whose hidden state after an item is computed from the history ending there alone."""
+    return _window_units(split, max_length, min_history=1)
+
+
 def prefix_units(split: SplitSequences, max_length: int) -> Units:
     """Units that hold exactly the protocol's samples of `split` (`dataset_builders.samples`): whole prefixes of
     at most `L` items, plus one window per target beyond `L` (see the module docstring)."""
@@ -369,19 +388,14 @@ def prefix_units(split: SplitSequences, max_length: int) -> Units:
     # prefix units: first min(n - 1, L) items, targets j = ts .. min(n - 1, L), whose histories start at 0
     m = np.minimum(lengths - 1, max_length)
     p_rows = np.flatnonzero(m >= ts)
-    p_start, p_len, p_first = split.offsets[p_rows], m[p_rows], ts[p_rows] - 1
     # window units for the samples j > L: history item_ids[history_start(j, L):j], L items
-    rows, j = sample_positions(lengths, ts)
-    w_ids = np.flatnonzero(j > max_length)  # sample ids in the split's sample order
-    w_rows, w_j = rows[w_ids], j[w_ids]
-    w_start = split.offsets[w_rows] + history_start(w_j, max_length)
-    w_len = w_j - history_start(w_j, max_length)
-    start = np.concatenate([p_start, w_start]).astype(np.int64)
-    length = np.concatenate([p_len, w_len]).astype(np.int64)
-    first_target = np.concatenate([p_first, w_len - 1]).astype(np.int64)
+    w = _window_units(split, max_length, min_history=max_length + 1)
+    start = np.concatenate([split.offsets[p_rows], w.start]).astype(np.int64)
+    length = np.concatenate([m[p_rows], w.length]).astype(np.int64)
+    first_target = np.concatenate([ts[p_rows] - 1, w.first_target]).astype(np.int64)
     # a prefix unit's first sample is its row's first: row r's samples start at row_first[r]
     row_first = np.concatenate([[0], np.cumsum(lengths - ts)])[:-1]
-    sample_offset = np.concatenate([row_first[p_rows], w_ids]).astype(np.int64)
+    sample_offset = np.concatenate([row_first[p_rows], w.sample_offset]).astype(np.int64)
     return Units(split.values, start, length, first_target, sample_offset)
 
 
@@ -485,6 +499,7 @@ __all__ = [
     "make_batches",
     "resolve_dataset_dir",
     "sample_history_lengths",
+    "sample_units",
     "stream_units",
     "prefix_units",
     "sample_targets",

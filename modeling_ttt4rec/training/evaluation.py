@@ -3,7 +3,10 @@ modes, on one process or many.
 
 * `window` (the paper's): every sample is scored from its history truncated to the last `L` items. Histories that
   start at the user's first item are whole prefixes, so one causal pass over each user's first `L` items scores all
-  of them; only targets beyond `L` get a window of their own (`data.prefix_units`).
+  of them; only targets beyond `L` get a window of their own (`data.prefix_units`). A model that cannot share one
+  pass among a user's samples (its hidden state after an item is computed from the history ending there alone, so
+  it defines `newest_hidden_state`: BERT4Rec) gets one window per sample instead (`data.sample_units`), batched by
+  length, and is asked for the hidden state after each window's newest item only (`reads_each_sample`).
 * `stream`: each user's whole history is read once, in chunks, carrying the model's cache from chunk to chunk, and
   every target of the split is scored on the way from the hidden state after the item before it. When no history
   is longer than `L` this is the same computation as `window`, much cheaper; when histories are longer, `stream`
@@ -14,12 +17,13 @@ padding id never counts), with no masking of seen items, in blocks of rows x ite
 (`score_ranks`); in the `sampled` protocol only each sample's target and its 99 fixed negatives, by
 `score_candidates` (`sampling.evaluation_candidates`). The rank of a target is the number of candidates
 scoring strictly higher (`metrics.ranks_from_scores`). The model is run through its public interface only (`forward`
-with `return_logits=False, check_inputs=False`: the data were validated when loaded). With several processes each
-process scores a share of the batches and the per-sample ranks are gathered and put back in sample order, so
-the metrics are exactly those of one process (every sample counted once; checked).
+with `return_logits=False, check_inputs=False`, or `newest_hidden_state`: the data were validated when loaded).
+With several processes each process scores a share of the batches and the per-sample ranks are gathered and put
+back in sample order, so the metrics are exactly those of one process (every sample counted once; checked).
 """
 
 import contextlib
+import functools
 import logging
 import os
 import time
@@ -40,6 +44,7 @@ from .data import (
     prefix_units,
     sample_history_lengths,
     sample_targets,
+    sample_units,
     stream_units,
 )
 from .metrics import PROTOCOL_KS, metric_names, metrics_by_history_length, ranking_metrics, ranks_from_scores
@@ -55,6 +60,13 @@ def has_cache(model) -> bool:
     """Whether a recommender (a model or its class) has a cache for whole histories, which the `stream` mode needs:
     `init_cache`, and not `bounded_cache` (a cache of at most `max_position_embeddings` items, SASRec's)."""
     return hasattr(model, "init_cache") and not getattr(model, "bounded_cache", False)
+
+
+def reads_each_sample(model) -> bool:
+    """Whether a recommender (a model or its class) computes the hidden state after each item from the history
+    ending there alone, so that one pass cannot serve a user's samples: it defines `newest_hidden_state`, and the
+    window mode gives it one window per sample (see the module docstring)."""
+    return hasattr(model, "newest_hidden_state")
 
 
 def scoring_matrix(item_features: torch.Tensor) -> torch.Tensor:
@@ -145,6 +157,12 @@ def _window_batch(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
     return out.last_hidden_state[batch["target_mask"]]
 
 
+def _sample_batch(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Hidden states after each unit's newest item, the target of its one sample (`data.sample_units`), for a model
+    that `reads_each_sample`."""
+    return model.newest_hidden_state(batch["input_ids"], batch["attention_mask"], check_inputs=False)
+
+
 def _stream_batch(model, batch: dict[str, torch.Tensor], chunk_size: int) -> torch.Tensor:
     """Hidden states at every target position of each user, reading the histories `chunk_size` items at a time
     with the cache. Rows are sorted longest first, so the rows still reading are always a prefix of the batch."""
@@ -212,10 +230,16 @@ def compute_ranks(
             "evaluate it in the window mode (--eval_mode window, --test_eval_modes window)."
         )
     candidates = _sampled_candidates(model, split, num_negatives, candidate_seed) if protocol == "sampled" else None
-    units: Units = prefix_units(split, max_length) if mode == "window" else stream_units(split)
     # a multiple of the inner mini-batch, so rows that continue always start a mini-batch (fastest path)
     b = getattr(model.config, "mini_batch_size", 1)
     stream_chunk_size = max(b, (stream_chunk_size + b - 1) // b * b)
+    if mode == "stream":
+        units: Units = stream_units(split)
+        read = functools.partial(_stream_batch, chunk_size=stream_chunk_size)
+    elif reads_each_sample(model):
+        units, read = sample_units(split, max_length), _sample_batch
+    else:
+        units, read = prefix_units(split, max_length), _window_batch
     batches = make_batches(units, max_targets=batch_targets, max_tokens=batch_tokens)
     rank_id, world = (0, 1) if accelerator is None else (accelerator.process_index, accelerator.num_processes)
     device = model.device if accelerator is None else accelerator.device
@@ -239,9 +263,7 @@ def compute_ranks(
         batch = collate(units, index, device)
         start = time.perf_counter()
         with autocast():
-            hidden = (
-                _window_batch(model, batch) if mode == "window" else _stream_batch(model, batch, stream_chunk_size)
-            )
+            hidden = read(model, batch)
         encoded.append((hidden.float(), batch["targets"], batch["sample_ids"]))
         encode_seconds += time.perf_counter() - start
         if number < len(mine) and sum(len(targets) for _, targets, _ in encoded) < RANK_ROWS:
@@ -608,6 +630,7 @@ __all__ = [
     "checkpoint_folder",
     "has_cache",
     "load_checkpoint",
+    "reads_each_sample",
     "run_evaluation",
     "score_ranks",
     "scoring_matrix",
