@@ -191,6 +191,11 @@ class TTT4RecCache:
         if config is not None:
             check_config(config_dict, cache_config_dict(config))
         _check_layout(path, flat, config_dict)
+        return cls.from_state_dict(flat, config_dict)
+
+    @classmethod
+    def from_state_dict(cls, flat: dict[str, torch.Tensor], config_dict: dict) -> "TTT4RecCache":
+        """The cache whose `state_dict()` is `flat` (the tensors are used as they are, not copied)."""
         inner, conv = [], []
         for i in range(config_dict["num_hidden_layers"]):
 
@@ -200,7 +205,7 @@ class TTT4RecCache:
 
             inner.append(InnerState(weights=part("weights"), pending=part("pending")))
             conv.append(part("conv"))
-        return cls(inner, conv, flat["seen"], flat["last_hidden_state"], config_dict)
+        return cls(inner, conv, flat["seen"], flat["last_hidden_state"], dict(config_dict))
 
 
 def _expected_tensors(config_dict: dict) -> list[str]:

@@ -25,7 +25,13 @@ def main() -> None:
     add_option(parser, "state_dtype", default="float32", choices=sorted(STATE_DTYPES), help="stored float format")
     add_option(parser, "max_batch", type=int, default=64, help="most operations in one micro-batch")
     add_option(parser, "max_wait_ms", type=float, default=2.0, help="longest wait for a micro-batch to fill")
-    add_option(parser, "lru_size", type=int, default=100_000, help="user states kept in memory (0: none)")
+    add_option(
+        parser,
+        "lru_size",
+        type=int,
+        default=100_000,
+        help="user states kept in memory with their cache rows (0: none; 68 KB each for the default model)",
+    )
     add_option(parser, "max_items", type=int, default=256, help="most items in one event")
     add_option(parser, "log_level", default="warning", help="uvicorn's log level")
     add_option(parser, "torch_threads", type=int, default=1, help="torch's threads (1 leaves a core to the HTTP loop)")

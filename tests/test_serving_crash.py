@@ -9,16 +9,18 @@ import threading
 import time
 
 import httpx
+import pytest
 from serving_fixtures import NUM_ITEMS, ROOT, Server, make_checkpoint, script_env
 from test_serving import assert_matches, post
 
 from modeling_ttt4rec import TTT4RecForNextItemPrediction
 
 
-def test_every_acknowledged_event_survives_a_kill_and_nothing_else(tmp_path):
+@pytest.mark.parametrize("synchronous", ["full", "normal"])
+def test_every_acknowledged_event_survives_a_kill_and_nothing_else(tmp_path, synchronous):
     checkpoint = make_checkpoint(tmp_path / "ckpt", "mamba", "linear")
     model = TTT4RecForNextItemPrediction.from_pretrained(checkpoint).eval()
-    store = f"sqlite:///{tmp_path / 'states.db'}"
+    store = f"sqlite:///{tmp_path / 'states.db'}?synchronous={synchronous}"
     users = [f"u{i}" for i in range(6)]
     acked = {u: [] for u in users}  # the items of every acknowledged event, in order
     in_flight = {}  # user -> (event_id, items) sent but not acknowledged when the server died

@@ -7,7 +7,7 @@ import time
 import numpy as np
 import pytest
 import torch
-from serving_fixtures import NUM_ITEMS, make_checkpoint
+from serving_fixtures import NUM_ITEMS, VARIANTS, make_checkpoint
 
 from modeling_ttt4rec.serving.app import build_engine
 from modeling_ttt4rec.serving.evaluation import serving_ranks
@@ -171,7 +171,7 @@ def test_an_unreachable_store_fails_the_batch_and_changes_nothing(checkpoint, tm
     engine.store.commit = broken
     with pytest.raises(StoreUnavailable):
         events(engine, [[("a", [2])]])
-    assert engine.codec.decode(engine.lru["a"]).history == [1]
+    assert engine.lru["a"].history == [1]
 
 
 def test_sqlite_store_is_durable_and_bound_to_one_checkpoint(tmp_path):
@@ -189,6 +189,13 @@ def test_store_urls(tmp_path):
     assert isinstance(open_store(str(tmp_path / "b.db")), SQLiteStore)
     with pytest.raises(ValueError, match="sqlite:///PATH or redis://"):
         open_store("postgres://x")
+    normal = open_store(f"sqlite:///{tmp_path / 'c.db'}?synchronous=normal")
+    assert normal.path == str(tmp_path / "c.db") and not (tmp_path / "c.db?synchronous=normal").exists()
+    assert normal._connect().execute("PRAGMA synchronous").fetchone() == (1,)  # NORMAL
+    with pytest.raises(ValueError, match="`synchronous` must be one of"):
+        open_store(f"sqlite:///{tmp_path / 'd.db'}?synchronous=off")
+    with pytest.raises(ValueError, match="Unknown SQLite store option"):
+        open_store(f"sqlite:///{tmp_path / 'd.db'}?sync=normal")
 
 
 def test_served_states_rank_test_targets_as_the_stream_evaluation(checkpoint):
@@ -208,3 +215,45 @@ def test_served_states_rank_test_targets_as_the_stream_evaluation(checkpoint):
     assert half.shape == expected.shape and ((0 <= half) & (half < NUM_ITEMS)).all()
     with pytest.raises(ValueError, match="history before it"):
         serving_ranks(model, SplitSequences.from_rows([[1, 2]], [0]))
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_states_kept_in_memory_equal_states_replayed_from_the_store(variant, tmp_path):
+    """An engine that keeps live cache rows (only new items are read), one that replays every state from its stored
+    boundary (`lru_size=0`), and one that mixes both in a batch (`lru_size=2`, four users) give the same
+    recommendations and stored states, and each user's final hidden state equals the model's on the whole history."""
+    checkpoint = make_checkpoint(tmp_path / "ckpt", *variant)
+    rng = np.random.default_rng(0)
+    users = [f"u{i}" for i in range(4)]
+    batches = [
+        [(u, rng.integers(1, NUM_ITEMS, size=int(rng.integers(1, 6))).tolist()) for u in users if rng.random() < 0.8]
+        for _ in range(8)
+    ]
+    finals, answers = {}, {}
+    for lru_size in (100, 2, 0):
+        (tmp_path / str(lru_size)).mkdir()
+        engine = engine_for(checkpoint, tmp_path / str(lru_size), lru_size=lru_size)
+        answers[lru_size] = events(engine, batches)
+        stored = engine.store.get(users)
+        finals[lru_size] = {u: engine.codec.decode(stored[u]) for u in users}
+        if lru_size == 100:
+            assert all(state.row is not None for state in engine.lru.values())  # (the in-memory path ran)
+    for lru_size in (2, 0):
+        for got, expected in zip(answers[lru_size], answers[100], strict=True):
+            for a, b in zip(got, expected, strict=True):
+                assert [r["item_id"] for r in a["recommendations"]] == [r["item_id"] for r in b["recommendations"]]
+                np.testing.assert_allclose(
+                    [r["score"] for r in a["recommendations"]], [r["score"] for r in b["recommendations"]], atol=1e-4
+                )
+        for u in users:
+            a, b = finals[lru_size][u], finals[100][u]
+            assert (a.seen, a.pending, a.history) == (b.seen, b.pending, b.history)
+            assert (a.boundary is None) == (b.boundary is None)
+            if a.boundary is not None:
+                torch.testing.assert_close(a.boundary, b.boundary, rtol=1e-4, atol=1e-5)
+    model = load_checkpoint(str(checkpoint))
+    for u in users:
+        history = [item for batch in batches for user, items in batch if user == u for item in items]
+        with torch.no_grad():
+            whole = model(torch.tensor([history]), return_logits=False).last_hidden_state[0, -1]
+        torch.testing.assert_close(finals[100][u].last_hidden, whole, rtol=1e-4, atol=1e-5)

@@ -4,15 +4,16 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import re
 import time
 from pathlib import Path
+from urllib.parse import parse_qsl
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
-from starlette.routing import Match, Route
 
 from dataset_builders.item_ids import ItemIdMap, UnknownItemError
 
@@ -42,14 +43,40 @@ class EventQuery(BaseModel):
     exclude_seen: bool = False
 
 
-class NamedRoute(Route):
-    """A Starlette route that names itself in the request's scope, as FastAPI's routes do (the metrics' label)."""
+EVENTS_ROUTE = "/v1/users/{user_id}/events"
+_EVENTS_PATH = re.compile(r"/v1/users/([^/]+)/events")
 
-    def matches(self, scope) -> tuple[Match, dict]:
-        match, child_scope = super().matches(scope)
-        if match != Match.NONE:
-            child_scope["route"] = self
-        return match, child_scope
+
+class EventsRoute:
+    """ASGI: `POST /v1/users/{user_id}/events`, nearly every request of a busy server, answered without the
+    framework's router, request object and exception middleware (together they cost more CPU than the model step at
+    a thousand events a second); every other request goes on to `app`. The same pydantic models check the request,
+    and the answers and errors are those of the other routes (`error_response`)."""
+
+    path = EVENTS_ROUTE  # (the metrics' route label, as FastAPI's routes have)
+
+    def __init__(self, app, handle):
+        self.app = app
+        self.handle = handle  # async (user_id, query_string, body) -> the answer
+
+    async def __call__(self, scope, receive, send) -> None:
+        match = scope["type"] == "http" and scope["method"] == "POST" and _EVENTS_PATH.fullmatch(scope["path"])
+        if not match:
+            await self.app(scope, receive, send)
+            return
+        scope["route"] = self
+        body, more = b"", True
+        while more:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return
+            body += message.get("body", b"")
+            more = message.get("more_body", False)
+        try:
+            response = JSONResponse(await self.handle(match.group(1), scope["query_string"], body))
+        except Exception as exc:  # (the server never dies on a request: an unexpected error is a 500)
+            response = error_response(exc)
+        await response(scope, receive, send)
 
 
 def validated(model: type[BaseModel], where: str, value: dict | bytes) -> BaseModel:
@@ -65,6 +92,24 @@ def validated(model: type[BaseModel], where: str, value: dict | bytes) -> BaseMo
 def error(status: int, message: str) -> JSONResponse:
     """The answer to a refused request: `{"error": message}`."""
     return JSONResponse({"error": message}, status_code=status)
+
+
+def error_response(exc: Exception) -> JSONResponse:
+    """The answer to a request that raised `exc`: 400 (not JSON), 422 (invalid), the status of a `RequestError`,
+    503 (the store is unavailable: nothing applied) or 500 (a bug, logged)."""
+    if isinstance(exc, RequestValidationError):
+        errors = exc.errors()
+        if any(e.get("type") == "json_invalid" for e in errors):
+            return error(400, "The request body is not valid JSON.")
+        problems = "; ".join(f"{'.'.join(str(p) for p in e.get('loc', ()))}: {e.get('msg')}" for e in errors)
+        return error(422, f"Invalid request: {problems}.")
+    if isinstance(exc, RequestError):
+        return error(exc.status, str(exc))
+    if isinstance(exc, StoreUnavailable):
+        logger.error("%s", exc)
+        return error(503, f"The state store is unavailable; nothing was applied, retry later. ({exc})")
+    logger.error("A request failed", exc_info=exc)
+    return error(500, f"Internal server error ({type(exc).__name__}); see the server's log.")
 
 
 class MeasureAndLimit:
@@ -97,7 +142,7 @@ class MeasureAndLimit:
             status = 413
         else:
             await self.app(scope, receive, send_and_note)
-        route = scope.get("route")  # (set by the router on the shared scope when a route matched)
+        route = scope.get("route")  # (set on the shared scope by `EventsRoute` or the router when a route matched)
         name = route.path if route is not None else "unmatched"
         self.metrics.requests.labels(name, str(status)).inc()
         self.metrics.request_seconds.labels(name).observe(time.perf_counter() - started)
@@ -138,8 +183,9 @@ def build_engine(
     return Engine(model, item_map, store, codec, max_batch, max_wait_ms, lru_size, Metrics())
 
 
-def create_app(engine: Engine, max_items: int = 256, max_body_bytes: int = 65536) -> FastAPI:
-    """The FastAPI application around `engine`; `max_items` items per event and `max_body_bytes` per request."""
+def create_app(engine: Engine, max_items: int = 256, max_body_bytes: int = 65536) -> MeasureAndLimit:
+    """The ASGI application around `engine` (`MeasureAndLimit` around `EventsRoute` around the FastAPI application
+    of the other routes); `max_items` items per event and `max_body_bytes` per request."""
     metrics = engine.metrics
     max_k = min(MAX_K, engine.num_items - 1)
 
@@ -149,26 +195,19 @@ def create_app(engine: Engine, max_items: int = 256, max_body_bytes: int = 65536
         yield
         await engine.stop()
 
-    app = FastAPI(title="TTT4Rec recommendation server", lifespan=lifespan)
+    # FastAPI's native OpenTelemetry looks up the global providers on every request (a sixth of the server's CPU at
+    # a thousand events a second); this server reports through its own Prometheus metrics instead.
+    app = FastAPI(
+        title="TTT4Rec recommendation server",
+        lifespan=lifespan,
+        telemetry={"tracing": False, "metrics": False, "logs": False},
+    )
 
-    app.add_middleware(MeasureAndLimit, metrics=metrics, max_body_bytes=max_body_bytes)
+    async def refuse(request: Request, exc: Exception) -> JSONResponse:
+        return error_response(exc)
 
-    @app.exception_handler(RequestValidationError)
-    async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
-        errors = exc.errors()
-        if any(e.get("type") == "json_invalid" for e in errors):
-            return error(400, "The request body is not valid JSON.")
-        problems = "; ".join(f"{'.'.join(str(p) for p in e.get('loc', ()))}: {e.get('msg')}" for e in errors)
-        return error(422, f"Invalid request: {problems}.")
-
-    @app.exception_handler(StoreUnavailable)
-    async def unavailable(request: Request, exc: StoreUnavailable) -> JSONResponse:
-        logger.error("%s", exc)
-        return error(503, f"The state store is unavailable; nothing was applied, retry later. ({exc})")
-
-    @app.exception_handler(RequestError)
-    async def refused(request: Request, exc: RequestError) -> JSONResponse:
-        return error(exc.status, str(exc))
+    for refusal in (RequestValidationError, StoreUnavailable, RequestError):
+        app.add_exception_handler(refusal, refuse)
 
     def check_request(user_id: str, k: int) -> None:
         if not 0 < len(user_id) <= MAX_ID_LENGTH:
@@ -176,28 +215,21 @@ def create_app(engine: Engine, max_items: int = 256, max_body_bytes: int = 65536
         if not 1 <= k <= max_k:
             raise RequestError(422, f"`k` must be in [1, {max_k}], got {k}.")
 
-    async def post_event(request: Request) -> JSONResponse:
+    async def post_event(user_id: str, query_string: bytes, body: bytes) -> dict:
         """`POST /v1/users/{user_id}/events?k=10&exclude_seen=false`: apply `items` to the user's state, in order;
-        answers the new top-k once the state is committed.
-
-        A plain Starlette route validated with the same pydantic models (`EventQuery`, `EventBody`) and errors as
-        FastAPI's: the request path of every event, where FastAPI's parameter machinery cost more than the rest."""
-        user_id = request.path_params["user_id"]
-        query = validated(EventQuery, "query", dict(request.query_params))
-        body = validated(EventBody, "body", await request.body())
+        answers the new top-k once the state is committed (served by `EventsRoute`)."""
+        query = validated(EventQuery, "query", dict(parse_qsl(query_string.decode("latin-1"), keep_blank_values=True)))
+        event = validated(EventBody, "body", body)
         check_request(user_id, query.k)
-        if len(body.items) > max_items:
-            raise RequestError(413, f"An event has at most {max_items} items; got {len(body.items)}.")
+        if len(event.items) > max_items:
+            raise RequestError(413, f"An event has at most {max_items} items; got {len(event.items)}.")
         try:
-            items = engine.item_map.to_dense(body.items)
+            items = engine.item_map.to_dense(event.items)
         except UnknownItemError as err:
             raise RequestError(422, str(err)) from err
-        answer = await engine.submit(
-            "event", user_id, items=items, event_id=body.event_id, k=query.k, exclude_seen=query.exclude_seen
+        return await engine.submit(
+            "event", user_id, items=items, event_id=event.event_id, k=query.k, exclude_seen=query.exclude_seen
         )
-        return JSONResponse(answer)
-
-    app.router.routes.append(NamedRoute("/v1/users/{user_id}/events", post_event, methods=["POST"]))
 
     @app.get("/v1/users/{user_id}/recommendations")
     async def get_recommendations(user_id: str, k: int = 10, exclude_seen: bool = False) -> dict:
@@ -220,4 +252,4 @@ def create_app(engine: Engine, max_items: int = 256, max_body_bytes: int = 65536
     async def prometheus() -> Response:
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
-    return app
+    return MeasureAndLimit(EventsRoute(app, post_event), metrics, max_body_bytes)

@@ -5,8 +5,10 @@ One worker takes the queued operations in arrival order and forms a micro-batch 
 user's events are applied one at a time in arrival order (the worker is the per-user lock). A batch is:
 
 1. load the states of its users (the in-memory LRU, else the store) and the `event_id`s already applied;
-2. advance every user with new items in one batched cached step of the model (two, when some users finish a
-   mini-batch and the boundary state must be kept: see `state.py`);
+2. advance every user with new items in one batched cached step of the model. A state held in memory carries its
+   whole cache row, so only the new items are read; one read from the store replays its pending items first (see
+   `state.py`). (Two steps for the mamba backbone when some users finish a mini-batch: the boundary's convolution
+   windows must be kept.)
 3. commit all new states and event ids in one atomic write (a group commit), and only then update the LRU and
    answer. If the commit fails, nothing of the batch is applied and its requests get `StoreUnavailable`.
 
@@ -86,7 +88,7 @@ class Engine:
         self.max_wait = max_wait_ms / 1000
         self.lru_size = lru_size
         self.metrics = metrics or Metrics()
-        self.lru: collections.OrderedDict[str, bytes] = collections.OrderedDict()
+        self.lru: collections.OrderedDict[str, UserState] = collections.OrderedDict()
         self.num_items = model.config.num_items
         self.item_features = model.item_features().detach() if model.config.item_scoring == "target_mlp" else None
         self._queue: asyncio.Queue[Operation | None] | None = None
@@ -141,18 +143,20 @@ class Engine:
             batch = await self._next_batch()
             started = time.perf_counter()
             try:
-                outcomes, commit = await loop.run_in_executor(self._step_thread, self.prepare, batch)
+                outcomes, commit, fresh = await loop.run_in_executor(self._step_thread, self.prepare, batch)
             except Exception as error:  # a bug must fail the batch's requests, never stop the server
-                outcomes, commit = [error] * len(batch), Commit()
+                outcomes, commit, fresh = [error] * len(batch), Commit(), {}
             if self._committing is not None:
                 await self._committing
             self._committing_users = {op.user_id for op in batch}
-            self._committing = asyncio.create_task(self._finish(batch, outcomes, commit, started))
+            self._committing = asyncio.create_task(self._finish(batch, outcomes, commit, fresh, started))
 
-    async def _finish(self, batch: list[Operation], outcomes: list, commit: Commit, started: float) -> None:
+    async def _finish(
+        self, batch: list[Operation], outcomes: list, commit: Commit, fresh: dict[str, UserState], started: float
+    ) -> None:
         """Commit a prepared batch, then (only then) answer its requests and let its users into a new batch."""
         try:
-            failed = await asyncio.get_running_loop().run_in_executor(self._commit_thread, self.commit, commit)
+            failed = await asyncio.get_running_loop().run_in_executor(self._commit_thread, self.commit, commit, fresh)
         except Exception as error:  # (a bug, as above)
             failed = error
         if failed is not None:
@@ -208,19 +212,20 @@ class Engine:
     # One micro-batch (runs in the engine's two worker threads)
     # --------------------------------------------------------------------------------------------------------------
 
-    def prepare(self, batch: list[Operation]) -> tuple[list[dict | Exception], Commit]:
-        """The step of one micro-batch of operations of distinct users: each one's answer or error, and the commit
-        that must succeed before any answer is given."""
+    def prepare(self, batch: list[Operation]) -> tuple[list[dict | Exception], Commit, dict[str, UserState]]:
+        """The step of one micro-batch of operations of distinct users: each one's answer or error, the commit
+        that must succeed before any answer is given, and the new states (for the LRU once committed)."""
         self.metrics.batch_size.observe(len(batch))
         outcomes: list[dict | Exception | None] = [None] * len(batch)
         commit = Commit()
+        fresh: dict[str, UserState] = {}
         try:
             states = self._load([op.user_id for op in batch])
             events = [(op.user_id, op.event_id) for op in batch if op.kind == "event" and op.event_id is not None]
             with self.metrics.store_seconds.labels("read").time():
                 applied = self.store.applied(events)
         except StoreUnavailable as error:
-            return [error] * len(batch), commit
+            return [error] * len(batch), commit, fresh
 
         answer: list[int] = []  # operations answered with recommendations
         advance: list[int] = []  # events to apply
@@ -241,16 +246,17 @@ class Engine:
 
         new_states = self.advance([states[batch[i].user_id] for i in advance], [batch[i].items for i in advance])
         for i, state in zip(advance, new_states, strict=True):
-            states[batch[i].user_id] = state
+            states[batch[i].user_id] = fresh[batch[i].user_id] = state
             commit.states[batch[i].user_id] = self.codec.encode(state)
         ranked = self._top_k([states[batch[i].user_id] for i in answer], [batch[i] for i in answer])
         for i, result in zip(answer, ranked, strict=True):
             result["applied"] = i in advance if batch[i].kind == "event" else None
             outcomes[i] = result
-        return outcomes, commit
+        return outcomes, commit, fresh
 
-    def commit(self, commit: Commit) -> StoreUnavailable | None:
-        """Write `commit` atomically, then update the LRU; the store's error if it failed (nothing applied)."""
+    def commit(self, commit: Commit, fresh: dict[str, UserState]) -> StoreUnavailable | None:
+        """Write `commit` atomically, then put the `fresh` states it stores in the LRU; the store's error if it
+        failed (nothing applied)."""
         if commit.states or commit.deletes:
             try:
                 with self.metrics.store_seconds.labels("commit").time():
@@ -260,37 +266,38 @@ class Engine:
         with self._lru_lock:
             for user_id in commit.deletes:
                 self.lru.pop(user_id, None)
-            for user_id, blob in commit.states.items():
-                self._remember(user_id, blob)
+            for user_id, state in fresh.items():
+                self._remember(user_id, state)
         return None
 
     def _load(self, user_ids: list[str]) -> dict[str, UserState | StateError]:
         """Each user's state: from the LRU, else the store, else a new user's."""
+        states: dict[str, UserState | StateError] = {}
         with self._lru_lock:
-            blobs = {u: self.lru[u] for u in user_ids if u in self.lru}
-            for u in blobs:
-                self.lru.move_to_end(u)
-        missing = [u for u in user_ids if u not in blobs]
+            for u in user_ids:
+                if u in self.lru:
+                    states[u] = self.lru[u]
+                    self.lru.move_to_end(u)
+        missing = [u for u in user_ids if u not in states]
         if missing:
             with self.metrics.store_seconds.labels("read").time():
                 stored = self.store.get(missing)
+            for u in missing:
+                try:
+                    states[u] = self.codec.decode(stored[u], u) if u in stored else self.codec.new_user()
+                except StateError as error:
+                    states[u] = error
             with self._lru_lock:
-                for u, blob in stored.items():
-                    blobs[u] = blob
-                    self._remember(u, blob)
-        states: dict[str, UserState | StateError] = {}
-        for u in user_ids:
-            try:
-                states[u] = self.codec.decode(blobs[u], u) if u in blobs else self.codec.new_user()
-            except StateError as error:
-                states[u] = error
+                for u in stored:
+                    if isinstance(states[u], UserState):
+                        self._remember(u, states[u])
         return states
 
-    def _remember(self, user_id: str, blob: bytes) -> None:
+    def _remember(self, user_id: str, state: UserState) -> None:
         """Put a state in the LRU (the caller holds `_lru_lock`)."""
         if self.lru_size <= 0:
             return
-        self.lru[user_id] = blob
+        self.lru[user_id] = state
         self.lru.move_to_end(user_id)
         while len(self.lru) > self.lru_size:
             self.lru.popitem(last=False)
@@ -298,37 +305,50 @@ class Engine:
 
     @torch.no_grad()
     def advance(self, states: list[UserState], new_items: list[list[int]]) -> list[UserState]:
-        """The states after reading `new_items`, in one batched step from each user's last mini-batch boundary.
+        """The states after reading `new_items`, in one batched step.
 
-        Each row reads its pending items again, then the new ones: first up to its last new mini-batch boundary
-        (phase A, whose state is kept as the new boundary), then the rest (phase B, the new pending items).
+        A state with its live row (computed by the previous step, kept in memory) reads only its new items; one
+        decoded from its stored bytes starts at its last mini-batch boundary and reads its pending items again
+        first. With the mamba backbone, rows that reach a new boundary read up to it first (phase A, whose
+        convolution windows are kept as the new boundary), then the rest (phase B).
         """
         if not states:
             return []
         b = self.codec.mini_batch_size
-        cache = self.codec.boundary_cache(states)
-        reads = [s.pending + items for s, items in zip(states, new_items, strict=True)]
-        # items up to the last boundary: the boundary count after the step minus the one before it
-        to_boundary = [
-            (s.seen + len(items)) // b * b - (s.seen - len(s.pending))
-            for s, items in zip(states, new_items, strict=True)
-        ]
+        cache = self.codec.cache_of(states)
+        reads = [items if s.row is not None else s.pending + items for s, items in zip(states, new_items, strict=True)]
         with self.metrics.step_seconds.time():
-            self._read(cache, [r[:n] for r, n in zip(reads, to_boundary, strict=True)])
-            crossed = [i for i, n in enumerate(to_boundary) if n > 0]
-            boundaries = dict(zip(crossed, self.codec.boundaries(cache, crossed), strict=True)) if crossed else {}
-            self._read(cache, [r[n:] for r, n in zip(reads, to_boundary, strict=True)])
-        last_hidden = cache.last_hidden_state.float()
+            if self.codec.boundary_in_row:
+                self._read(cache, reads)
+                boundaries = {}
+            else:
+                # items up to the last boundary: the boundary count after the step minus where the row starts
+                to_boundary = [
+                    max(0, (s.seen + len(items)) // b * b - (s.seen - len(read) + len(items)))
+                    for s, items, read in zip(states, new_items, reads, strict=True)
+                ]
+                self._read(cache, [r[:n] for r, n in zip(reads, to_boundary, strict=True)])
+                crossed = [i for i, n in enumerate(to_boundary) if n > 0]
+                boundaries = dict(zip(crossed, self.codec.boundaries(cache, crossed), strict=True)) if crossed else {}
+                self._read(cache, [r[n:] for r, n in zip(reads, to_boundary, strict=True)])
+        rows = self.codec.live_rows(cache)
         out = []
-        for i, (state, items, read, n) in enumerate(zip(states, new_items, reads, to_boundary, strict=True)):
+        for i, (state, items, row) in enumerate(zip(states, new_items, rows, strict=True)):
+            seen = state.seen + len(items)
+            unbounded = state.pending + items  # (every item since the boundary before this step)
+            if self.codec.boundary_in_row:
+                boundary = row[: self.codec.boundary_numel] if seen >= b else None
+            else:
+                boundary = boundaries.get(i, state.boundary)
             history = state.history + [item for item in dict.fromkeys(items) if item not in state.history_set]
             out.append(
                 UserState(
-                    seen=state.seen + len(items),
-                    pending=read[n:],
+                    seen=seen,
+                    pending=unbounded[len(unbounded) - seen % b :],
                     history=history,
-                    boundary=boundaries.get(i, state.boundary),
-                    last_hidden=last_hidden[i].clone(),
+                    boundary=boundary,
+                    last_hidden=row[-self.codec.hidden_size :],
+                    row=row,
                 )
             )
         return out

@@ -64,6 +64,9 @@ class UserState:
         history: the distinct dense ids the user has read, in first-read order.
         boundary: the flat float data of the boundary weights and windows, or None at the initial state.
         last_hidden: `[hidden]`, the final hidden state after the newest item (zeros before the first).
+        row: the user's whole cache row, flat (`StateCodec.row_names`), when the state was just computed: a
+            server keeps it in memory so that the next event need not replay `pending`. None for a state read from
+            its stored bytes. Never stored.
     """
 
     seen: int
@@ -71,6 +74,7 @@ class UserState:
     history: list[int]
     boundary: torch.Tensor | None
     last_hidden: torch.Tensor
+    row: torch.Tensor | None = field(default=None, repr=False)
     history_set: set[int] = field(default_factory=set, repr=False)
 
     def __post_init__(self) -> None:
@@ -94,11 +98,22 @@ class StateCodec:
         self.hidden_size = model.config.hidden_size
         self.fingerprint = bytes.fromhex(fingerprint)[:16]
         self.dtype_code, self.store_dtype = STATE_DTYPES[state_dtype]
-        template = model.init_cache(1).state_dict()
+        initial = model.init_cache(1)
+        self.cache_config = initial.config_dict
+        template = initial.state_dict()
         # the boundary: inner weights and convolution windows, in the cache's own order
         self.boundary_names = [name for name in template if ".weights." in name or ".conv." in name]
         self.boundary_sizes = [template[name][0].numel() for name in self.boundary_names]
         self.boundary_numel = sum(self.boundary_sizes)
+        # A live row: the boundary's tensors first, then the gradient sums and the final hidden state. After any
+        # read the inner weights are those of the last boundary; the convolution windows are not (they hold the
+        # newest inputs), so only a model without them reads its boundary off a live row (`boundary_in_row`).
+        self.row_names = self.boundary_names + [name for name in template if ".pending." in name]
+        self.row_names.append("last_hidden_state")
+        self.row_shapes = [template[name].shape[1:] for name in self.row_names]
+        self.boundary_in_row = not any(".conv." in name for name in self.boundary_names)
+        self.initial_boundary = torch.cat([template[name].reshape(-1) for name in self.boundary_names]).detach()
+        self.no_pending = torch.zeros(sum(template[name].numel() for name in template if ".pending." in name))
 
     # --------------------------------------------------------------------------------------------------------------
     # bytes <-> UserState
@@ -148,24 +163,29 @@ class StateCodec:
     # UserState <-> cache rows
     # --------------------------------------------------------------------------------------------------------------
 
-    def boundary_cache(self, states: list[UserState]) -> TTT4RecCache:
-        """A cache whose row `i` is `states[i]` at its last mini-batch boundary (nothing pending), with the final
-        hidden state after its newest item: replaying `states[i].pending` from it gives the user's exact cache."""
-        cache = self.model.init_cache(len(states))
-        rows = [i for i, s in enumerate(states) if s.boundary is not None]
-        if rows:
-            data = torch.stack([states[i].boundary for i in rows]).to(cache.last_hidden_state.dtype)
-            index = torch.tensor(rows)
-            flat = cache.state_dict()
-            for name, part in zip(self.boundary_names, data.split(self.boundary_sizes, dim=1), strict=True):
-                # a new tensor, never a write into the initial one (for one row it may share the model's weights)
-                filled = flat[name].index_copy(0, index, part.reshape(len(rows), *flat[name].shape[1:]))
-                _, layer, kind, key = name.split(".")
-                parts = cache.inner_states[int(layer)].weights if kind == "weights" else cache.conv_states[int(layer)]
-                parts[key] = filled
-        cache.seen.copy_(torch.tensor([s.seen - len(s.pending) for s in states]))
-        cache.last_hidden_state.copy_(torch.stack([s.last_hidden for s in states]))
-        return cache
+    def cache_of(self, states: list[UserState]) -> TTT4RecCache:
+        """A cache whose row `i` is `states[i]`: its live row when it has one (its items all read), else the state
+        at its last mini-batch boundary with nothing pending and the final hidden state after its newest item
+        (replaying `states[i].pending` from there gives the user's exact cache). `seen` says which."""
+        rows = [s.row if s.row is not None else self._boundary_row(s) for s in states]
+        data = torch.stack(rows).to(self.initial_boundary.dtype)  # [batch, row]
+        sizes = [shape.numel() for shape in self.row_shapes]
+        flat = {
+            name: part.reshape(len(states), *shape)
+            for name, shape, part in zip(self.row_names, self.row_shapes, data.split(sizes, dim=1), strict=True)
+        }
+        flat["seen"] = torch.tensor([s.seen if s.row is not None else s.seen - len(s.pending) for s in states])
+        return TTT4RecCache.from_state_dict(flat, self.cache_config)
+
+    def _boundary_row(self, state: UserState) -> torch.Tensor:
+        boundary = self.initial_boundary if state.boundary is None else state.boundary
+        return torch.cat([boundary.to(self.no_pending.dtype), self.no_pending, state.last_hidden])
+
+    def live_rows(self, cache: TTT4RecCache) -> list[torch.Tensor]:
+        """Each row of `cache`, flat (`row_names`), in memory of its own."""
+        flat = cache.state_dict()
+        data = torch.cat([flat[name].reshape(cache.batch_size, -1) for name in self.row_names], dim=1)
+        return [row.clone() for row in data.detach().float().unbind(0)]
 
     def boundaries(self, cache: TTT4RecCache, rows: list[int]) -> list[torch.Tensor]:
         """The flat boundary data of `rows` of a cache that is at a mini-batch boundary on those rows."""

@@ -11,7 +11,7 @@ import sqlite3
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
-from urllib.parse import urlparse
+from urllib.parse import parse_qs, urlparse
 
 
 class StoreUnavailable(RuntimeError):
@@ -40,16 +40,24 @@ class Commit:
     deletes: list[str] = field(default_factory=list)
 
 
-class SQLiteStore:
-    """States in one SQLite file, in WAL mode with `synchronous=FULL`.
+SQLITE_SYNCHRONOUS = ("full", "normal")
 
-    WAL lets readers run while a batch is written; `synchronous=FULL` syncs the log at every commit, so an
-    acknowledged event survives a process kill *and* a power loss (`NORMAL` would survive a process kill only, for
-    little speed on a server whose commits are already batched).
+
+class SQLiteStore:
+    """States in one SQLite file, in WAL mode.
+
+    WAL lets readers run while a batch is written. With `synchronous="full"` (the default) the log is synced at
+    every commit, so an acknowledged event survives a process kill *and* a power loss (or an operating system
+    crash); with `"normal"` the log is synced only at checkpoints, so an acknowledged event survives a kill of the
+    server process but may be lost with the machine's power, for a commit several times faster on this project's
+    disk (docs/serving.md).
     """
 
-    def __init__(self, path: str | Path):
+    def __init__(self, path: str | Path, synchronous: str = "full"):
+        if synchronous not in SQLITE_SYNCHRONOUS:
+            raise ValueError(f"`synchronous` must be one of {SQLITE_SYNCHRONOUS}, got {synchronous!r}.")
         self.path = str(path)
+        self.synchronous = synchronous
         self._local = threading.local()
         with self._connect() as db:
             db.executescript(
@@ -66,7 +74,7 @@ class SQLiteStore:
             try:
                 db = sqlite3.connect(self.path, timeout=30, isolation_level=None)
                 db.execute("PRAGMA journal_mode=WAL")
-                db.execute("PRAGMA synchronous=FULL")
+                db.execute(f"PRAGMA synchronous={self.synchronous.upper()}")
             except sqlite3.Error as error:
                 raise StoreUnavailable(f"Cannot open the SQLite store {self.path}: {error}.") from error
             self._local.db = db
@@ -190,12 +198,20 @@ class RedisStore:
 
 
 def open_store(url: str) -> SQLiteStore | RedisStore:
-    """`sqlite:///PATH` (or a plain path) or `redis://HOST:PORT/DB`."""
+    """`sqlite:///PATH[?synchronous=full|normal]` (or a plain path) or `redis://HOST:PORT/DB`."""
     parsed = urlparse(url)
     if parsed.scheme in ("redis", "rediss", "unix"):
         return RedisStore(url)
+    if parsed.scheme not in ("sqlite", ""):
+        raise ValueError(f"Unknown store {url!r}: use sqlite:///PATH or redis://HOST:PORT/DB.")
+    options = parse_qs(parsed.query)
+    unknown = sorted(set(options) - {"synchronous"})
+    if unknown:
+        raise ValueError(f"Unknown SQLite store option(s) {unknown} in {url!r}: the one option is `synchronous`.")
+    synchronous = options.get("synchronous", ["full"])[-1].lower()
+    if synchronous not in SQLITE_SYNCHRONOUS:
+        raise ValueError(f"`synchronous` must be one of {SQLITE_SYNCHRONOUS} in {url!r}, got {synchronous!r}.")
+    path = url.split("?", 1)[0]
     if parsed.scheme == "sqlite":
-        return SQLiteStore(url[len("sqlite:///") :] if url.startswith("sqlite:///") else parsed.path)
-    if parsed.scheme == "":
-        return SQLiteStore(url)
-    raise ValueError(f"Unknown store {url!r}: use sqlite:///PATH or redis://HOST:PORT/DB.")
+        path = path[len("sqlite:///") :] if path.startswith("sqlite:///") else parsed.path
+    return SQLiteStore(path, synchronous)
