@@ -76,10 +76,11 @@ BOUNDS = [  # (document, text, replacement)
     ("docs/serving.md", "http://127.0.0.1:18791", "http://127.0.0.1:{port}"),
     (
         "docs/serving.md",
-        "--users 100000 \\\n    --prefill_items 10 --prefill_rate 1000 --rate 1000 --duration 20",
-        "--users 50 --prefill_items 10 --prefill_rate 500 --rate 100 --duration 2",
+        "--users 100000 \\\n    --prefill_items 10 --prefill_rate 1000 --rate 1 --duration 1 --max_requests 1",
+        "--users 50 --prefill_items 10 --prefill_rate 500 --rate 1 --duration 1 --max_requests 1",
     ),
     ("docs/serving.md", "--users 100000 \\\n    --rate 300 --duration 20", "--users 50 --rate 100 --duration 2"),
+    ("docs/serving.md", "--users 100000 \\\n    --rate 1000 --duration 30", "--users 50 --rate 100 --duration 2"),
     ("docs/benchmarks.md", "--only training --repeats 5", "--only training --repeats 1 --num_items 500 --batch 4"),
     ("docs/benchmarks.md", "--only serving      #", "--only serving --serving_repeats 2 --serving_batches 1 #"),
     (
