@@ -3,7 +3,9 @@
 python scripts/serve.py --model path/or/hub-id                                   # SQLite file ttt4rec_states.db
 python scripts/serve.py --model path/or/hub-id --store redis://127.0.0.1:6379/0  # several servers, one Redis
 
-Options are snake_case (kebab-case spellings are accepted too).
+Options are snake_case (kebab-case spellings are accepted too). A mistake (a mistyped checkpoint path, an unknown
+store option, a store of another checkpoint or one that cannot be reached) ends with one line `error: ...` (exit
+status 2) before the server starts; `--debug` shows the traceback.
 """
 
 import argparse
@@ -13,10 +15,12 @@ import uvicorn
 
 from modeling_ttt4rec.serving.app import build_engine, create_app
 from modeling_ttt4rec.serving.state import STATE_DTYPES
+from modeling_ttt4rec.serving.store import CheckpointMismatch, StoreUnavailable
 from modeling_ttt4rec.training.arguments import add_option
+from modeling_ttt4rec.training.cli import DEBUG_HELP, run_script
 
 
-def main() -> None:
+def main(argv: list[str]) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_option(parser, "model", required=True, help="a save_pretrained folder (with item_map.parquet) or Hub id")
     add_option(parser, "store", default="sqlite:///ttt4rec_states.db", help="sqlite:///PATH or redis://HOST:PORT/DB")
@@ -35,21 +39,25 @@ def main() -> None:
     add_option(parser, "max_items", type=int, default=256, help="most items in one event")
     add_option(parser, "log_level", default="warning", help="uvicorn's log level")
     add_option(parser, "torch_threads", type=int, default=1, help="torch's threads (1 leaves a core to the HTTP loop)")
-    args = parser.parse_args()
+    add_option(parser, "debug", action="store_true", help=DEBUG_HELP)
+    args = parser.parse_args(argv)
 
     torch.set_num_threads(args.torch_threads)
 
-    engine = build_engine(
-        args.model,
-        args.store,
-        state_dtype=args.state_dtype,
-        max_batch=args.max_batch,
-        max_wait_ms=args.max_wait_ms,
-        lru_size=args.lru_size,
-    )
+    try:
+        engine = build_engine(
+            args.model,
+            args.store,
+            state_dtype=args.state_dtype,
+            max_batch=args.max_batch,
+            max_wait_ms=args.max_wait_ms,
+            lru_size=args.lru_size,
+        )
+    except (CheckpointMismatch, StoreUnavailable) as error:
+        raise SystemExit(str(error)) from error
     app = create_app(engine, max_items=args.max_items)
     uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, access_log=False)
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main)

@@ -5,12 +5,14 @@ bad input without applying any of it, durable across `kill -9`, on SQLite and on
 """
 
 import random
+import subprocess
+import sys
 import threading
 
 import httpx
 import pytest
 import torch
-from serving_fixtures import NUM_ITEMS, VARIANTS, RedisServer, Server, make_checkpoint, original_id
+from serving_fixtures import NUM_ITEMS, SERVE, VARIANTS, RedisServer, Server, make_checkpoint, original_id, script_env
 
 from modeling_ttt4rec import TTT4RecForNextItemPrediction
 
@@ -174,6 +176,9 @@ def test_malformed_and_oversized_bodies_are_refused(server):
     assert response.status_code == 400 and "not valid JSON" in response.json()["error"]
     response = server.client.post("/v1/users/x/events", content=b"[" + b'"a",' * 40000 + b'"a"]', headers=headers)
     assert response.status_code == 413 and "larger than" in response.json()["error"]
+    chunks = iter([b'{"items": ['] + [b'"a",' * 1000] * 40 + [b'"a"]}'])  # (sent in chunks: no content-length)
+    response = server.client.post("/v1/users/x/events", content=chunks, headers=headers)
+    assert response.status_code == 413 and "larger than" in response.json()["error"]
     assert server.client.get("/v1/users/x/recommendations").json()["items_read"] == 0
     assert server.client.get("/healthz").status_code == 200  # still serving
 
@@ -210,6 +215,28 @@ def test_a_store_of_another_checkpoint_is_refused(checkpoints, tmp_path):
         assert post(s.client, "u", [1]).status_code == 200
     with pytest.raises(RuntimeError, match="holds user states computed with another checkpoint"):
         Server(checkpoints["mamba", "linear"], store)
+
+
+@pytest.mark.parametrize(
+    "model, store, message",
+    [
+        ("missing", "sqlite:///{tmp}/s.db", "no such checkpoint folder"),
+        (None, "sqlite:///{tmp}/s.db?synchronous=off", "`synchronous` must be one of"),
+        (None, "sqlite:///{tmp}/s.db?sync=normal", "Unknown SQLite store option"),
+        (None, "postgres://x", "Unknown store"),
+    ],
+)
+def test_serve_script_refuses_bad_settings_in_one_line(checkpoints, tmp_path, model, store, message):
+    model = str(tmp_path / model) if model else str(checkpoints["transformer", "linear"])
+    result = subprocess.run(
+        [sys.executable, str(SERVE), "--model", model, "--store", store.format(tmp=tmp_path), "--port", "9"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=script_env(),
+    )
+    assert result.returncode == 2 and message in result.stderr, result.stderr
+    assert "Traceback" not in result.stderr and result.stderr.strip().splitlines()[-1].startswith("error: ")
 
 
 def test_redis_store_exact_idempotent_and_503_when_unreachable(checkpoints, tmp_path):

@@ -55,9 +55,10 @@ class EventsRoute:
 
     path = EVENTS_ROUTE  # (the metrics' route label, as FastAPI's routes have)
 
-    def __init__(self, app, handle):
+    def __init__(self, app, handle, max_body_bytes: int):
         self.app = app
         self.handle = handle  # async (user_id, query_string, body) -> the answer
+        self.max_body_bytes = max_body_bytes  # (also for a body sent in chunks, without a content-length)
 
     async def __call__(self, scope, receive, send) -> None:
         match = scope["type"] == "http" and scope["method"] == "POST" and _EVENTS_PATH.fullmatch(scope["path"])
@@ -72,6 +73,9 @@ class EventsRoute:
                 return
             body += message.get("body", b"")
             more = message.get("more_body", False)
+            if len(body) > self.max_body_bytes:
+                await body_too_large(self.max_body_bytes)(scope, receive, send)
+                return
         try:
             response = JSONResponse(await self.handle(match.group(1), scope["query_string"], body))
         except Exception as exc:  # (the server never dies on a request: an unexpected error is a 500)
@@ -92,6 +96,11 @@ def validated(model: type[BaseModel], where: str, value: dict | bytes) -> BaseMo
 def error(status: int, message: str) -> JSONResponse:
     """The answer to a refused request: `{"error": message}`."""
     return JSONResponse({"error": message}, status_code=status)
+
+
+def body_too_large(max_body_bytes: int) -> JSONResponse:
+    """The answer to a request body over `max_body_bytes` (413)."""
+    return error(413, f"The request body is larger than {max_body_bytes} bytes.")
 
 
 def error_response(exc: Exception) -> JSONResponse:
@@ -138,7 +147,7 @@ class MeasureAndLimit:
 
         length = dict(scope["headers"]).get(b"content-length")
         if length is not None and (not length.isdigit() or int(length) > self.max_body_bytes):
-            await error(413, f"The request body is larger than {self.max_body_bytes} bytes.")(scope, receive, send)
+            await body_too_large(self.max_body_bytes)(scope, receive, send)
             status = 413
         else:
             await self.app(scope, receive, send_and_note)
@@ -252,4 +261,4 @@ def create_app(engine: Engine, max_items: int = 256, max_body_bytes: int = 65536
     async def prometheus() -> Response:
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
-    return MeasureAndLimit(EventsRoute(app, post_event), metrics, max_body_bytes)
+    return MeasureAndLimit(EventsRoute(app, post_event, max_body_bytes), metrics, max_body_bytes)
