@@ -209,8 +209,6 @@ def open_store(url: str) -> SQLiteStore | RedisStore:
     if unknown:
         raise ValueError(f"Unknown SQLite store option(s) {unknown} in {url!r}: the one option is `synchronous`.")
     synchronous = options.get("synchronous", ["full"])[-1].lower()
-    if synchronous not in SQLITE_SYNCHRONOUS:
-        raise ValueError(f"`synchronous` must be one of {SQLITE_SYNCHRONOUS} in {url!r}, got {synchronous!r}.")
     path = url.split("?", 1)[0]
     if parsed.scheme == "sqlite":
         path = path[len("sqlite:///") :] if path.startswith("sqlite:///") else parsed.path
