@@ -20,7 +20,7 @@ from modeling_ttt4rec.training.arguments import add_option
 from modeling_ttt4rec.training.cli import DEBUG_HELP, run_script
 
 
-def main(argv: list[str]) -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_option(parser, "model", required=True, help="a save_pretrained folder (with item_map.parquet) or Hub id")
     add_option(parser, "store", default="sqlite:///ttt4rec_states.db", help="sqlite:///PATH or redis://HOST:PORT/DB")
