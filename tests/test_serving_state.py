@@ -1,6 +1,7 @@
 """The serving package in one process: the compact state, the stores, micro-batching, ordering, the LRU."""
 
 import asyncio
+import gc
 import sqlite3
 import time
 
@@ -11,7 +12,8 @@ from serving_fixtures import NUM_ITEMS, VARIANTS, make_checkpoint
 
 from modeling_ttt4rec.serving.app import build_engine
 from modeling_ttt4rec.serving.evaluation import serving_ranks
-from modeling_ttt4rec.serving.state import StateCodec, StateError
+from modeling_ttt4rec.serving.lru import StateLRU
+from modeling_ttt4rec.serving.state import StateCodec, StateError, UserState
 from modeling_ttt4rec.serving.store import Commit, SQLiteStore, StoreUnavailable, open_store
 from modeling_ttt4rec.training.data import SplitSequences
 from modeling_ttt4rec.training.evaluation import compute_ranks, load_checkpoint
@@ -152,6 +154,76 @@ def test_the_lru_is_bounded(checkpoint, tmp_path):
     assert len(engine.lru) == 3 and engine.metrics.registry.get_sample_value("ttt4rec_states_in_memory") == 3
 
 
+def random_states(codec, n: int, seed: int = 0) -> list[UserState]:
+    """`n` states shaped as the engine's: live rows (with and without a boundary) and states read from bytes."""
+    g = torch.Generator().manual_seed(seed)
+    row_numel = sum(shape.numel() for shape in codec.row_shapes)
+    states = []
+    for i in range(n):
+        seen = i % 20 + 1
+        pending = list(range(seen % codec.mini_batch_size))
+        row = torch.randn(row_numel, generator=g)
+        boundary = torch.randn(codec.boundary_numel, generator=g) if seen >= codec.mini_batch_size else None
+        if i % 3 == 2:  # read from its stored bytes: no live row
+            states.append(
+                UserState(seen, pending, list(range(seen)), boundary, torch.randn(codec.hidden_size, generator=g))
+            )
+            continue
+        if codec.boundary_in_row and boundary is not None:
+            boundary = row[: codec.boundary_numel]
+        states.append(UserState(seen, pending, list(range(seen)), boundary, row[-codec.hidden_size :], row))
+    return states
+
+
+def assert_same_state(got: UserState, expected: UserState) -> None:
+    assert (got.seen, got.pending, got.history) == (expected.seen, expected.pending, expected.history)
+    assert (got.row is None, got.boundary is None) == (expected.row is None, expected.boundary is None)
+    torch.testing.assert_close(got.last_hidden, expected.last_hidden, rtol=0, atol=0)
+    for a, b in ((got.row, expected.row), (got.boundary, expected.boundary)):
+        if b is not None:
+            torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("backbone", ["transformer", "mamba"])
+def test_the_lru_returns_each_state_as_it_was_put_and_evicts_the_least_recently_used(backbone, tmp_path):
+    codec = engine_for(make_checkpoint(tmp_path / "ckpt", backbone, "linear"), tmp_path).codec
+    states = random_states(codec, 9)
+    lru = StateLRU(codec, capacity=5)
+    for i, state in enumerate(states[:6]):
+        lru.put(f"u{i}", state)
+    assert len(lru) == 5 and "u0" not in lru and lru.get("u0") is None  # (the oldest went)
+    lru.get("u1")  # u1 becomes the most recently used: u2 goes next
+    for i, state in enumerate(states[6:], start=6):
+        lru.put(f"u{i}", state)  # (in the slots the evicted states left)
+    assert all(f"u{i}" in lru for i in (1, 5, 6, 7, 8)) and len(lru) == 5
+    for i in (1, 5, 6, 7, 8):
+        assert_same_state(lru.get(f"u{i}"), states[i])
+    copy = lru.get("u6")
+    copy.last_hidden += 1  # a copy: the state held does not change
+    copy.pending.append(99)
+    assert_same_state(lru.get("u6"), states[6])
+    lru.put("u6", states[2])  # a user's new state takes the place of the old
+    assert_same_state(lru.get("u6"), states[2])
+    lru.pop("u6")
+    assert "u6" not in lru and len(lru) == 4
+
+
+def test_states_in_the_lru_are_not_tracked_by_the_garbage_collector(checkpoint, tmp_path):
+    """A full collection visits every tracked object: the states held must add (almost) none, however many."""
+    codec = engine_for(checkpoint, tmp_path).codec
+    lru = StateLRU(codec, capacity=2000)
+    gc.collect()
+    before = len(gc.get_objects())
+    states = random_states(codec, 2000)
+    for i, state in enumerate(states):
+        lru.put(f"user-{i}", state)
+    del states
+    gc.collect()
+    gc.collect()  # (a tuple is untracked once the collector has seen that its items are)
+    assert len(lru) == 2000
+    assert len(gc.get_objects()) - before < 50  # (a `UserState` each would be 2000 objects, with its parts 14,000)
+
+
 def test_a_failed_commit_applies_nothing(checkpoint, tmp_path):
     engine = engine_for(checkpoint, tmp_path)
     events(engine, [[("a", [1])]])
@@ -171,7 +243,7 @@ def test_an_unreachable_store_fails_the_batch_and_changes_nothing(checkpoint, tm
     engine.store.commit = broken
     with pytest.raises(StoreUnavailable):
         events(engine, [[("a", [2])]])
-    assert engine.lru["a"].history == [1]
+    assert engine.lru.get("a").history == [1]
 
 
 def test_sqlite_store_is_durable_and_bound_to_one_checkpoint(tmp_path):
@@ -237,7 +309,7 @@ def test_states_kept_in_memory_equal_states_replayed_from_the_store(variant, tmp
         stored = engine.store.get(users)
         finals[lru_size] = {u: engine.codec.decode(stored[u]) for u in users}
         if lru_size == 100:
-            assert all(state.row is not None for state in engine.lru.values())  # (the in-memory path ran)
+            assert all(engine.lru.is_live(u) for u in users)  # (the in-memory path ran)
     for lru_size in (2, 0):
         for got, expected in zip(answers[lru_size], answers[100], strict=True):
             for a, b in zip(got, expected, strict=True):

@@ -22,13 +22,13 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import torch
 
+from .lru import StateLRU
 from .metrics import Metrics
 from .state import StateCodec, StateError, UserState
 from .store import Commit, StoreUnavailable
@@ -86,14 +86,12 @@ class Engine:
         self.codec = codec
         self.max_batch = max_batch
         self.max_wait = max_wait_ms / 1000
-        self.lru_size = lru_size
         self.metrics = metrics or Metrics()
-        self.lru: collections.OrderedDict[str, UserState] = collections.OrderedDict()
+        self.lru = StateLRU(codec, lru_size)
         self.num_items = model.config.num_items
         self.item_features = model.item_features().detach() if model.config.item_scoring == "target_mlp" else None
         self._queue: asyncio.Queue[Operation | None] | None = None
         self._deferred: collections.deque[Operation] = collections.deque()
-        self._lru_lock = threading.Lock()  # (the step and the commit threads both use the LRU)
         self._worker: asyncio.Task | None = None
         self._committing: asyncio.Task | None = None  # the batch being committed
         self._committing_users: set[str] = set()
@@ -263,21 +261,20 @@ class Engine:
                     self.store.commit(commit)
             except StoreUnavailable as error:
                 return error
-        with self._lru_lock:
-            for user_id in commit.deletes:
-                self.lru.pop(user_id, None)
-            for user_id, state in fresh.items():
-                self._remember(user_id, state)
+        for user_id in commit.deletes:
+            self.lru.pop(user_id)
+        for user_id, state in fresh.items():
+            self.lru.put(user_id, state)
+        self.metrics.states_in_memory.set(len(self.lru))
         return None
 
     def _load(self, user_ids: list[str]) -> dict[str, UserState | StateError]:
         """Each user's state: from the LRU, else the store, else a new user's."""
         states: dict[str, UserState | StateError] = {}
-        with self._lru_lock:
-            for u in user_ids:
-                if u in self.lru:
-                    states[u] = self.lru[u]
-                    self.lru.move_to_end(u)
+        for u in user_ids:
+            state = self.lru.get(u)
+            if state is not None:
+                states[u] = state
         missing = [u for u in user_ids if u not in states]
         if missing:
             with self.metrics.store_seconds.labels("read").time():
@@ -287,21 +284,11 @@ class Engine:
                     states[u] = self.codec.decode(stored[u], u) if u in stored else self.codec.new_user()
                 except StateError as error:
                     states[u] = error
-            with self._lru_lock:
-                for u in stored:
-                    if isinstance(states[u], UserState):
-                        self._remember(u, states[u])
+            for u in stored:
+                if isinstance(states[u], UserState):
+                    self.lru.put(u, states[u])
+            self.metrics.states_in_memory.set(len(self.lru))
         return states
-
-    def _remember(self, user_id: str, state: UserState) -> None:
-        """Put a state in the LRU (the caller holds `_lru_lock`)."""
-        if self.lru_size <= 0:
-            return
-        self.lru[user_id] = state
-        self.lru.move_to_end(user_id)
-        while len(self.lru) > self.lru_size:
-            self.lru.popitem(last=False)
-        self.metrics.states_in_memory.set(len(self.lru))
 
     @torch.no_grad()
     def advance(self, states: list[UserState], new_items: list[list[int]]) -> list[UserState]:

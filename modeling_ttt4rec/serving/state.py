@@ -56,7 +56,7 @@ def checkpoint_fingerprint(folder: str | Path, item_map_fingerprint: str) -> str
 
 @dataclass
 class UserState:
-    """One user's compact state, decoded (`blob` is its stored form, kept to avoid re-encoding the boundary).
+    """One user's compact state, decoded.
 
     Attributes:
         seen: how many items the user has read.
