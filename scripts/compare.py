@@ -7,6 +7,7 @@ by history length). Resumable: run the same command again and finished models ar
     python scripts/compare.py --dataset data/amazon-video-games --models ttt4rec,sasrec,gru4rec \\
         --output_dir outputs/compare-amazon --torch_threads 1
     python scripts/compare.py --dataset DATA --models ttt4rec,sasrec --dataset_config split-6-2-2 --max_epochs 50
+    python scripts/compare.py --dataset DATA --models ttt4rec,sasrec --variant "ttt4rec-L200=ttt4rec --max_length 200"
 
 Every other option (`--seed`, `--patience`, `--learning_rate`, `--batch_targets`, `--torch_threads`, ...) is a
 `scripts/train.py` option, given to every run alike. Logic: `modeling_ttt4rec.training.compare`.
@@ -28,6 +29,14 @@ def build_parser() -> argparse.ArgumentParser:
     add_option(parser, "models", default="ttt4rec,sasrec,gru4rec", help="Comma-separated --model_type names")
     add_option(parser, "dataset_config", default=DEFAULT_CONFIG_NAME, help="Split configuration name")
     add_option(parser, "output_dir", default="outputs/compare", help="One folder per model, and the comparison")
+    add_option(
+        parser,
+        "variant",
+        action="append",
+        default=[],
+        help='A model with train.py options of its own, named: "NAME=MODEL_TYPE OPTIONS", e.g. '
+        '"ttt4rec-L200=ttt4rec --max_length 200" (repeatable)',
+    )
     return parser
 
 
@@ -37,7 +46,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     models = [m.strip() for m in args.models.split(",") if m.strip()]
     try:
-        return compare(args.dataset, models, args.output_dir, args.dataset_config, training_args)
+        return compare(args.dataset, models, args.output_dir, args.dataset_config, training_args, args.variant)
     except ValueError as err:
         raise SystemExit(str(err)) from err
 

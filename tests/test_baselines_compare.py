@@ -64,12 +64,38 @@ def test_compare_end_to_end_and_resumable(tmp_path, monkeypatch):
     again = compare_script.main([*argv, "--max_epochs", "2", "--seed", "7", *FAST])
     assert again["rows"] == result["rows"]
 
+    # a variant joins the finished comparison: only it is trained, with its own options on top of the shared ones
+    monkeypatch.undo()
+    real_train, trained = compare_module.train, []
+
+    def train_once(run):
+        trained.append(run.training.output_dir)
+        return real_train(run)
+
+    monkeypatch.setattr(compare_module, "train", train_once)
+    variant = ["--variant", "ttt4rec-L10=ttt4rec --max_length 10"]
+    with_variant = compare_script.main([*argv, *variant, "--max_epochs", "2", "--seed", "7", *FAST])
+    assert trained == [str(out / "ttt4rec-L10")]
+    settings = json.loads((out / "ttt4rec-L10" / "run_config.json").read_text())
+    assert settings["data"]["max_length"] == 10 and settings["training"]["seed"] == 7
+    rows = {(r["model"], r["mode"]): r for r in with_variant["rows"]}
+    assert {("ttt4rec-L10", "window"), ("ttt4rec-L10", "stream")} <= set(rows)
+    # its metrics by history length are of its own windows (L = 10): their weighted mean is its test result
+    by_length = json.loads((out / "comparison.json").read_text())["by_history_length"]["ttt4rec-L10 (window)"]
+    mean = sum(g["NDCG@10"] * g["num_samples"] for g in by_length) / sum(g["num_samples"] for g in by_length)
+    assert mean == pytest.approx(rows[("ttt4rec-L10", "window")]["NDCG@10"], abs=1e-6)
+
 
 def test_compare_bad_input(tmp_path):
     with pytest.raises(SystemExit, match="Unknown --model_type 'caser'"):
         compare_script.main(["--dataset", str(tmp_path), "--models", "ttt4rec,caser", "--output_dir", str(tmp_path)])
     with pytest.raises(SystemExit, match="lists a model twice"):
         compare_script.main(["--dataset", str(tmp_path), "--models", "sasrec,sasrec", "--output_dir", str(tmp_path)])
+    with pytest.raises(SystemExit, match="expected NAME=MODEL_TYPE"):
+        compare_script.main(["--dataset", str(tmp_path), "--variant", "ttt4rec", "--output_dir", str(tmp_path)])
+    with pytest.raises(SystemExit, match="the name 'sasrec' is taken"):
+        argv = ["--dataset", str(tmp_path), "--models", "sasrec", "--variant", "sasrec=sasrec --max_length 20"]
+        compare_script.main([*argv, "--output_dir", str(tmp_path)])
     with pytest.raises(SystemExit, match="full protocol"):
         argv = ["--dataset", str(tmp_path), "--models", "sasrec", "--eval_protocol", "sampled"]
         compare_script.main([*argv, "--output_dir", str(tmp_path)])
