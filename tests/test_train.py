@@ -84,6 +84,33 @@ def test_early_stopping_patience(data, tmp_path):
     assert results["epochs"] == 3 and results["best_epoch"] == 1
 
 
+def test_train_units_sample_reads_each_sample_in_a_pass_of_its_own(data, tmp_path):
+    """`--train_units sample` (RecBole's way: one pass per sample) trains on the same samples as the whole-prefix
+    passes: with the weights fixed (lr 0) and no dropout, the epoch's loss is the same."""
+    runs = {}
+    for units in ("prefix", "sample"):
+        argv = ["--dataset", str(data), "--output_dir", str(tmp_path / units), "--train_units", units]
+        argv += [
+            "--learning_rate",
+            "0",
+            "--hidden_dropout_prob",
+            "0",
+            "--max_epochs",
+            "1",
+            "--test_eval_modes",
+            "window",
+        ]
+        runs[units] = trainer = Trainer(parse_args([*argv, *TINY, *FAST]))
+        trainer.fit()
+    prefix, sample = runs["prefix"], runs["sample"]
+    assert len(sample.units) == int(sample.units.num_targets.sum()) == int(prefix.units.num_targets.sum())
+    assert len(sample.units) > len(prefix.units)  # (one pass per sample: more passes, same samples)
+    loss = {u: json.loads((tmp_path / u / "log.jsonl").read_text().splitlines()[0])["train_loss"] for u in runs}
+    assert loss["sample"] == pytest.approx(loss["prefix"], rel=1e-5)
+    with pytest.raises(ValueError, match="Unknown --train_units 'window'"):
+        train(parse_args(["--dataset", str(data), "--output_dir", str(tmp_path / "bad"), "--train_units", "window"]))
+
+
 def test_bf16_steps_on_cpu(data, tmp_path):
     out = tmp_path / "bf16"
     argv = ["--dataset", str(data), "--output_dir", str(out), "--mixed_precision", "bf16", "--max_epochs", "1"]

@@ -220,6 +220,13 @@ class TrainerArguments:
         default=None, metadata={"help": "no, bf16 or fp16 (default: what `accelerate launch` was given)"}
     )
     cpu: bool = field(default=False, metadata={"help": "Train on the CPU even if a GPU is there"})
+    train_units: str = field(
+        default="prefix",
+        metadata={
+            "help": "prefix: one pass per user prefix of up to L items serves all its samples (fast; the samples of a "
+            "pass share its dropout masks); sample: one pass per sample, RecBole's way (dropout drawn per sample)"
+        },
+    )
     eval_mode: str = field(default="window", metadata={"help": "window (the paper's) or stream"})
     eval_protocol: str = field(
         default="full", metadata={"help": "full (rank all items) or sampled (rank the target among 1 + N)"}
@@ -288,6 +295,7 @@ RESUME_FIXED = {
         "gradient_accumulation_steps",
         "early_stopping_metric",
         "seed",
+        "train_units",
         "eval_mode",
         "eval_protocol",
         "eval_num_negatives",

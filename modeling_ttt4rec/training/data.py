@@ -399,6 +399,10 @@ def prefix_units(split: SplitSequences, max_length: int) -> Units:
     return Units(split.values, start, length, first_target, sample_offset)
 
 
+# `--train_units`: how the training samples are read (the samples are the same)
+TRAINING_UNITS = {"prefix": prefix_units, "sample": sample_units}
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # Batches
 # ----------------------------------------------------------------------------------------------------------------

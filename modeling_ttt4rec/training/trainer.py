@@ -53,7 +53,7 @@ from .arguments import (
     parse_args,
     resume_settings,
 )
-from .data import collate, load_sequences, make_batches, prefix_units, sample_targets
+from .data import TRAINING_UNITS, collate, load_sequences, make_batches, sample_targets
 from .evaluation import (
     EVAL_MODES,
     check_evaluation_arguments,
@@ -198,6 +198,8 @@ def check_arguments(run: RunConfig) -> None:
     args = run.training
     if args.eval_mode not in EVAL_MODES:
         raise ValueError(f"Unknown --eval_mode {args.eval_mode!r}; choose one of {EVAL_MODES}.")
+    if args.train_units not in TRAINING_UNITS:
+        raise ValueError(f"Unknown --train_units {args.train_units!r}; choose one of {sorted(TRAINING_UNITS)}.")
     check_evaluation_arguments(args)
     if args.eval_mode == "stream" and not has_cache(model_classes(run.model.model_type)[1]):
         raise ValueError(f"--model_type {run.model.model_type} has no cache: validate with --eval_mode window.")
@@ -370,7 +372,7 @@ class Trainer:
             token=self.args.hub_token,
         )
         data_args.num_items, data_args.max_length = self.meta.num_items, self.meta.max_length
-        self.units = prefix_units(self.sequences["train"], self.meta.max_length)
+        self.units = TRAINING_UNITS[self.args.train_units](self.sequences["train"], self.meta.max_length)
         if len(self.units) == 0:
             raise ValueError("The train split has no training samples.")
 
