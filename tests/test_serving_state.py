@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 import torch
 from serving_fixtures import NUM_ITEMS, VARIANTS, make_checkpoint
+from starlette.testclient import TestClient
 
-from modeling_ttt4rec.serving.app import build_engine
+from modeling_ttt4rec.serving.app import build_engine, create_app
 from modeling_ttt4rec.serving.evaluation import serving_ranks
 from modeling_ttt4rec.serving.lru import StateLRU
 from modeling_ttt4rec.serving.state import StateCodec, StateError, UserState
@@ -222,6 +223,19 @@ def test_states_in_the_lru_are_not_tracked_by_the_garbage_collector(checkpoint, 
     gc.collect()  # (a tuple is untracked once the collector has seen that its items are)
     assert len(lru) == 2000
     assert len(gc.get_objects()) - before < 50  # (a `UserState` each would be 2000 objects, with its parts 14,000)
+
+
+def test_the_server_keeps_its_startup_objects_out_of_full_collections(checkpoint, tmp_path):
+    """The model and the libraries live as long as the server: once it has started, a full collection of the garbage
+    collector must not walk them (they are frozen; hundreds of thousands of objects, a third of a second a time)."""
+    app = create_app(engine_for(checkpoint, tmp_path))
+    try:
+        with TestClient(app) as client:
+            assert client.get("/healthz").status_code == 200
+            assert gc.get_freeze_count() > 10_000
+            assert len(gc.get_objects(generation=2)) < 1_000
+    finally:
+        gc.unfreeze()
 
 
 def test_a_failed_commit_applies_nothing(checkpoint, tmp_path):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import gc
 import logging
 import re
 import time
@@ -201,6 +202,10 @@ def create_app(engine: Engine, max_items: int = 256, max_body_bytes: int = 65536
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI):
         await engine.start()
+        # The model, the item map and the libraries live as long as the server: out of the garbage collector's full
+        # collections, which would otherwise walk their objects every time (the states held are kept out: `lru.py`).
+        gc.collect()
+        gc.freeze()
         yield
         await engine.stop()
 
