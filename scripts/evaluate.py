@@ -6,7 +6,7 @@ ranking (`--eval_protocol sampled`, docs/protocol.md section 9).
     accelerate launch scripts/evaluate.py --model_name_or_path USER/NAME --dataset USER/DATA --eval_mode stream
     python scripts/evaluate.py --model_name_or_path outputs/run/best_model --dataset DATA_DIR --eval_protocol sampled
     python scripts/evaluate.py --model_name_or_path outputs/run/best_model --dataset DATA_DIR --eval_mode both \\
-        --by_history_length outputs/run/by_length
+        --by_history_length outputs/run/by_length [--history_length_edges 1,11,51,101,201,401]
 
 Prints HR@10, HR@50, NDCG@10, NDCG@50 (sampled: HR@5, HR@10, NDCG@5, NDCG@10; 4 decimals) and the evaluation
 time; `--output_json` saves them. Options are snake_case (kebab-case spellings are accepted too) and mean what
@@ -25,6 +25,7 @@ from modeling_ttt4rec.training.arguments import ITEM_CHUNK_HELP, add_option  # n
 from modeling_ttt4rec.training.cli import DEBUG_HELP, run_script  # noqa: E402
 from modeling_ttt4rec.training.data import DEFAULT_CONFIG_NAME  # noqa: E402
 from modeling_ttt4rec.training.evaluation import EVAL_MODES, EVAL_PROTOCOLS  # noqa: E402
+from modeling_ttt4rec.training.metrics import HISTORY_LENGTH_EDGES  # noqa: E402
 
 TRAINED = "(default: the checkpoint's training setting, else"
 
@@ -68,6 +69,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         metavar="DIR",
         help="Also write the metrics by history length (table, JSON and an NDCG@10 plot) into DIR",
+    )
+    add_option(
+        parser,
+        "history_length_edges",
+        default=",".join(map(str, HISTORY_LENGTH_EDGES)),
+        help="The lower ends of the history-length groups of --by_history_length, increasing (the last group is open)",
     )
     add_option(parser, "debug", action="store_true", help=DEBUG_HELP)
     return parser

@@ -194,6 +194,29 @@ def test_evaluate_script_by_history_length(tmp_path):
             assert row["HR@50"] == pytest.approx(ranking_metrics(mine)["HR@50"])
 
 
+def test_evaluate_script_history_length_edges(tmp_path):
+    model = tiny_model()
+    seqs = random_sequences(25, 40, 3, 16, seed=6)
+    report = tmp_path / "by_length"
+    run_evaluate_script(tmp_path, model, seqs, "--by_history_length", str(report), "--history_length_edges", "1,8")
+    rows = json.loads((report / "metrics_by_history_length.json").read_text())["window"]
+    assert [row["history"] for row in rows] == ["1-7", "8+"]
+    proc, _ = run_evaluate_script(
+        tmp_path / "bad",
+        model,
+        seqs,
+        "--by_history_length",
+        str(report),
+        "--history_length_edges",
+        "8,1",
+        succeed=False,
+    )
+    assert proc.returncode == 2 and proc.stderr.strip().splitlines() == [
+        "error: --history_length_edges '8,1': expected increasing non-negative integers separated by commas, "
+        "e.g. 1,11,51,101."
+    ]
+
+
 def test_evaluate_script_sampled_protocol(tmp_path):
     model = tiny_model(item_scoring="target_mlp", target_mlp_size=8)
     out = tmp_path / "metrics.json"

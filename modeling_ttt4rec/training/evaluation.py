@@ -47,7 +47,15 @@ from .data import (
     sample_units,
     stream_units,
 )
-from .metrics import PROTOCOL_KS, metric_names, metrics_by_history_length, ranking_metrics, ranks_from_scores
+from .metrics import (
+    HISTORY_LENGTH_EDGES,
+    PROTOCOL_KS,
+    check_history_length_edges,
+    metric_names,
+    metrics_by_history_length,
+    ranking_metrics,
+    ranks_from_scores,
+)
 from .sampling import evaluation_candidates
 
 logger = logging.getLogger(__name__)
@@ -544,6 +552,7 @@ def run_evaluation(args) -> dict:
 
     from .data import load_sequences
 
+    edges = history_length_edges(getattr(args, "history_length_edges", None))
     if getattr(args, "torch_threads", None):
         torch.set_num_threads(args.torch_threads)
     accelerator = Accelerator(mixed_precision=args.mixed_precision, cpu=args.cpu)
@@ -588,7 +597,7 @@ def run_evaluation(args) -> dict:
         results[mode] = metrics
         if args.by_history_length:
             ks = PROTOCOL_KS[args.eval_protocol]
-            by_length[mode] = metrics_by_history_length(ranks, sample_history_lengths(split), ks=ks)
+            by_length[mode] = metrics_by_history_length(ranks, sample_history_lengths(split), edges, ks=ks)
         if accelerator.is_main_process:
             values = "  ".join(f"{k} {metrics[k]:.4f}" for k in metric_names(args.eval_protocol))
             print(
@@ -601,6 +610,20 @@ def run_evaluation(args) -> dict:
     if args.by_history_length and accelerator.is_main_process:
         write_history_length_report(by_length, args.by_history_length, args.eval_protocol, meta.max_length)
     return results
+
+
+def history_length_edges(text: str | None) -> tuple[int, ...]:
+    """`--history_length_edges` ("1,11,51,101": the lower ends of the groups) as integers; the default groups when
+    unset."""
+    if not text:
+        return HISTORY_LENGTH_EDGES
+    try:
+        return tuple(check_history_length_edges(text.split(",")))
+    except ValueError:
+        raise ValueError(
+            f"--history_length_edges {text!r}: expected increasing non-negative integers separated by commas, "
+            "e.g. 1,11,51,101."
+        ) from None
 
 
 def write_history_length_report(by_length: dict[str, list[dict]], folder, protocol: str, max_length: int) -> None:

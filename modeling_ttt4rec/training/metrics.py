@@ -119,6 +119,14 @@ def ranking_metrics(
 HISTORY_LENGTH_EDGES = (1, 4, 6, 11, 21, 51, 101)
 
 
+def check_history_length_edges(edges: Iterable[int]) -> list[int]:
+    """`edges` as a list of ints; a `ValueError` unless they are increasing non-negative integers."""
+    edges = [int(e) for e in edges]
+    if not edges or any(b <= a for a, b in zip(edges, edges[1:], strict=False)) or edges[0] < 0:
+        raise ValueError(f"History-length edges must be increasing non-negative integers, got {edges}.")
+    return edges
+
+
 def metrics_by_history_length(
     ranks: Sequence[int] | np.ndarray | torch.Tensor,
     history_lengths: Sequence[int] | np.ndarray,
@@ -139,9 +147,7 @@ def metrics_by_history_length(
             f"`ranks` and `history_lengths` must be 1-D with one value per sample; got shapes {ranks.shape} and "
             f"{lengths.shape}."
         )
-    edges = [int(e) for e in edges]
-    if not edges or any(b <= a for a, b in zip(edges, edges[1:], strict=False)) or edges[0] < 0:
-        raise ValueError(f"`edges` must be increasing non-negative integers, got {edges}.")
+    edges = check_history_length_edges(edges)
     rows = []
     for i, low in enumerate(edges):
         high = edges[i + 1] - 1 if i + 1 < len(edges) else None
@@ -155,6 +161,7 @@ def metrics_by_history_length(
 
 
 __all__ = [
+    "check_history_length_edges",
     "DEFAULT_KS",
     "HISTORY_LENGTH_EDGES",
     "METRIC_NAMES",
