@@ -84,31 +84,29 @@ def test_early_stopping_patience(data, tmp_path):
     assert results["epochs"] == 3 and results["best_epoch"] == 1
 
 
-def test_train_units_sample_reads_each_sample_in_a_pass_of_its_own(data, tmp_path):
-    """`--train_units sample` (RecBole's way: one pass per sample) trains on the same samples as the whole-prefix
-    passes: with the weights fixed (lr 0) and no dropout, the epoch's loss is the same."""
+FIXED_WEIGHTS = ["--learning_rate", "0", "--hidden_dropout_prob", "0", "--max_epochs", "1"]
+
+
+def test_train_units_and_batching_change_how_the_same_samples_are_read(data, tmp_path):
+    """`--train_units sample` (one pass per sample) and `--batching random` (batches of random units), RecBole's
+    ways, train on the same samples as the whole-prefix passes in length-sorted batches: with the weights fixed
+    (lr 0) and no dropout, the epoch's loss is the same."""
     runs = {}
-    for units in ("prefix", "sample"):
-        argv = ["--dataset", str(data), "--output_dir", str(tmp_path / units), "--train_units", units]
-        argv += [
-            "--learning_rate",
-            "0",
-            "--hidden_dropout_prob",
-            "0",
-            "--max_epochs",
-            "1",
-            "--test_eval_modes",
-            "window",
-        ]
-        runs[units] = trainer = Trainer(parse_args([*argv, *TINY, *FAST]))
+    for units, batching in (("prefix", "length"), ("sample", "length"), ("sample", "random")):
+        out = tmp_path / f"{units}-{batching}"
+        argv = ["--dataset", str(data), "--output_dir", str(out), "--train_units", units, "--batching", batching]
+        argv += [*FIXED_WEIGHTS, "--test_eval_modes", "window"]
+        runs[out.name] = trainer = Trainer(parse_args([*argv, *TINY, *FAST]))
         trainer.fit()
-    prefix, sample = runs["prefix"], runs["sample"]
+    prefix, sample = runs["prefix-length"], runs["sample-length"]
     assert len(sample.units) == int(sample.units.num_targets.sum()) == int(prefix.units.num_targets.sum())
     assert len(sample.units) > len(prefix.units)  # (one pass per sample: more passes, same samples)
-    loss = {u: json.loads((tmp_path / u / "log.jsonl").read_text().splitlines()[0])["train_loss"] for u in runs}
-    assert loss["sample"] == pytest.approx(loss["prefix"], rel=1e-5)
-    with pytest.raises(ValueError, match="Unknown --train_units 'window'"):
-        train(parse_args(["--dataset", str(data), "--output_dir", str(tmp_path / "bad"), "--train_units", "window"]))
+    loss = {name: json.loads((tmp_path / name / "log.jsonl").read_text().splitlines()[0]) for name in runs}
+    assert loss["sample-length"]["train_loss"] == pytest.approx(loss["prefix-length"]["train_loss"], rel=1e-5)
+    assert loss["sample-random"]["train_loss"] == pytest.approx(loss["prefix-length"]["train_loss"], rel=1e-5)
+    for option, value in (("train_units", "window"), ("batching", "sorted")):
+        with pytest.raises(ValueError, match=f"Unknown --{option} '{value}'"):
+            train(parse_args(["--dataset", str(data), "--output_dir", str(tmp_path / "bad"), f"--{option}", value]))
 
 
 def test_bf16_steps_on_cpu(data, tmp_path):

@@ -11,6 +11,7 @@ from helpers import random_sequences, write_split_dataset
 from dataset_builders import WindowedSamples
 from dataset_builders.format import ITEM_MAP_FILE
 from modeling_ttt4rec.training.data import (
+    BATCHING,
     DataError,
     SplitSequences,
     collate,
@@ -108,6 +109,17 @@ def test_make_batches_budgets_and_coverage():
     a = make_batches(units, 20, shuffle=True, seed=5)
     b = make_batches(units, 20, shuffle=True, seed=5)
     assert all((x == y).all() for x, y in zip(a, b, strict=True))
+
+
+def test_random_batching_mixes_lengths_and_length_batching_groups_them():
+    seqs = random_sequences(400, 25, 2, 40, seed=1)
+    units = sample_units(SplitSequences.from_rows(seqs, [1] * 400), 30)
+    spread = {}
+    for batching, bucket_batches in BATCHING.items():
+        batches = make_batches(units, max_targets=50, shuffle=True, seed=0, bucket_batches=bucket_batches)
+        assert sorted(np.concatenate(batches).tolist()) == list(range(len(units)))  # every unit, once
+        spread[batching] = np.mean([np.ptp(units.length[b]) for b in batches])  # lengths within a batch
+    assert spread["length"] <= 1 and spread["random"] > 15
 
 
 @pytest.fixture

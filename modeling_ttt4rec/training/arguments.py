@@ -227,6 +227,13 @@ class TrainerArguments:
             "pass share its dropout masks); sample: one pass per sample, RecBole's way (dropout drawn per sample)"
         },
     )
+    batching: str = field(
+        default="length",
+        metadata={
+            "help": "length: batches of units of about the same length (little padding); random: batches of random "
+            "units, RecBole's way (more padding)"
+        },
+    )
     eval_mode: str = field(default="window", metadata={"help": "window (the paper's) or stream"})
     eval_protocol: str = field(
         default="full", metadata={"help": "full (rank all items) or sampled (rank the target among 1 + N)"}
@@ -296,6 +303,7 @@ RESUME_FIXED = {
         "early_stopping_metric",
         "seed",
         "train_units",
+        "batching",
         "eval_mode",
         "eval_protocol",
         "eval_num_negatives",

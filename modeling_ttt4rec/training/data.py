@@ -401,6 +401,8 @@ def prefix_units(split: SplitSequences, max_length: int) -> Units:
 
 # `--train_units`: how the training samples are read (the samples are the same)
 TRAINING_UNITS = {"prefix": prefix_units, "sample": sample_units}
+# `--batching`: the training batches are cut from buckets of about this many batches' units, sorted by length
+BATCHING = {"length": 64, "random": 1}
 
 
 # ----------------------------------------------------------------------------------------------------------------

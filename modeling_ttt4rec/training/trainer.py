@@ -53,7 +53,7 @@ from .arguments import (
     parse_args,
     resume_settings,
 )
-from .data import TRAINING_UNITS, collate, load_sequences, make_batches, sample_targets
+from .data import BATCHING, TRAINING_UNITS, collate, load_sequences, make_batches, sample_targets
 from .evaluation import (
     EVAL_MODES,
     check_evaluation_arguments,
@@ -200,6 +200,8 @@ def check_arguments(run: RunConfig) -> None:
         raise ValueError(f"Unknown --eval_mode {args.eval_mode!r}; choose one of {EVAL_MODES}.")
     if args.train_units not in TRAINING_UNITS:
         raise ValueError(f"Unknown --train_units {args.train_units!r}; choose one of {sorted(TRAINING_UNITS)}.")
+    if args.batching not in BATCHING:
+        raise ValueError(f"Unknown --batching {args.batching!r}; choose one of {sorted(BATCHING)}.")
     check_evaluation_arguments(args)
     if args.eval_mode == "stream" and not has_cache(model_classes(run.model.model_type)[1]):
         raise ValueError(f"--model_type {run.model.model_type} has no cache: validate with --eval_mode window.")
@@ -491,7 +493,14 @@ class Trainer:
             self.model.seed_negatives(NEGATIVES_SEED_OFFSET + args.seed + epoch)
             if first_step:
                 self.model.negatives_generator.set_state(self.resumed_negatives_state)
-        batches = make_batches(units, args.batch_targets, shuffle=True, seed=args.seed + epoch, min_rows=world)
+        batches = make_batches(
+            units,
+            args.batch_targets,
+            shuffle=True,
+            seed=args.seed + epoch,
+            min_rows=world,
+            bucket_batches=BATCHING[args.batching],
+        )
         self.module.train()
         # the loss summed so far in this epoch (over every process: kept by the main process), and its targets
         loss_so_far = self.state.pop("epoch_loss_sum", 0.0)
