@@ -270,26 +270,6 @@ def test_sqlite_store_is_durable_and_bound_to_one_checkpoint(tmp_path):
         SQLiteStore(tmp_path / "s.db").bind("f2")
 
 
-def test_sqlite_store_checkpoints_in_a_thread_of_its_own(tmp_path):
-    """A commit only appends to the log: the store's thread copies it into the database file (a commit that did it
-    would wait for megabytes to be written and synced), and stops when the store is closed or gone."""
-    path = tmp_path / "s.db"
-    store = SQLiteStore(path)
-    before = path.stat().st_size
-    store.commit(Commit(states={f"u{i}": bytes(4000) for i in range(50)}))  # 200 KB: far below any automatic one
-    deadline = time.monotonic() + 10
-    while path.stat().st_size < before + 150_000 and time.monotonic() < deadline:
-        time.sleep(0.02)
-    assert path.stat().st_size >= before + 150_000
-    assert store.get(["u7"]) == {"u7": bytes(4000)}
-    store.close()
-    assert not store._checkpointer.is_alive()
-    thread = SQLiteStore(tmp_path / "t.db")._checkpointer  # (a store nobody holds)
-    gc.collect()
-    thread.join(5)
-    assert not thread.is_alive()
-
-
 def test_store_urls(tmp_path):
     assert isinstance(open_store(f"sqlite:///{tmp_path / 'a.db'}"), SQLiteStore)
     assert isinstance(open_store(str(tmp_path / "b.db")), SQLiteStore)

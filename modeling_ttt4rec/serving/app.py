@@ -208,7 +208,6 @@ def create_app(engine: Engine, max_items: int = 256, max_body_bytes: int = 65536
         gc.freeze()
         yield
         await engine.stop()
-        engine.store.close()
 
     # FastAPI's native OpenTelemetry looks up the global providers on every request (a sixth of the server's CPU at
     # a thousand events a second); this server reports through its own Prometheus metrics instead.

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import sqlite3
 import threading
-import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import parse_qs, urlparse
@@ -44,12 +43,6 @@ class Commit:
 SQLITE_SYNCHRONOUS = ("full", "normal")
 
 
-# A commit that finds the log over `WAL_AUTOCHECKPOINT_PAGES` pages copies it into the database file itself (SQLite's
-# automatic checkpoint), a backstop only: the store's own thread checkpoints every `CHECKPOINT_INTERVAL_S`.
-WAL_AUTOCHECKPOINT_PAGES = 10_000
-CHECKPOINT_INTERVAL_S = 0.05
-
-
 class SQLiteStore:
     """States in one SQLite file, in WAL mode.
 
@@ -58,11 +51,6 @@ class SQLiteStore:
     crash); with `"normal"` the log is synced only at checkpoints, so an acknowledged event survives a kill of the
     server process but may be lost with the machine's power, for a commit several times faster on this project's
     disk (docs/serving.md).
-
-    The log is copied into the database file (checkpointed) by a thread of the store's own, every
-    `CHECKPOINT_INTERVAL_S` seconds, rather than by the commit that happens to fill it: a checkpoint writes and syncs
-    megabytes, and a commit that ran one made its batch, and the batch behind it, wait (docs/serving.md, "Load").
-    A checkpoint is crash-safe and leaves the committed data as it is; `close()` stops the thread.
     """
 
     def __init__(self, path: str | Path, synchronous: str = "full"):
@@ -78,14 +66,6 @@ class SQLiteStore:
                 "CREATE TABLE IF NOT EXISTS events (user_id TEXT NOT NULL, event_id TEXT NOT NULL, "
                 "PRIMARY KEY (user_id, event_id)) WITHOUT ROWID;"
             )
-        self._closed = threading.Event()
-        self._checkpointer = threading.Thread(
-            target=_checkpoint_loop,
-            args=(self.path, synchronous, self._closed, weakref.ref(self)),
-            name="sqlite-checkpoint",
-            daemon=True,
-        )
-        self._checkpointer.start()
 
     def _connect(self) -> sqlite3.Connection:
         """This thread's connection (SQLite connections are not shared between threads)."""
@@ -95,16 +75,10 @@ class SQLiteStore:
                 db = sqlite3.connect(self.path, timeout=30, isolation_level=None)
                 db.execute("PRAGMA journal_mode=WAL")
                 db.execute(f"PRAGMA synchronous={self.synchronous.upper()}")
-                db.execute(f"PRAGMA wal_autocheckpoint={WAL_AUTOCHECKPOINT_PAGES}")
             except sqlite3.Error as error:
                 raise StoreUnavailable(f"Cannot open the SQLite store {self.path}: {error}.") from error
             self._local.db = db
         return db
-
-    def close(self) -> None:
-        """Stop the checkpoint thread (the data is all committed already)."""
-        self._closed.set()
-        self._checkpointer.join()
 
     def bind(self, fingerprint: str) -> None:
         """Record `fingerprint` in an empty store; refuse a store of another checkpoint."""
@@ -156,22 +130,6 @@ class SQLiteStore:
 
     def count(self) -> int:
         return self._connect().execute("SELECT COUNT(*) FROM states").fetchone()[0]
-
-
-def _checkpoint_loop(path: str, synchronous: str, closed: threading.Event, store: weakref.ref) -> None:
-    """`SQLiteStore`'s thread: copy the committed log into the database file every `CHECKPOINT_INTERVAL_S`, without
-    waiting for readers or writers (PASSIVE), until the store is closed or gone."""
-    db = None
-    while not closed.wait(CHECKPOINT_INTERVAL_S) and store() is not None:
-        try:
-            if db is None:
-                db = sqlite3.connect(path, isolation_level=None)
-                db.execute(f"PRAGMA synchronous={synchronous.upper()}")  # (a checkpoint syncs as the commits do)
-            db.execute("PRAGMA wal_checkpoint(PASSIVE)")
-        except sqlite3.Error:
-            pass  # (the next round, or a commit's own checkpoint, does it)
-    if db is not None:
-        db.close()
 
 
 class RedisStore:
@@ -234,10 +192,6 @@ class RedisStore:
 
     def ping(self) -> None:
         self._run("Reaching", self.client.ping)
-
-    def close(self) -> None:
-        """Close the connections to Redis."""
-        self.client.close()
 
     def count(self) -> int:
         return sum(1 for _ in self.client.scan_iter(match=self.prefix + "state:*", count=1000))
