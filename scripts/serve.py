@@ -14,6 +14,7 @@ import torch
 import uvicorn
 
 from modeling_ttt4rec.serving.app import build_engine, create_app
+from modeling_ttt4rec.serving.engine import LRU_SIZE, MAX_BATCH, MAX_WAIT_MS
 from modeling_ttt4rec.serving.state import STATE_DTYPES
 from modeling_ttt4rec.serving.store import CheckpointMismatch, StoreUnavailable
 from modeling_ttt4rec.training.arguments import add_option
@@ -27,13 +28,19 @@ def main(argv: list[str] | None = None) -> None:
     add_option(parser, "host", default="127.0.0.1", help="address to listen on")
     add_option(parser, "port", type=int, default=8000, help="port to listen on")
     add_option(parser, "state_dtype", default="float32", choices=sorted(STATE_DTYPES), help="stored float format")
-    add_option(parser, "max_batch", type=int, default=64, help="most operations in one micro-batch")
-    add_option(parser, "max_wait_ms", type=float, default=2.0, help="longest wait for a micro-batch to fill")
+    add_option(parser, "max_batch", type=int, default=MAX_BATCH, help="most operations in one micro-batch")
+    add_option(
+        parser,
+        "max_wait_ms",
+        type=float,
+        default=MAX_WAIT_MS,
+        help="longest wait for more operations once one is queued (0: a batch is what queued during the last step)",
+    )
     add_option(
         parser,
         "lru_size",
         type=int,
-        default=100_000,
+        default=LRU_SIZE,
         help="user states kept in memory with their cache rows (0: none; 68 KB each for the default model)",
     )
     add_option(parser, "max_items", type=int, default=256, help="most items in one event")

@@ -18,7 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from dataset_builders.item_ids import ItemIdMap, UnknownItemError
 
-from .engine import Engine, RequestError
+from .engine import LRU_SIZE, MAX_BATCH, MAX_WAIT_MS, Engine, RequestError
 from .metrics import Metrics
 from .state import StateCodec, checkpoint_fingerprint
 from .store import StoreUnavailable, open_store
@@ -163,9 +163,9 @@ def build_engine(
     store_url: str,
     *,
     state_dtype: str = "float32",
-    max_batch: int = 64,
-    max_wait_ms: float = 2.0,
-    lru_size: int = 100_000,
+    max_batch: int = MAX_BATCH,
+    max_wait_ms: float = MAX_WAIT_MS,
+    lru_size: int = LRU_SIZE,
 ) -> Engine:
     """Load a checkpoint (folder or Hub id, with its `item_map.parquet`) and open and bind the store."""
     from dataset_builders.resolve import resolve_folder

@@ -33,6 +33,12 @@ from .metrics import Metrics
 from .state import StateCodec, StateError, UserState
 from .store import Commit, StoreUnavailable
 
+# The engine's defaults (`scripts/serve.py` options). With no wait, a micro-batch is what queued up while the last
+# one stepped: the batches grow with the load, and a lone event is not held back (docs/serving.md, "Load").
+MAX_BATCH = 64
+MAX_WAIT_MS = 0.0
+LRU_SIZE = 100_000
+
 
 class RequestError(ValueError):
     """A request the server refuses, with the HTTP status to answer."""
@@ -75,9 +81,9 @@ class Engine:
         item_map,
         store,
         codec: StateCodec,
-        max_batch: int = 64,
-        max_wait_ms: float = 2.0,
-        lru_size: int = 100_000,
+        max_batch: int = MAX_BATCH,
+        max_wait_ms: float = MAX_WAIT_MS,
+        lru_size: int = LRU_SIZE,
         metrics: Metrics | None = None,
     ):
         self.model = model
