@@ -109,15 +109,6 @@ def test_train_units_and_batching_change_how_the_same_samples_are_read(data, tmp
             train(parse_args(["--dataset", str(data), "--output_dir", str(tmp_path / "bad"), f"--{option}", value]))
 
 
-def test_batching_defaults_to_the_models_own(data):
-    def batching(*argv):
-        return parse_args(["--dataset", str(data), *argv]).training.batching
-
-    assert batching() == "length" and batching("--model_type", "sasrec") == "length"
-    assert batching("--model_type", "narm") == "random"  # (as RecBole trains it: docs/benchmarks.md)
-    assert batching("--model_type", "narm", "--batching", "length") == "length"
-
-
 def test_bf16_steps_on_cpu(data, tmp_path):
     out = tmp_path / "bf16"
     argv = ["--dataset", str(data), "--output_dir", str(out), "--mixed_precision", "bf16", "--max_epochs", "1"]

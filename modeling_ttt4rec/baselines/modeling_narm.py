@@ -40,9 +40,6 @@ class NARMForNextItemPrediction(SequentialRecommender):
     config: NARMConfig
     config_class = NARMConfig
     base_model_prefix = "narm"
-    # Trained on batches of random units, as RecBole trains it: in batches of units of about the same length it
-    # learns more slowly (docs/benchmarks.md, "RecBole 1.2.1 side by side").
-    training_batching = "random"
 
     def __init__(self, config: NARMConfig):
         config.check_arguments()

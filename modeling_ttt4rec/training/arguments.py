@@ -92,9 +92,6 @@ def register_model(name: str, config_class: type[PreTrainedConfig], model_class:
       bidirectional attention). Defining it is what says so: the `window` evaluation then gives the model one window
       per sample (batched by length) and reads only this (`evaluation.reads_each_sample`). A causal model leaves it
       out, and one pass over a user's prefix serves all of its samples;
-    - optionally, the class attribute `training_batching = "random"`: the model trains, unless `--batching` says
-      otherwise, on batches of random units rather than of units of about the same length (NARM, which learns
-      more slowly from the latter);
     - for the `stream` evaluation mode only, a cache: `init_cache(batch_size)` (a model without it has no cache) and
       `model(..., cache_params=cache, use_cache=True)` returning `.cache_params` with `select(rows)` (and
       `config.mini_batch_size`, if reading in chunks of its multiples is fastest); a model whose cache holds at most
@@ -230,11 +227,11 @@ class TrainerArguments:
             "pass share its dropout masks); sample: one pass per sample, RecBole's way (dropout drawn per sample)"
         },
     )
-    batching: str | None = field(
-        default=None,
+    batching: str = field(
+        default="length",
         metadata={
             "help": "length: batches of units of about the same length (little padding); random: batches of random "
-            "units, RecBole's way (more padding); unset: the model's (random for NARM, length for the others)"
+            "units, RecBole's way (more padding)"
         },
     )
     eval_mode: str = field(default="window", metadata={"help": "window (the paper's) or stream"})
@@ -402,8 +399,6 @@ def parse_args(argv: list[str] | None = None) -> RunConfig:
     model_args, data_args, training_args = parser.parse_args_into_dataclasses(args=argv)
     if not data_args.dataset:
         raise SystemExit("--dataset is required (a data set folder from dataset_builders or a Hub dataset repo id)")
-    if training_args.batching is None:
-        training_args.batching = getattr(model_classes(model_type)[1], "training_batching", "length")
     return RunConfig(model_args, data_args, training_args)
 
 
