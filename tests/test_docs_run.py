@@ -57,10 +57,10 @@ PLACEHOLDERS = [  # (document, text, replacement)
     (
         "docs/serving.md",
         "--model path/or/hub-id [--store sqlite:///PATH | redis://HOST:PORT/DB] \\\n"
-        "    [--host 127.0.0.1 --port 8000] [--max_batch 64 --max_wait_ms 0] [--lru_size 100000] "
+        "    [--host 127.0.0.1 --port 8000] [--max_batch 64 --max_wait_ms 2] [--lru_size 100000] "
         "[--state_dtype float32]",
         "--model outputs/amazon/best_model --store sqlite:///states-template.db --host 127.0.0.1 --port {port} "
-        "--max_batch 64 --max_wait_ms 0 --lru_size 100000 --state_dtype float32",
+        "--max_batch 64 --max_wait_ms 2 --lru_size 100000 --state_dtype float32",
     ),
     ("docs/serving.md", "--model CKPT", "--model outputs/amazon/best_model"),
     ("docs/benchmarks.md", "--model_type MODEL", "--model_type gru4rec"),
