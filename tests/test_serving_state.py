@@ -158,12 +158,11 @@ def test_the_lru_is_bounded(checkpoint, tmp_path):
 def random_states(codec, n: int, seed: int = 0) -> list[UserState]:
     """`n` states shaped as the engine's: live rows (with and without a boundary) and states read from bytes."""
     g = torch.Generator().manual_seed(seed)
-    row_numel = sum(shape.numel() for shape in codec.row_shapes)
     states = []
     for i in range(n):
         seen = i % 20 + 1
         pending = list(range(seen % codec.mini_batch_size))
-        row = torch.randn(row_numel, generator=g)
+        row = torch.randn(codec.row_numel, generator=g)
         boundary = torch.randn(codec.boundary_numel, generator=g) if seen >= codec.mini_batch_size else None
         if i % 3 == 2:  # read from its stored bytes: no live row
             states.append(

@@ -35,8 +35,6 @@ class StateLRU:
         self.codec = codec
         self.capacity = max(0, capacity)
         self._block_rows = max(1, min(BLOCK_ROWS, self.capacity))
-        self._boundary_numel = codec.boundary_numel
-        self._row_numel = sum(shape.numel() for shape in codec.row_shapes)
         # A live row holds the boundary only when the model has no convolution windows (`StateCodec`).
         self._separate_boundaries = not codec.boundary_in_row
         self._rows: list[torch.Tensor] = []  # blocks of [BLOCK_ROWS, row]
@@ -66,7 +64,7 @@ class StateLRU:
                 if self._separate_boundaries:
                     boundary = self._slot(self._boundaries, slot).clone()
                 else:
-                    boundary = row[: self._boundary_numel]
+                    boundary = row[: self.codec.boundary_numel]
         last_hidden = row[-self.codec.hidden_size :]
         return UserState(seen, list(pending), list(history), boundary, last_hidden, row if live else None)
 
@@ -85,7 +83,7 @@ class StateLRU:
                 row.copy_(state.row)
             else:  # a state read from its stored bytes: its boundary and final hidden state
                 if state.boundary is not None and not self._separate_boundaries:
-                    row[: self._boundary_numel].copy_(state.boundary)
+                    row[: self.codec.boundary_numel].copy_(state.boundary)
                 row[-self.codec.hidden_size :].copy_(state.last_hidden)
             if state.boundary is not None and self._separate_boundaries:
                 self._slot(self._boundaries, slot).copy_(state.boundary)
@@ -114,9 +112,9 @@ class StateLRU:
         if not self._free:
             n = self._block_rows
             start = len(self._rows) * n
-            self._rows.append(torch.empty(n, self._row_numel))
+            self._rows.append(torch.empty(n, self.codec.row_numel))
             if self._separate_boundaries:
-                self._boundaries.append(torch.empty(n, self._boundary_numel))
+                self._boundaries.append(torch.empty(n, self.codec.boundary_numel))
             self._free.extend(range(start + n - 1, start - 1, -1))  # (lowest slot first)
         return self._free.pop()
 

@@ -111,6 +111,8 @@ class StateCodec:
         self.row_names = self.boundary_names + [name for name in template if ".pending." in name]
         self.row_names.append("last_hidden_state")
         self.row_shapes = [template[name].shape[1:] for name in self.row_names]
+        self.row_sizes = [shape.numel() for shape in self.row_shapes]
+        self.row_numel = sum(self.row_sizes)
         self.boundary_in_row = not any(".conv." in name for name in self.boundary_names)
         self.initial_boundary = torch.cat([template[name].reshape(-1) for name in self.boundary_names]).detach()
         self.no_pending = torch.zeros(sum(template[name].numel() for name in template if ".pending." in name))
@@ -169,10 +171,10 @@ class StateCodec:
         (replaying `states[i].pending` from there gives the user's exact cache). `seen` says which."""
         rows = [s.row if s.row is not None else self._boundary_row(s) for s in states]
         data = torch.stack(rows).to(self.initial_boundary.dtype)  # [batch, row]
-        sizes = [shape.numel() for shape in self.row_shapes]
+        parts = data.split(self.row_sizes, dim=1)
         flat = {
             name: part.reshape(len(states), *shape)
-            for name, shape, part in zip(self.row_names, self.row_shapes, data.split(sizes, dim=1), strict=True)
+            for name, shape, part in zip(self.row_names, self.row_shapes, parts, strict=True)
         }
         flat["seen"] = torch.tensor([s.seen if s.row is not None else s.seen - len(s.pending) for s in states])
         return TTT4RecCache.from_state_dict(flat, self.cache_config)
@@ -182,16 +184,16 @@ class StateCodec:
         return torch.cat([boundary.to(self.no_pending.dtype), self.no_pending, state.last_hidden])
 
     def live_rows(self, cache: TTT4RecCache) -> list[torch.Tensor]:
-        """Each row of `cache`, flat (`row_names`), in memory of its own."""
+        """Each row of `cache`, flat (`row_names`): views of one new tensor (the LRU copies what it keeps)."""
         flat = cache.state_dict()
         data = torch.cat([flat[name].reshape(cache.batch_size, -1) for name in self.row_names], dim=1)
-        return [row.clone() for row in data.detach().float().unbind(0)]
+        return list(data.detach().float().unbind(0))
 
     def boundaries(self, cache: TTT4RecCache, rows: list[int]) -> list[torch.Tensor]:
         """The flat boundary data of `rows` of a cache that is at a mini-batch boundary on those rows."""
         flat = cache.state_dict()
         data = torch.cat([flat[name][rows].reshape(len(rows), -1) for name in self.boundary_names], dim=1)
-        return list(data.detach().float().clone().unbind(0))
+        return list(data.detach().float().unbind(0))
 
 
 def _tensor_bytes(tensor: torch.Tensor) -> bytes:
