@@ -10,7 +10,8 @@ by history length). Resumable: run the same command again and finished models ar
     python scripts/compare.py --dataset DATA --models ttt4rec,sasrec --variant "ttt4rec-L200=ttt4rec --max_length 200"
 
 Every other option (`--seed`, `--patience`, `--learning_rate`, `--batch_targets`, `--torch_threads`, ...) is a
-`scripts/train.py` option, given to every run alike. Logic: `modeling_ttt4rec.training.compare`.
+`scripts/train.py` option, given to every run alike. Logic: `modeling_ttt4rec.training.compare`. A mistake ends
+with one line `error: ...` (exit status 2); `--debug` shows its traceback.
 """
 
 import argparse
@@ -20,6 +21,7 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from modeling_ttt4rec.training.arguments import add_option  # noqa: E402
+from modeling_ttt4rec.training.cli import DEBUG_HELP, run_script  # noqa: E402
 from modeling_ttt4rec.training.data import DEFAULT_CONFIG_NAME  # noqa: E402
 
 
@@ -37,6 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
         help='A model with train.py options of its own, named: "NAME=MODEL_TYPE OPTIONS", e.g. '
         '"ttt4rec-L200=ttt4rec --max_length 200" (repeatable)',
     )
+    add_option(parser, "debug", action="store_true", help=DEBUG_HELP)
     return parser
 
 
@@ -51,5 +54,7 @@ def main(argv: list[str] | None = None) -> dict:
         raise SystemExit(str(err)) from err
 
 
+INTERRUPTED = "run the same command again: finished models are not retrained, the interrupted one resumes"
+
 if __name__ == "__main__":
-    main()
+    run_script(main, interrupted=INTERRUPTED)

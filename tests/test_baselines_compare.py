@@ -3,6 +3,9 @@ table and two plots, resumable (a finished model is not retrained), clear errors
 
 import importlib.util
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -99,3 +102,23 @@ def test_compare_bad_input(tmp_path):
     with pytest.raises(SystemExit, match="full protocol"):
         argv = ["--dataset", str(tmp_path), "--models", "sasrec", "--eval_protocol", "sampled"]
         compare_script.main([*argv, "--output_dir", str(tmp_path)])
+
+
+def test_compare_script_ends_a_mistake_with_one_line(tmp_path):
+    env = dict(os.environ, PYTHONPATH=str(SCRIPT.parents[1]))
+    cmd = [
+        sys.executable,
+        str(SCRIPT),
+        "--dataset",
+        str(tmp_path),
+        "--variant",
+        "ttt4rec",
+        "--output_dir",
+        str(tmp_path),
+    ]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [
+        "error: --variant 'ttt4rec': expected NAME=MODEL_TYPE followed by its train.py options, e.g. "
+        '--variant "ttt4rec-L200=ttt4rec --max_length 200".'
+    ]
