@@ -8,14 +8,14 @@ import time
 import numpy as np
 import pytest
 import torch
-from serving_fixtures import NUM_ITEMS, VARIANTS, make_checkpoint
+from serving_fixtures import NUM_ITEMS, VARIANTS, RedisServer, make_checkpoint
 from starlette.testclient import TestClient
 
 from modeling_ttt4rec.serving.app import build_engine, create_app
 from modeling_ttt4rec.serving.evaluation import serving_ranks
 from modeling_ttt4rec.serving.lru import StateLRU
 from modeling_ttt4rec.serving.state import StateCodec, StateError, UserState
-from modeling_ttt4rec.serving.store import Commit, SQLiteStore, StoreUnavailable, open_store
+from modeling_ttt4rec.serving.store import Commit, RedisStore, SQLiteStore, StoreUnavailable, open_store
 from modeling_ttt4rec.training.data import SplitSequences
 from modeling_ttt4rec.training.evaluation import compute_ranks, load_checkpoint
 
@@ -56,33 +56,60 @@ def test_compact_state_round_trips_and_is_smaller_than_the_cache(checkpoint, tmp
     engine = engine_for(checkpoint, tmp_path)
     codec = engine.codec
     events(engine, [[("a", [1, 2, 3, 4, 5, 6]), ("b", [7, 8])]])
-    blobs = engine.store.get(["a", "b"])
-    a, b = codec.decode(blobs["a"]), codec.decode(blobs["b"])
+    stored = engine.store.get(["a", "b"])
+    a, b = codec.decode(*stored["a"]), codec.decode(*stored["b"])
     assert (a.seen, a.pending, a.history) == (6, [5, 6], [1, 2, 3, 4, 5, 6])
     assert (b.seen, b.pending, b.boundary) == (2, [7, 8], None)  # no boundary yet: the initial weights are implied
-    assert codec.encode(a) == blobs["a"] and codec.encode(b) == blobs["b"]
+    assert stored["b"][1] is None
+    assert (codec.encode(a), codec.encode_boundary(a)) == stored["a"] and (codec.encode(b), None) == stored["b"]
     cache_bytes = sum(t[0].numel() * t.element_size() for t in engine.model.init_cache(1).state_dict().values())
-    assert len(blobs["a"]) < 0.55 * cache_bytes  # (no gradient sums: about half)
-    assert len(blobs["b"]) < 200
+    assert len(stored["a"][0]) + len(stored["a"][1]) < 0.55 * cache_bytes  # (no gradient sums: about half)
+    assert len(stored["a"][0]) < 300 and len(stored["b"][0]) < 300  # (the summary, written at every event)
     half = StateCodec(engine.model, "ab" * 32, "bfloat16")
-    a_half = half.decode(half.encode(a))
-    assert len(half.encode(a)) < 0.55 * len(blobs["a"])
+    a_half = half.decode(half.encode(a), half.encode_boundary(a))
+    assert len(half.encode_boundary(a)) < 0.55 * len(stored["a"][1])
     torch.testing.assert_close(a_half.boundary, a.boundary, rtol=1e-2, atol=1e-2)
+
+
+def test_the_boundary_is_written_only_when_the_user_reaches_a_new_one(checkpoint, tmp_path):
+    """An event writes the user's small summary; its boundary (nearly all the bytes) only when the user finished a
+    mini-batch (4 items here). The state read back is the engine's."""
+    engine = engine_for(checkpoint, tmp_path, lru_size=0)
+    commits = []
+    commit = engine.store.commit
+    engine.store.commit = lambda c: commits.append(c) or commit(c)
+    events(engine, [[("a", [1, 2])], [("a", [3])], [("a", [4, 5])], [("a", [6])], [("a", [7, 8, 9, 10, 11])]])
+    assert [set(c.states) for c in commits] == [{"a"}] * 5
+    assert [set(c.boundaries) for c in commits] == [set(), set(), {"a"}, set(), {"a"}]
+    summary, boundary = engine.store.get(["a"])["a"]
+    assert boundary == commits[-1].boundaries["a"] and summary == commits[-1].states["a"]
+    state = engine.codec.decode(summary, boundary)
+    assert (state.seen, state.pending) == (11, [9, 10, 11])
 
 
 def test_a_damaged_or_foreign_state_is_refused(checkpoint, tmp_path):
     engine = engine_for(checkpoint, tmp_path)
     events(engine, [[("a", [1, 2, 3, 4, 5])]])
-    blob = engine.store.get(["a"])["a"]
+    summary, boundary = engine.store.get(["a"])["a"]
+    decode = engine.codec.decode
     other = StateCodec(engine.model, "cd" * 32)
     with pytest.raises(StateError, match="computed with another checkpoint"):
-        other.decode(blob, "a")
+        other.decode(summary, boundary, "a")
     with pytest.raises(StateError, match="damaged"):
-        engine.codec.decode(blob[:-4], "a")
+        decode(summary[:-4], boundary, "a")
     with pytest.raises(StateError, match="truncated"):
-        engine.codec.decode(blob[:10], "a")
-    with pytest.raises(StateError, match="not a TTT4Rec serving state"):
-        engine.codec.decode(b"XXXX" + blob[4:], "a")
+        decode(summary[:10], boundary, "a")
+    with pytest.raises(StateError, match="not a TTT4Rec serving state of this version"):
+        decode(b"XXXX" + summary[4:], boundary, "a")
+    with pytest.raises(StateError, match="boundary of user 'a' is damaged"):
+        decode(summary, boundary[:-4], "a")
+    with pytest.raises(StateError, match="its boundary is missing"):
+        decode(summary, None, "a")
+    with pytest.raises(StateError, match="there but not expected"):
+        decode(engine.codec.encode(engine.codec.new_user()), boundary, "a")
+    events(engine, [[("a", [6, 7, 8])]])  # a new boundary (8 items): the old one does not go with the new summary
+    with pytest.raises(StateError, match="the one after 4 items, its state needs the one after 8"):
+        decode(engine.store.get(["a"])["a"][0], boundary, "a")
 
 
 def test_serving_never_changes_the_model(checkpoint, tmp_path):
@@ -104,7 +131,7 @@ def test_events_of_one_user_are_applied_in_arrival_order(checkpoint, tmp_path):
     engine = engine_for(checkpoint, tmp_path, max_batch=4, max_wait_ms=50)
     (answers,) = events(engine, [[("same", [i]) for i in range(1, 11)] + [("other", [3])]])
     assert [a["items_read"] for a in answers[:10]] == list(range(1, 11))
-    assert engine.codec.decode(engine.store.get(["same"])["same"]).history == list(range(1, 11))
+    assert engine.codec.decode(*engine.store.get(["same"])["same"]).history == list(range(1, 11))
 
 
 def test_the_next_batch_steps_while_one_commits_and_never_holds_its_users(checkpoint, tmp_path):
@@ -242,7 +269,9 @@ def test_a_failed_commit_applies_nothing(checkpoint, tmp_path):
     events(engine, [[("a", [1])]])
     before = engine.store.get(["a"])
     with pytest.raises(StoreUnavailable):  # (the second event row breaks the primary key: the whole commit fails)
-        engine.store.commit(Commit(states={"a": b"new", "b": b"new"}, events=[("a", "e"), ("a", "e")]))
+        engine.store.commit(
+            Commit(states={"a": b"new", "b": b"new"}, boundaries={"b": b"new"}, events=[("a", "e"), ("a", "e")])
+        )
     assert engine.store.get(["a", "b"]) == before
 
 
@@ -257,6 +286,26 @@ def test_an_unreachable_store_fails_the_batch_and_changes_nothing(checkpoint, tm
     with pytest.raises(StoreUnavailable):
         events(engine, [[("a", [2])]])
     assert engine.lru.get("a").history == [1]
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "redis"])
+def test_stores_keep_summaries_and_boundaries_apart_and_forget_both(kind, tmp_path):
+    """A summary written alone keeps the stored boundary; a deleted user leaves no boundary behind for a new one."""
+    if kind == "redis":
+        redis_server = RedisServer(tmp_path)
+        store = RedisStore(redis_server.url)
+    else:
+        store = SQLiteStore(tmp_path / "s.db")
+    try:
+        store.commit(Commit(states={"a": b"s1", "b": b"t1"}, boundaries={"a": b"B1"}))
+        store.commit(Commit(states={"a": b"s2"}))
+        assert store.get(["a", "b", "c"]) == {"a": (b"s2", b"B1"), "b": (b"t1", None)}
+        store.commit(Commit(deletes=["a"]))
+        store.commit(Commit(states={"a": b"s3"}))
+        assert store.get(["a"]) == {"a": (b"s3", None)}
+    finally:
+        if kind == "redis":
+            redis_server.stop()
 
 
 def test_sqlite_store_is_durable_and_bound_to_one_checkpoint(tmp_path):
@@ -320,7 +369,7 @@ def test_states_kept_in_memory_equal_states_replayed_from_the_store(variant, tmp
         engine = engine_for(checkpoint, tmp_path / str(lru_size), lru_size=lru_size)
         answers[lru_size] = events(engine, batches)
         stored = engine.store.get(users)
-        finals[lru_size] = {u: engine.codec.decode(stored[u]) for u in users}
+        finals[lru_size] = {u: engine.codec.decode(*stored[u]) for u in users}
         if lru_size == 100:
             assert all(engine.lru.is_live(u) for u in users)  # (the in-memory path ran)
     for lru_size in (2, 0):

@@ -9,8 +9,9 @@ user's events are applied one at a time in arrival order (the worker is the per-
    whole cache row, so only the new items are read; one read from the store replays its pending items first (see
    `state.py`). (Two steps for the mamba backbone when some users finish a mini-batch: the boundary's convolution
    windows must be kept.)
-3. commit all new states and event ids in one atomic write (a group commit), and only then update the LRU and
-   answer. If the commit fails, nothing of the batch is applied and its requests get `StoreUnavailable`.
+3. commit all new states (summaries, and the boundaries that changed) and event ids in one atomic write (a group
+   commit), and only then update the LRU and answer. If the commit fails, nothing of the batch is applied and its
+   requests get `StoreUnavailable`.
 
 Steps 1-2 run in one thread and step 3 in another, as a pipeline: batch N+1's model step runs while batch N is
 committed (the sync of a commit waits on the disk, not the interpreter). Batch N+1 holds none of batch N's users
@@ -250,8 +251,11 @@ class Engine:
 
         new_states = self.advance([states[batch[i].user_id] for i in advance], [batch[i].items for i in advance])
         for i, state in zip(advance, new_states, strict=True):
-            states[batch[i].user_id] = fresh[batch[i].user_id] = state
-            commit.states[batch[i].user_id] = self.codec.encode(state)
+            user_id = batch[i].user_id
+            commit.states[user_id] = self.codec.encode(state)
+            if self.codec.crossed_boundary(states[user_id], state):  # (the boundary is written only when it changes)
+                commit.boundaries[user_id] = self.codec.encode_boundary(state)
+            states[user_id] = fresh[user_id] = state
         ranked = self._top_k([states[batch[i].user_id] for i in answer], [batch[i] for i in answer])
         for i, result in zip(answer, ranked, strict=True):
             result["applied"] = i in advance if batch[i].kind == "event" else None
@@ -287,7 +291,7 @@ class Engine:
                 stored = self.store.get(missing)
             for u in missing:
                 try:
-                    states[u] = self.codec.decode(stored[u], u) if u in stored else self.codec.new_user()
+                    states[u] = self.codec.decode(*stored[u], user_id=u) if u in stored else self.codec.new_user()
                 except StateError as error:
                     states[u] = error
             for u in stored:

@@ -1,9 +1,9 @@
 """The test metrics of a model served through the compact user state (docs/serving.md, "Half-precision states").
 
 `serving_ranks` replays every user of a split as the server does: one event with the history before the first
-target, then one event per target item, each state stored (`StateCodec.encode`) and read back (`decode`) between
-events, and every target ranked from the stored final hidden state. In float32 this is the `stream` evaluation
-exactly; in bfloat16 it measures what the rounding of the stored states costs.
+target, then one event per target item, each state stored (`StateCodec.encode`, `encode_boundary`) and read back
+(`decode`) between events, and every target ranked from the stored final hidden state. In float32 this is the
+`stream` evaluation exactly; in bfloat16 it measures what the rounding of the stored states costs.
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ def serving_ranks(model, split: SplitSequences, state_dtype: str = "float32", ba
     ranks = np.zeros(int(counts.sum()), dtype=np.int64)
 
     def stored(states: list[UserState]) -> list[UserState]:
-        return [codec.decode(codec.encode(s)) for s in states]
+        return [codec.decode(codec.encode(s), codec.encode_boundary(s)) for s in states]
 
     users = np.flatnonzero(counts > 0)
     users = users[np.argsort(-counts[users], kind="stable")]  # (similar numbers of events in one batch)

@@ -11,6 +11,11 @@ and replays them on load (docs/serving.md, "What is stored per user"):
   `exclude_seen`);
 * the checkpoint's fingerprint, so that a state is never used with another checkpoint.
 
+It is stored in two parts: the *boundary* (the weights and windows: nearly all the bytes), which changes once every
+`mini_batch_size` items and is written only then, and the *summary* (everything else, a few hundred bytes), written
+at every event. The summary names the boundary it goes with (`seen - len(pending)`), and the two are always written
+in one atomic commit, so a summary is never read with another boundary.
+
 Replaying `pending` from the boundary gives the same cache as the one that read them (the cache is exact for any
 chunking of a history), so the compact state loses nothing.
 """
@@ -26,9 +31,12 @@ import torch
 
 from ..cache import TTT4RecCache
 
-MAGIC = b"TTS1"
+MAGIC = b"TTS2"
 # magic, float dtype code, flags, checkpoint fingerprint (16 bytes), seen, len(pending), len(history)
 _HEADER = struct.Struct("<4sBB2x16sqII")
+BOUNDARY_MAGIC = b"TTB2"
+# magic, float dtype code, checkpoint fingerprint (16 bytes), seen at the boundary
+_BOUNDARY_HEADER = struct.Struct("<4sB3x16sq")
 _HAS_BOUNDARY = 1
 STATE_DTYPES = {"float32": (0, torch.float32), "bfloat16": (1, torch.bfloat16)}
 _DTYPE_BY_CODE = {code: dtype for code, dtype in STATE_DTYPES.values()}
@@ -126,40 +134,82 @@ class StateCodec:
         return UserState(0, [], [], None, torch.zeros(self.hidden_size))
 
     def encode(self, state: UserState) -> bytes:
-        """The stored bytes of `state`."""
+        """The stored summary of `state` (written at every event): all of it but the boundary."""
         flags = _HAS_BOUNDARY if state.boundary is not None else 0
         header = _HEADER.pack(
             MAGIC, self.dtype_code, flags, self.fingerprint, state.seen, len(state.pending), len(state.history)
         )
-        floats = state.last_hidden if state.boundary is None else torch.cat([state.last_hidden, state.boundary])
         ids = torch.tensor(state.pending + state.history, dtype=torch.int32)
-        return header + _tensor_bytes(floats.to(self.store_dtype)) + _tensor_bytes(ids)
+        return header + _tensor_bytes(state.last_hidden.to(self.store_dtype)) + _tensor_bytes(ids)
 
-    def decode(self, blob: bytes, user_id: str = "?") -> UserState:
-        """The state stored as `blob`; a `StateError` if it belongs to another checkpoint or is damaged."""
-        if len(blob) < _HEADER.size:
-            raise StateError(f"The stored state of user {user_id!r} is truncated ({len(blob)} bytes).")
-        magic, code, flags, fingerprint, seen, n_pending, n_history = _HEADER.unpack_from(blob)
+    def encode_boundary(self, state: UserState) -> bytes | None:
+        """The stored boundary of `state` (written only when the user reaches a new one); None before the first."""
+        if state.boundary is None:
+            return None
+        at = state.seen - len(state.pending)
+        header = _BOUNDARY_HEADER.pack(BOUNDARY_MAGIC, self.dtype_code, self.fingerprint, at)
+        return header + _tensor_bytes(state.boundary.to(self.store_dtype))
+
+    def crossed_boundary(self, before: UserState, after: UserState) -> bool:
+        """Whether `after` (the state `before` became) has a new boundary to write."""
+        return after.seen // self.mini_batch_size != before.seen // self.mini_batch_size
+
+    def decode(self, summary: bytes, boundary: bytes | None = None, user_id: str = "?") -> UserState:
+        """The state stored as `summary` and `boundary`; a `StateError` if it belongs to another checkpoint, is
+        damaged, or its two parts do not belong together."""
+        if len(summary) < _HEADER.size:
+            raise StateError(f"The stored state of user {user_id!r} is truncated ({len(summary)} bytes).")
+        magic, code, flags, fingerprint, seen, n_pending, n_history = _HEADER.unpack_from(summary)
         if magic != MAGIC or code not in _DTYPE_BY_CODE:
-            raise StateError(f"The stored state of user {user_id!r} is not a TTT4Rec serving state (damaged?).")
+            raise StateError(
+                f"The stored state of user {user_id!r} is not a TTT4Rec serving state of this version (format "
+                f"{MAGIC.decode()}): damaged, or written by another version; delete the user to start over."
+            )
+        self._check_fingerprint(fingerprint, user_id)
+        dtype = _DTYPE_BY_CODE[code]
+        float_bytes = self.hidden_size * torch.finfo(dtype).bits // 8
+        expected = _HEADER.size + float_bytes + 4 * (n_pending + n_history)
+        if len(summary) != expected or n_pending != seen % self.mini_batch_size:
+            raise StateError(
+                f"The stored state of user {user_id!r} is damaged ({len(summary)} bytes, {expected} expected)."
+            )
+        last_hidden = torch.frombuffer(bytearray(summary[_HEADER.size : _HEADER.size + float_bytes]), dtype=dtype)
+        ids = summary[_HEADER.size + float_bytes :]
+        ids = torch.frombuffer(bytearray(ids), dtype=torch.int32).tolist() if ids else []
+        has_boundary = bool(flags & _HAS_BOUNDARY)
+        if has_boundary != (boundary is not None):
+            raise StateError(
+                f"The stored state of user {user_id!r} is damaged: its boundary is "
+                f"{'missing' if has_boundary else 'there but not expected'}."
+            )
+        weights = None if boundary is None else self._decode_boundary(boundary, dtype, seen - n_pending, user_id)
+        return UserState(seen, ids[:n_pending], ids[n_pending:], weights, last_hidden.float())
+
+    def _decode_boundary(self, blob: bytes, dtype: torch.dtype, seen: int, user_id: str) -> torch.Tensor:
+        """The flat boundary data stored as `blob`, checked to be the one at `seen` items."""
+        expected = _BOUNDARY_HEADER.size + self.boundary_numel * torch.finfo(dtype).bits // 8
+        if len(blob) != expected:
+            raise StateError(
+                f"The stored boundary of user {user_id!r} is damaged ({len(blob)} bytes, {expected} expected)."
+            )
+        magic, code, fingerprint, boundary_seen = _BOUNDARY_HEADER.unpack_from(blob)
+        if magic != BOUNDARY_MAGIC or _DTYPE_BY_CODE.get(code) != dtype:
+            raise StateError(f"The stored boundary of user {user_id!r} is damaged (header).")
+        self._check_fingerprint(fingerprint, user_id)
+        if boundary_seen != seen:
+            raise StateError(
+                f"The stored boundary of user {user_id!r} is the one after {boundary_seen} items, its state needs "
+                f"the one after {seen} (damaged)."
+            )
+        return torch.frombuffer(bytearray(blob[_BOUNDARY_HEADER.size :]), dtype=dtype).float()
+
+    def _check_fingerprint(self, fingerprint: bytes, user_id: str) -> None:
         if fingerprint != self.fingerprint:
             raise StateError(
                 f"The stored state of user {user_id!r} was computed with another checkpoint (fingerprint "
                 f"{fingerprint.hex()}, this server's is {self.fingerprint.hex()}); serve that checkpoint, or delete "
                 "the user to start over."
             )
-        dtype = _DTYPE_BY_CODE[code]
-        num_floats = self.hidden_size + (self.boundary_numel if flags & _HAS_BOUNDARY else 0)
-        float_bytes = num_floats * torch.finfo(dtype).bits // 8
-        expected = _HEADER.size + float_bytes + 4 * (n_pending + n_history)
-        if len(blob) != expected or n_pending != seen % self.mini_batch_size:
-            raise StateError(
-                f"The stored state of user {user_id!r} is damaged ({len(blob)} bytes, {expected} expected)."
-            )
-        floats = torch.frombuffer(bytearray(blob[_HEADER.size : _HEADER.size + float_bytes]), dtype=dtype).float()
-        ids = torch.frombuffer(bytearray(blob[_HEADER.size + float_bytes :]), dtype=torch.int32).tolist()
-        boundary = floats[self.hidden_size :] if flags & _HAS_BOUNDARY else None
-        return UserState(seen, ids[:n_pending], ids[n_pending:], boundary, floats[: self.hidden_size])
 
     # --------------------------------------------------------------------------------------------------------------
     # UserState <-> cache rows

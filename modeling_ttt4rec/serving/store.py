@@ -1,7 +1,8 @@
 """Where the users' states live: an embedded SQLite file (the default) or Redis (for several server processes).
 
-Every write is one atomic commit of a whole micro-batch: the new states, and the `event_id`s they applied (so a
-retried event is recognised and applied once), or nothing at all. The store also records the fingerprint of the
+Every write is one atomic commit of a whole micro-batch: the new states (each user's summary, and its boundary when
+the user reached a new one: `state.py`), and the `event_id`s they applied (so a retried event is recognised and
+applied once), or nothing at all. The store also records the fingerprint of the
 checkpoint its states were computed with, and refuses to be used by a server of another checkpoint.
 """
 
@@ -32,10 +33,12 @@ def _mismatch(where: str, stored: str, fingerprint: str) -> CheckpointMismatch:
 
 @dataclass
 class Commit:
-    """One atomic write: new states (`{user_id: bytes}`), the event ids they applied (`(user_id, event_id)`), and
-    the users to forget (their states and event ids)."""
+    """One atomic write: new state summaries (`{user_id: bytes}`), new boundaries (`{user_id: bytes}`, only those
+    that changed), the event ids they applied (`(user_id, event_id)`), and the users to forget (their states,
+    boundaries and event ids)."""
 
     states: dict[str, bytes] = field(default_factory=dict)
+    boundaries: dict[str, bytes] = field(default_factory=dict)
     events: list[tuple[str, str]] = field(default_factory=list)
     deletes: list[str] = field(default_factory=list)
 
@@ -63,6 +66,7 @@ class SQLiteStore:
             db.executescript(
                 "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);"
                 "CREATE TABLE IF NOT EXISTS states (user_id TEXT PRIMARY KEY, state BLOB NOT NULL);"
+                "CREATE TABLE IF NOT EXISTS boundaries (user_id TEXT PRIMARY KEY, boundary BLOB NOT NULL);"
                 "CREATE TABLE IF NOT EXISTS events (user_id TEXT NOT NULL, event_id TEXT NOT NULL, "
                 "PRIMARY KEY (user_id, event_id)) WITHOUT ROWID;"
             )
@@ -89,12 +93,15 @@ class SQLiteStore:
         if stored != fingerprint:
             raise _mismatch(self.path, stored, fingerprint)
 
-    def get(self, user_ids: list[str]) -> dict[str, bytes]:
+    def get(self, user_ids: list[str]) -> dict[str, tuple[bytes, bytes | None]]:
+        """`{user_id: (summary, boundary or None)}` of the users with a stored state."""
         try:
             rows = self._connect().execute(
-                f"SELECT user_id, state FROM states WHERE user_id IN ({','.join('?' * len(user_ids))})", user_ids
+                "SELECT user_id, state, boundary FROM states LEFT JOIN boundaries USING (user_id) "
+                f"WHERE user_id IN ({','.join('?' * len(user_ids))})",
+                user_ids,
             )
-            return dict(rows.fetchall())
+            return {user_id: (state, boundary) for user_id, state, boundary in rows.fetchall()}
         except sqlite3.Error as error:
             raise StoreUnavailable(f"Reading the SQLite store {self.path} failed: {error}.") from error
 
@@ -118,9 +125,10 @@ class SQLiteStore:
             with db:  # one transaction: all of it or nothing
                 db.execute("BEGIN IMMEDIATE")
                 for user_id in commit.deletes:
-                    db.execute("DELETE FROM states WHERE user_id = ?", (user_id,))
-                    db.execute("DELETE FROM events WHERE user_id = ?", (user_id,))
+                    for table in ("states", "boundaries", "events"):
+                        db.execute(f"DELETE FROM {table} WHERE user_id = ?", (user_id,))
                 db.executemany("INSERT OR REPLACE INTO states VALUES (?, ?)", commit.states.items())
+                db.executemany("INSERT OR REPLACE INTO boundaries VALUES (?, ?)", commit.boundaries.items())
                 db.executemany("INSERT INTO events VALUES (?, ?)", commit.events)
         except sqlite3.Error as error:
             raise StoreUnavailable(f"Writing to the SQLite store {self.path} failed: {error}.") from error
@@ -133,9 +141,9 @@ class SQLiteStore:
 
 
 class RedisStore:
-    """States in Redis: `{prefix}state:{user}` (bytes) and `{prefix}events:{user}` (a set), written with MULTI/EXEC
-    so a batch is applied whole or not at all. Durability across a Redis crash is Redis's own (`appendonly yes`,
-    `appendfsync always` for the same guarantee as SQLite)."""
+    """States in Redis: `{prefix}state:{user}` and `{prefix}boundary:{user}` (bytes) and `{prefix}events:{user}` (a
+    set), written with MULTI/EXEC so a batch is applied whole or not at all. Durability across a Redis crash is
+    Redis's own (`appendonly yes`, `appendfsync always` for the same guarantee as SQLite)."""
 
     def __init__(self, url: str, prefix: str = "ttt4rec:"):
         import redis
@@ -161,9 +169,16 @@ class RedisStore:
         if stored != fingerprint:
             raise _mismatch(self.url, stored, fingerprint)
 
-    def get(self, user_ids: list[str]) -> dict[str, bytes]:
-        values = self._run("Reading", lambda: self.client.mget([self._key("state", u) for u in user_ids]))
-        return {u: v for u, v in zip(user_ids, values, strict=True) if v is not None}
+    def get(self, user_ids: list[str]) -> dict[str, tuple[bytes, bytes | None]]:
+        """`{user_id: (summary, boundary or None)}` of the users with a stored state."""
+        keys = [self._key(kind, u) for kind in ("state", "boundary") for u in user_ids]
+        values = self._run("Reading", lambda: self.client.mget(keys))
+        states, boundaries = values[: len(user_ids)], values[len(user_ids) :]
+        return {
+            u: (state, boundary)
+            for u, state, boundary in zip(user_ids, states, boundaries, strict=True)
+            if state is not None
+        }
 
     def applied(self, events: list[tuple[str, str]]) -> set[tuple[str, str]]:
         if not events:
@@ -181,9 +196,11 @@ class RedisStore:
         def write():
             pipe = self.client.pipeline(transaction=True)  # MULTI ... EXEC
             for user_id in commit.deletes:
-                pipe.delete(self._key("state", user_id), self._key("events", user_id))
-            if commit.states:
-                pipe.mset({self._key("state", u): blob for u, blob in commit.states.items()})
+                pipe.delete(*(self._key(kind, user_id) for kind in ("state", "boundary", "events")))
+            blobs = {self._key("state", u): blob for u, blob in commit.states.items()}
+            blobs |= {self._key("boundary", u): blob for u, blob in commit.boundaries.items()}
+            if blobs:
+                pipe.mset(blobs)
             for user_id, event_id in commit.events:
                 pipe.sadd(self._key("events", user_id), event_id)
             pipe.execute()
