@@ -330,6 +330,12 @@ def test_store_urls(tmp_path):
         open_store(f"sqlite:///{tmp_path / 'd.db'}?synchronous=off")
     with pytest.raises(ValueError, match="Unknown SQLite store option"):
         open_store(f"sqlite:///{tmp_path / 'd.db'}?sync=normal")
+    assert normal._connect().execute("PRAGMA wal_autocheckpoint").fetchone() == (200,)  # (not SQLite's 1,000)
+    pages = open_store(f"sqlite:///{tmp_path / 'e.db'}?wal_autocheckpoint=50&synchronous=normal")
+    assert pages._connect().execute("PRAGMA wal_autocheckpoint").fetchone() == (50,)
+    for bad in ("0", "x"):
+        with pytest.raises(ValueError, match="`wal_autocheckpoint` must be a positive number of pages"):
+            open_store(f"sqlite:///{tmp_path / 'f.db'}?wal_autocheckpoint={bad}")
 
 
 def test_served_states_rank_test_targets_as_the_stream_evaluation(checkpoint):
