@@ -56,7 +56,9 @@ def test_baseline_recommend_is_the_top_k_of_score_items(model_type, item_chunk_s
         scores = model.score_items(out.last_hidden_state[torch.arange(3), last])
         rec = model.recommend(ids, top_k=7, item_chunk_size=item_chunk_size)
         expected = scores.topk(7, dim=1)
-        torch.testing.assert_close(rec.scores, expected.values, rtol=0, atol=0)
+        # whole catalog: the same product, bit for bit; in item blocks: another matrix product, equal to round-off
+        exact = {"rtol": 0, "atol": 0} if item_chunk_size is None else {}
+        torch.testing.assert_close(rec.scores, expected.values, **exact)
         assert torch.equal(rec.item_ids, expected.indices)
         # the filters of TTT4Rec's recommend: never an item of the history
         seen = model.recommend(ids, top_k=7, exclude_seen=True, item_chunk_size=item_chunk_size)
