@@ -223,6 +223,7 @@ def test_a_store_of_another_checkpoint_is_refused(checkpoints, tmp_path):
         ("missing", "sqlite:///{tmp}/s.db", "no such checkpoint folder"),
         (None, "sqlite:///{tmp}/s.db?synchronous=off", "`synchronous` must be one of"),
         (None, "sqlite:///{tmp}/s.db?sync=normal", "Unknown SQLite store option"),
+        (None, "sqlite:///{tmp}/s.db?wal_autocheckpoint=0", "`wal_autocheckpoint` must be a positive number"),
         (None, "postgres://x", "Unknown store"),
     ],
 )
